@@ -1,0 +1,304 @@
+//! File and stdin audio sources.
+//!
+//! Decoding is in-process (hound for WAV; raw s16le by hand): no ffmpeg subprocess, no
+//! temp files. A source runs on its own thread ([`spawn_source`]) and feeds frames into
+//! the pipeline's audio edge. Paced in real time it behaves like a microphone (frames are
+//! `try_send`-ed and dropped when the listener lags, and counted); unpaced it is a batch
+//! job and waits for the listener instead (`blocking_send`), so no audio is lost.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::AudioError;
+use super::dsp::Framer;
+use crate::event::{AudioFrame, FRAME_MS};
+
+/// Samples decoded per read before they go through the DSP (~64 ms at 16 kHz).
+const READ_CHUNK_SAMPLES: usize = 1024;
+
+/// How a file's bytes are to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// RIFF/WAVE (detected from the header).
+    Wav,
+    /// Headerless signed 16-bit little-endian samples.
+    RawS16le {
+        /// Sample rate of the raw stream.
+        rate_hz: u32,
+        /// Interleaved channel count.
+        channels: u16,
+    },
+}
+
+impl FileFormat {
+    /// Picks raw for `.raw`/`.pcm` file names (16 kHz mono, the common case for speech
+    /// corpora) and WAV otherwise.
+    pub fn guess(path: &Path) -> FileFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("raw" | "pcm") => FileFormat::RawS16le {
+                rate_hz: 16_000,
+                channels: 1,
+            },
+            _ => FileFormat::Wav,
+        }
+    }
+}
+
+/// Where a source reads from.
+#[derive(Debug, Clone)]
+pub struct FileSpec {
+    /// A path, or `-` for stdin.
+    pub path: PathBuf,
+    /// Container/encoding.
+    pub format: FileFormat,
+    /// Pace frames at real time, as a microphone would deliver them.
+    pub realtime: bool,
+    /// Milliseconds of silence appended after the file, so a speaker who stops at the very
+    /// end of a recording still gets an endpoint.
+    pub tail_silence_ms: u32,
+}
+
+/// Decodes a whole file to interleaved f32; returns (samples, rate, channels).
+pub fn read_all(path: &Path, format: FileFormat) -> Result<(Vec<f32>, u32, u16), AudioError> {
+    let mut out = Vec::new();
+    let (rate, ch) = decode(path, format, &mut |_, _, chunk| {
+        out.extend_from_slice(chunk);
+        true
+    })?;
+    Ok((out, rate, ch))
+}
+
+/// Decodes a whole file straight to 16 kHz mono i16.
+pub fn read_16k_mono(path: &Path) -> Result<Vec<i16>, AudioError> {
+    let (x, rate, ch) = read_all(path, FileFormat::guess(path))?;
+    Ok(super::dsp::to_16k_mono(&x, rate, ch))
+}
+
+fn open(path: &Path) -> Result<Box<dyn Read + Send>, AudioError> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let f = File::open(path).map_err(|source| AudioError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Box::new(f))
+}
+
+/// Streams a file through `sink` in chunks of interleaved f32, with the stream's rate and
+/// channel count. `sink` returns false to stop early. Returns the file's (rate, channels).
+pub fn decode(
+    path: &Path,
+    format: FileFormat,
+    sink: &mut dyn FnMut(u32, u16, &[f32]) -> bool,
+) -> Result<(u32, u16), AudioError> {
+    let bad = |problem: String| AudioError::Decode {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, open(path)?);
+    match format {
+        FileFormat::RawS16le { rate_hz, channels } => {
+            let mut bytes = vec![0u8; READ_CHUNK_SAMPLES * 2];
+            let mut chunk = Vec::with_capacity(READ_CHUNK_SAMPLES);
+            let mut total = 0usize;
+            let mut carry: Option<u8> = None;
+            loop {
+                let n = reader.read(&mut bytes).map_err(|e| bad(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                chunk.clear();
+                let mut data = &bytes[..n];
+                if let Some(lo) = carry.take() {
+                    chunk.push(i16::from_le_bytes([lo, data[0]]) as f32 / 32768.0);
+                    data = &data[1..];
+                }
+                let pairs = data.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    carry = Some(*last);
+                }
+                chunk.extend(pairs.map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0));
+                if !sink(rate_hz, channels, &chunk) {
+                    return Ok((rate_hz, channels));
+                }
+            }
+            if total == 0 {
+                return Err(bad("empty input: no audio samples".into()));
+            }
+            Ok((rate_hz, channels))
+        }
+        FileFormat::Wav => {
+            let mut head = [0u8; 4];
+            let got = read_up_to(&mut reader, &mut head).map_err(|e| bad(e.to_string()))?;
+            if got == 0 {
+                return Err(bad("empty file: no audio data".into()));
+            }
+            if got < 4 || &head != b"RIFF" {
+                return Err(bad(
+                    "not a WAV file (no RIFF header); raw 16-bit audio needs a .raw name or --raw"
+                        .into(),
+                ));
+            }
+            let chained = std::io::Cursor::new(head).chain(reader);
+            let wav = hound::WavReader::new(chained)
+                .map_err(|e| bad(format!("invalid WAV header: {e}")))?;
+            let spec = wav.spec();
+            if spec.channels == 0 || spec.sample_rate < 4_000 || spec.sample_rate > 384_000 {
+                return Err(bad(format!(
+                    "unsupported WAV: {} channels at {} Hz",
+                    spec.channels, spec.sample_rate
+                )));
+            }
+            let declared = wav.len() as usize;
+            if declared == 0 {
+                return Err(bad("WAV holds no samples".into()));
+            }
+            let (rate, ch) = (spec.sample_rate, spec.channels);
+            let sink = &mut |c: &[f32]| sink(rate, ch, c);
+            let read = match (spec.sample_format, spec.bits_per_sample) {
+                (hound::SampleFormat::Float, 32) => pump(wav.into_samples::<f32>(), 1.0, sink),
+                (hound::SampleFormat::Int, b @ (8 | 16 | 24 | 32)) => {
+                    let scale = 1.0 / (1u64 << (b - 1)) as f32;
+                    pump(
+                        wav.into_samples::<i32>().map(|s| s.map(|v| v as f32)),
+                        scale,
+                        sink,
+                    )
+                }
+                (f, b) => {
+                    return Err(bad(format!("unsupported WAV sample format {f:?} {b}-bit")));
+                }
+            };
+            match read {
+                Ok(_) => Ok((rate, ch)),
+                Err((n, e)) => Err(bad(format!(
+                    "truncated WAV: header declares {declared} samples, only {n} could be read ({e})"
+                ))),
+            }
+        }
+    }
+}
+
+/// Reads samples in chunks into `sink`; on a read error returns how many were read.
+fn pump<I>(
+    samples: I,
+    scale: f32,
+    sink: &mut dyn FnMut(&[f32]) -> bool,
+) -> Result<usize, (usize, hound::Error)>
+where
+    I: Iterator<Item = Result<f32, hound::Error>>,
+{
+    let mut chunk = Vec::with_capacity(READ_CHUNK_SAMPLES);
+    let mut n = 0usize;
+    for s in samples {
+        match s {
+            Ok(v) => chunk.push(v * scale),
+            Err(e) => return Err((n, e)),
+        }
+        n += 1;
+        if chunk.len() == READ_CHUNK_SAMPLES {
+            if !sink(&chunk) {
+                return Ok(n);
+            }
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        sink(&chunk);
+    }
+    Ok(n)
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// Counters a source shares with whoever watches it.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Frames handed to the pipeline.
+    pub frames_sent: AtomicU64,
+    /// Frames dropped because the audio edge was full (real-time sources only).
+    pub frames_dropped: AtomicU64,
+}
+
+/// Starts a source thread that decodes `spec` and sends frames to `tx`. The thread ends
+/// at end of input, when `tx`'s receiver is gone, or when `stop` is cancelled; dropping
+/// `tx` then tells the listener the stream is over. Decode errors come back through the
+/// join handle.
+pub fn spawn_source(
+    spec: FileSpec,
+    tx: mpsc::Sender<AudioFrame>,
+    stop: CancellationToken,
+    stats: Arc<SourceStats>,
+) -> std::thread::JoinHandle<Result<(), AudioError>> {
+    std::thread::Builder::new()
+        .name("panda-file-source".into())
+        .spawn(move || run_source(spec, tx, stop, stats))
+        .expect("spawning a thread only fails when the OS is out of resources")
+}
+
+fn run_source(
+    spec: FileSpec,
+    tx: mpsc::Sender<AudioFrame>,
+    stop: CancellationToken,
+    stats: Arc<SourceStats>,
+) -> Result<(), AudioError> {
+    let started = Instant::now();
+    let mut framer: Option<Framer> = None;
+    let mut open = true;
+    let send = |frame: AudioFrame, open: &mut bool| {
+        if !*open || stop.is_cancelled() {
+            *open = false;
+            return;
+        }
+        if spec.realtime {
+            // Pace: frame n is due at n * 30 ms after the start, like a microphone.
+            let due = started + Duration::from_millis(frame.seq * FRAME_MS as u64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            match tx.try_send(frame) {
+                Ok(()) => {
+                    stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => *open = false,
+            }
+        } else if tx.blocking_send(frame).is_ok() {
+            stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            *open = false;
+        }
+    };
+    // The header gives the rate, so the framer is built on the first chunk.
+    let probe = decode(&spec.path, spec.format, &mut |rate, ch, chunk| {
+        let f = framer.get_or_insert_with(|| Framer::new(rate, ch));
+        f.push(chunk, &mut |fr| send(fr, &mut open));
+        open
+    })?;
+    if let Some(mut f) = framer {
+        let silence = vec![0.0f32; (probe.0 as usize * probe.1 as usize * spec.tail_silence_ms as usize) / 1000];
+        f.push(&silence, &mut |fr| send(fr, &mut open));
+        f.finish(&mut |fr| send(fr, &mut open));
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Audio sources: everything that turns sound into the pipeline's 16 kHz mono 30 ms
+//! [`AudioFrame`](crate::event::AudioFrame)s.
+//!
+//! - [`capture`]: the microphone through cpal. The cpal callback only copies into a
+//!   pre-allocated lock-free ring; a DSP thread drains it.
+//! - [`file`]: WAV (8/16/24/32-bit int, 32-bit float, any rate and channel count) and raw
+//!   s16le from a path or stdin, paced in real time or as fast as the consumer takes them.
+//! - [`dsp`]: down-mixing, windowed-sinc resampling to 16 kHz, and framing — shared by both.
+
+pub mod capture;
+pub mod dsp;
+pub mod file;
+
+use std::path::PathBuf;
+
+/// Errors from audio sources.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    /// The input could not be decoded; names the input and the problem.
+    #[error("{path}: {problem}")]
+    Decode {
+        /// File path, or `-` for stdin.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The input could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File path, or `-` for stdin.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No capture device matched, or the audio host has none.
+    #[error("no audio input device {name:?}: {problem}")]
+    NoDevice {
+        /// The device asked for.
+        name: String,
+        /// What the host said, and which devices it has.
+        problem: String,
+    },
+    /// The device exists but could not be opened or started, or failed while running.
+    #[error("audio device {name:?} failed: {problem}")]
+    Device {
+        /// Device name.
+        name: String,
+        /// What went wrong.
+        problem: String,
+    },
+}

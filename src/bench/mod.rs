@@ -1,0 +1,399 @@
+//! `panda bench …`: figures, never pass/fail. Runs on the CLI thread; the stages measured
+//! run on their own threads exactly as in the daemon.
+//!
+//! Also home to the shared evaluation helpers the integration tests use: the recorded
+//! speech corpus with its reference transcripts ([`corpus`]) and word error rate ([`wer`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::{FRAME_SAMPLES, SAMPLE_RATE_HZ};
+use crate::listen::stt::{self, SttError};
+use crate::listen::vad::Vad;
+use crate::listen::wake::{WakeDetector, WakeError};
+use crate::models::install::paths;
+
+/// Errors of the benchmarks.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Test recordings are not installed.
+    #[error("no recordings under {0}: run `panda models install --test-data`")]
+    NoCorpus(PathBuf),
+    /// Speech-to-text failed.
+    #[error(transparent)]
+    Stt(#[from] SttError),
+    /// The wake word failed to load.
+    #[error(transparent)]
+    Wake(#[from] WakeError),
+    /// Audio decoding failed.
+    #[error(transparent)]
+    Audio(#[from] crate::audio::AudioError),
+    /// Synthesis for the wake benchmark failed.
+    #[error("synthesis: {0}")]
+    Synth(String),
+}
+
+/// A recorded clip with its reference transcript.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    /// File.
+    pub path: PathBuf,
+    /// What is said.
+    pub reference: String,
+}
+
+/// The recorded human speech installed by `panda models install --test-data`: the
+/// pocketsphinx sdist's `goforward.raw`, LibriVox excerpts and "cards" recordings, and the
+/// alsa-utils channel announcements (whose file names are their transcripts).
+pub fn corpus(models_dir: &Path) -> Result<Vec<Clip>, BenchError> {
+    let root = models_dir.join(paths::TESTDATA);
+    let ps = root.join("pocketsphinx");
+    let mut clips = Vec::new();
+    if ps.join("goforward.raw").exists() {
+        clips.push(Clip {
+            path: ps.join("goforward.raw"),
+            reference: "go forward ten meters".into(),
+        });
+    }
+    let mut libri: Vec<PathBuf> = read_dir_sorted(&ps.join("librivox"), "wav");
+    for wav in libri.drain(..) {
+        if let Ok(t) = std::fs::read_to_string(wav.with_extension("txt")) {
+            clips.push(Clip {
+                path: wav,
+                reference: t.trim().to_string(),
+            });
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string(ps.join("cards/cards.transcription")) {
+        // Lines look like `<s> transcript </s> (001)`.
+        for line in t.lines() {
+            let Some((text, id)) = line.rsplit_once('(') else { continue };
+            let id = id.trim_end_matches(')').trim();
+            let text = text.replace("<s>", "").replace("</s>", "");
+            let wav = ps.join("cards").join(format!("{id}.wav"));
+            if wav.exists() {
+                clips.push(Clip {
+                    path: wav,
+                    reference: text.trim().to_string(),
+                });
+            }
+        }
+    }
+    for wav in read_dir_sorted(&root.join("alsa"), "wav") {
+        let name = wav.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        if name == "Noise" {
+            continue;
+        }
+        clips.push(Clip {
+            reference: name.replace('_', " "),
+            path: wav,
+        });
+    }
+    if clips.is_empty() {
+        return Err(BenchError::NoCorpus(root));
+    }
+    Ok(clips)
+}
+
+fn read_dir_sorted(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Lower-cased words without punctuation; numbers spelled as digits are kept as digits.
+pub fn normalize_words(s: &str) -> Vec<String> {
+    s.to_lowercase()
+        .replace(['-', '—'], " ")
+        .split_whitespace()
+        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>())
+        .filter(|w| !w.is_empty())
+        .map(|w| spell_number(&w).unwrap_or(w))
+        .collect()
+}
+
+fn spell_number(w: &str) -> Option<String> {
+    const SMALL: [&str; 21] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+        "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+    ];
+    let n: usize = w.parse().ok()?;
+    SMALL.get(n).map(|s| s.to_string())
+}
+
+/// Word-level edit distance between reference and hypothesis, and the reference length.
+pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
+    let r = normalize_words(reference);
+    let h = normalize_words(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    (prev[h.len()], r.len())
+}
+
+/// Word error rate of one pair.
+pub fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let (e, n) = word_errors(reference, hypothesis);
+    e as f64 / n.max(1) as f64
+}
+
+/// The p-th percentile (0–100) of `v` (nearest rank).
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+/// `panda bench stt`.
+pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
+    let clips = match clips_dir {
+        Some(d) => read_dir_sorted(d, "wav")
+            .into_iter()
+            .map(|p| Clip {
+                path: p,
+                reference: String::new(),
+            })
+            .collect(),
+        None => corpus(&cfg.models.dir)?,
+    };
+    let model = cfg.model_path(&cfg.stt.model);
+    for dynamic in [true, false] {
+        let mut c = cfg.stt.clone();
+        c.dynamic_audio_ctx = dynamic;
+        let t = Instant::now();
+        let (h, worker) = stt::spawn(&c, &model)?;
+        println!(
+            "\n== whisper {} | audio_ctx {} | load {:.0} ms (model {:.0} ms, warm-up {:.0} ms)",
+            model.display(),
+            if dynamic { "sized to utterance" } else { "fixed 30 s" },
+            t.elapsed().as_secs_f64() * 1e3,
+            worker.load_time.as_secs_f64() * 1e3,
+            worker.warmup_time.as_secs_f64() * 1e3
+        );
+        println!("{:<44} {:>8} {:>8} {:>6} {:>6}", "clip", "audio_ms", "stt_ms", "rtf", "wer");
+        let token = CancellationToken::new();
+        let (mut times, mut rtfs) = (Vec::new(), Vec::new());
+        let (mut errs, mut words) = (0, 0);
+        for clip in &clips {
+            let pcm = crate::audio::file::read_16k_mono(&clip.path)?;
+            let out = h.transcribe_blocking(&pcm, &token)?;
+            let rtf = out.stt_ms as f64 / out.audio_ms.max(1) as f64;
+            let (e, n) = word_errors(&clip.reference, &out.text);
+            errs += e;
+            words += n;
+            times.push(out.stt_ms as f64);
+            rtfs.push(rtf);
+            let name = clip.path.file_name().unwrap_or_default().to_string_lossy();
+            println!(
+                "{:<44} {:>8} {:>8} {:>6.3} {:>6.2}",
+                name,
+                out.audio_ms,
+                out.stt_ms,
+                rtf,
+                e as f64 / n.max(1) as f64
+            );
+        }
+        println!(
+            "stt_ms p50 {:.0} p95 {:.0} | rtf p50 {:.3} p95 {:.3} | WER {:.1}% ({errs}/{words} words)",
+            percentile(&times, 50.0),
+            percentile(&times, 95.0),
+            percentile(&rtfs, 50.0),
+            percentile(&rtfs, 95.0),
+            100.0 * errs as f64 / words.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Loops the recorded corpus (no wake word in it) up to `minutes` of 16 kHz audio.
+fn non_wake_speech(cfg: &Config, minutes: f64) -> Result<Vec<i16>, BenchError> {
+    let mut all = Vec::new();
+    let mut pieces = Vec::new();
+    for c in corpus(&cfg.models.dir)? {
+        pieces.push(crate::audio::file::read_16k_mono(&c.path)?);
+    }
+    let want = (minutes * 60.0 * SAMPLE_RATE_HZ as f64) as usize;
+    while all.len() < want {
+        for p in &pieces {
+            all.extend_from_slice(p);
+            all.extend(std::iter::repeat_n(0i16, SAMPLE_RATE_HZ as usize / 2));
+        }
+    }
+    all.truncate(want);
+    Ok(all)
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc_timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[repr(C)]
+struct libc_timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+unsafe extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut libc_timespec) -> i32;
+}
+
+/// `panda bench listen`: wake word + VAD cost per second of idle listening.
+pub fn listen(cfg: &Config, minutes: f64) -> Result<(), BenchError> {
+    let audio = non_wake_speech(cfg, minutes)?;
+    let mut wake = WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model))?;
+    let mut vad = Vad::new(cfg.vad.mode);
+    let (mut wake_cpu, mut vad_cpu) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let mut hits = 0;
+    for (seq, chunk) in audio.chunks_exact(FRAME_SAMPLES).enumerate() {
+        let frame: &[i16; FRAME_SAMPLES] = chunk.try_into().expect("exact chunk");
+        let t = thread_cpu();
+        if wake.process(seq as u64, frame).is_some() {
+            hits += 1;
+        }
+        let t2 = thread_cpu();
+        vad.is_voiced(frame);
+        vad_cpu += thread_cpu() - t2;
+        wake_cpu += t2 - t;
+    }
+    let secs = audio.len() as f64 / SAMPLE_RATE_HZ as f64;
+    println!("idle listening over {secs:.0} s of speech without the wake word (one core's CPU time):");
+    println!("  wake word  RTF {:.4}", wake_cpu.as_secs_f64() / secs);
+    println!("  VAD        RTF {:.4}", vad_cpu.as_secs_f64() / secs);
+    println!(
+        "  total      RTF {:.4}  (goal < 0.05)   false wakes: {hits}",
+        (wake_cpu + vad_cpu).as_secs_f64() / secs
+    );
+    Ok(())
+}
+
+/// English Kokoro voices kept out of the default templates: the unseen speakers.
+pub const UNSEEN_VOICES: &[&str] = &[
+    "af_alloy", "af_aoede", "af_jessica", "af_kore", "af_nicole", "af_river", "af_sky", "am_echo", "am_eric",
+    "am_liam", "am_puck", "bf_isabella", "bf_lily", "bm_fable", "bm_lewis",
+];
+
+/// Non-wake sentences, some deliberately close to the wake phrase.
+pub const CONFUSERS: &[&str] = &[
+    "Hey, can you hand me that pen?",
+    "I saw a panda at the zoo yesterday.",
+    "The pandemic changed how we work.",
+    "Hey Amanda, how was your weekend?",
+    "Pass the pan, please, the sauce is ready.",
+    "Hey there, nice to meet you.",
+    "Banana bread is my favourite snack.",
+    "What time does the train leave?",
+];
+
+/// Runs a wake detector over 16 kHz audio with one second of silence on both sides;
+/// returns the number of detections.
+pub fn count_wakes(det: &mut WakeDetector, pcm: &[i16]) -> usize {
+    let pad = vec![0i16; SAMPLE_RATE_HZ as usize];
+    let mut n = 0;
+    let all: Vec<i16> = pad.iter().chain(pcm).chain(pad.iter()).copied().collect();
+    for (seq, c) in all.chunks_exact(FRAME_SAMPLES).enumerate() {
+        if det.process(seq as u64, c.try_into().expect("exact chunk")).is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `panda bench wake`: recall on unseen voices, false accepts per hour on other speech.
+pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
+    let dir = &cfg.models.dir;
+    let commands = ["what time is it?", "turn on the lights.", "what's the weather like?"];
+    let mut positives = Vec::new();
+    for c in commands {
+        let text = format!("Hey panda, {c}");
+        positives.extend(
+            crate::models::install::synthesize_wake_clips(dir, &text, UNSEEN_VOICES, &[1.0])
+                .map_err(BenchError::Synth)?,
+        );
+    }
+    let mut negatives: Vec<Vec<i16>> = Vec::new();
+    for s in CONFUSERS {
+        for (_, pcm) in crate::models::install::synthesize_wake_clips(dir, s, UNSEEN_VOICES, &[1.0])
+            .map_err(BenchError::Synth)?
+        {
+            negatives.push(pcm);
+        }
+    }
+    let recorded = non_wake_speech(cfg, 10.0)?;
+    let neg_secs = (negatives.iter().map(Vec::len).sum::<usize>() + recorded.len()) as f64 / SAMPLE_RATE_HZ as f64;
+    println!(
+        "wake word {} | {} positive clips ({} unseen voices) | {:.1} min of non-wake speech",
+        cfg.wake.model.display(),
+        positives.len(),
+        UNSEEN_VOICES.len(),
+        neg_secs / 60.0
+    );
+    println!("{:>9} {:>8} {:>14} {:>8}", "threshold", "recall", "false/hour", "false");
+    for &th in thresholds {
+        let mut wc = cfg.wake.clone();
+        wc.threshold = th;
+        let path = cfg.model_path(&cfg.wake.model);
+        let mut hits = 0;
+        for (_, p) in &positives {
+            let mut det = WakeDetector::load(&wc, &path)?;
+            hits += usize::from(count_wakes(&mut det, p) >= 1);
+        }
+        let mut false_acc = 0;
+        for n in &negatives {
+            let mut det = WakeDetector::load(&wc, &path)?;
+            false_acc += count_wakes(&mut det, n);
+        }
+        let mut det = WakeDetector::load(&wc, &path)?;
+        false_acc += count_wakes(&mut det, &recorded);
+        println!(
+            "{:>9.2} {:>7.0}% {:>14.1} {:>8}",
+            th,
+            100.0 * hits as f64 / positives.len() as f64,
+            false_acc as f64 * 3600.0 / neg_secs,
+            false_acc
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wer_counts_edits_after_normalising() {
+        assert_eq!(wer("Go forward ten meters.", "go forward 10 meters"), 0.0);
+        assert_eq!(word_errors("a b c d", "a x c"), (2, 4));
+        assert_eq!(wer("", ""), 0.0);
+    }
+
+    #[test]
+    fn percentile_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), 3.0);
+        assert_eq!(percentile(&v, 95.0), 5.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}

@@ -1,0 +1,419 @@
+//! Configuration: one figment tree, read once at start-up on the main thread.
+//!
+//! Layers, lowest first: built-in defaults (the `Default` impls below) <
+//! `/etc/panda/panda.toml` < `--config FILE` < `PANDA_*` environment variables in figment's
+//! nested form (`PANDA_STT__MODEL=…` sets `[stt] model`). Every struct denies unknown fields
+//! so a typo is an error naming the key, never a silently ignored setting. Units live in
+//! field names (`_ms`, `_hz`). [`Config::validate`] checks ranges figment cannot express.
+//!
+//! Relative model paths are resolved against `[models] dir`, so one setting moves every
+//! weight file (the systemd unit points it at the state directory).
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The system-wide configuration file, read when it exists.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/panda/panda.toml";
+
+/// Errors while loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or parsed, or a key is unknown or of the wrong type.
+    /// figment's message names the key and the layer (file or environment variable).
+    #[error("configuration error: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    /// A `--config` file was named but does not exist.
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value parsed but is outside its allowed range.
+    #[error("configuration error: `{key}`: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `vad.mode`.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
+}
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where model files live (`panda models install` writes there).
+    pub models: ModelsConfig,
+    /// Microphone capture.
+    pub audio: AudioConfig,
+    /// Wake word detection.
+    pub wake: WakeConfig,
+    /// Voice activity detection.
+    pub vad: VadConfig,
+    /// Endpointing: when an utterance starts and ends.
+    pub endpoint: EndpointConfig,
+    /// Speech-to-text.
+    pub stt: SttConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[models]`: the model directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Directory holding every model file; relative paths elsewhere resolve against it.
+    /// Relative to the working directory when itself relative.
+    pub dir: PathBuf,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models"),
+        }
+    }
+}
+
+/// `[audio]`: the capture device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// Input device name as cpal lists it (`panda listen --device` overrides it);
+    /// `default` is the system default source.
+    pub input_device: String,
+    /// Capacity of the lock-free ring between the audio callback and the DSP thread.
+    /// When the DSP thread falls this far behind, new samples are dropped and counted.
+    pub ring_capacity_ms: u32,
+    /// Delay before re-opening a capture device that failed or disappeared (daemon mode).
+    pub retry_delay_ms: u64,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            input_device: "default".into(),
+            ring_capacity_ms: 2000,
+            retry_delay_ms: 2000,
+        }
+    }
+}
+
+/// `[wake]`: the wake word.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WakeConfig {
+    /// Wake word file (rustpotter `.rpw`), relative to `[models] dir` unless absolute.
+    pub model: PathBuf,
+    /// Minimum score (0–1) against the best template for a detection.
+    pub threshold: f32,
+    /// Minimum score (0–1) against the averaged template before the per-template
+    /// comparison runs (a cheap pre-filter); 0 disables it.
+    pub avg_threshold: f32,
+    /// Minimum number of consecutive positive frames in a detection.
+    pub min_scores: usize,
+    /// Emit the detection as soon as `min_scores` is reached instead of waiting for the
+    /// score peak (lower latency, slightly lower precision).
+    pub eager: bool,
+    /// After a detection, further detections are ignored for this long (one utterance of
+    /// "hey panda" must give exactly one wake).
+    pub refractory_ms: u64,
+}
+
+impl Default for WakeConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("wake/hey_panda.rpw"),
+            threshold: 0.5,
+            avg_threshold: 0.0,
+            min_scores: 5,
+            eager: false,
+            refractory_ms: 2000,
+        }
+    }
+}
+
+/// `[vad]`: webrtc-vad.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VadConfig {
+    /// Aggressiveness 0–3: 0 lets most sound count as speech, 3 is strictest.
+    pub mode: u8,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        Self { mode: 2 }
+    }
+}
+
+/// `[endpoint]`: utterance boundaries after the wake word.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointConfig {
+    /// Audio kept from before the detected speech start (so soft onsets are not clipped).
+    pub pre_roll_ms: u64,
+    /// Voiced audio needed in a row before speech counts as started.
+    pub speech_start_ms: u64,
+    /// Silence after speech that ends the utterance.
+    pub hangover_ms: u64,
+    /// An utterance is cut here even if the speaker goes on.
+    pub max_utterance_ms: u64,
+    /// After a wake word, give up if no speech starts within this time.
+    pub no_speech_timeout_ms: u64,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            pre_roll_ms: 300,
+            speech_start_ms: 90,
+            hangover_ms: 800,
+            max_utterance_ms: 15_000,
+            no_speech_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[stt]`: Whisper.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SttConfig {
+    /// ggml Whisper model, relative to `[models] dir` unless absolute.
+    pub model: PathBuf,
+    /// Spoken language code (`en`, `de`, …) or `auto` (multilingual models only).
+    pub language: String,
+    /// 0 or 1: greedy decoding; 2 and more: beam search with this many beams.
+    pub beam_size: u32,
+    /// CPU threads for whisper.cpp; 0 picks the number of cores.
+    pub threads: u32,
+    /// Size the encoder window to the utterance instead of whisper's fixed 30 s. The main
+    /// latency lever for short commands; `panda bench stt` prints what it costs in accuracy.
+    pub dynamic_audio_ctx: bool,
+    /// Use the GPU when Panda was built with the `cuda` feature.
+    pub gpu: bool,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("whisper/ggml-tiny.en.bin"),
+            language: "en".into(),
+            beam_size: 1,
+            threads: 0,
+            dynamic_audio_ctx: true,
+            gpu: true,
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter directive (`info`, `panda=debug`, …); `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < `/etc/panda/panda.toml` < `extra` file < `PANDA_*` env, then validates.
+    pub fn load(extra: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(Path::new(SYSTEM_CONFIG_PATH), extra, "PANDA_")
+    }
+
+    /// [`Config::load`] with the system file and env prefix given (tests use their own).
+    pub fn load_from(
+        system: &Path,
+        extra: Option<&Path>,
+        env_prefix: &str,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if system.exists() {
+            fig = fig.merge(Toml::file(system));
+        }
+        if let Some(path) = extra {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed(env_prefix).split("__"));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks that the types alone do not express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        if self.vad.mode > 3 {
+            return Err(invalid("vad.mode", format!("{} is not in 0..=3", self.vad.mode)));
+        }
+        for (key, v) in [
+            ("wake.threshold", self.wake.threshold),
+            ("wake.avg_threshold", self.wake.avg_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(key, format!("{v} is not in 0.0..=1.0")));
+            }
+        }
+        if self.wake.min_scores == 0 {
+            return Err(invalid("wake.min_scores", "must be at least 1"));
+        }
+        let e = &self.endpoint;
+        if e.speech_start_ms == 0 || e.hangover_ms == 0 {
+            return Err(invalid(
+                "endpoint.hangover_ms",
+                "speech_start_ms and hangover_ms must be positive",
+            ));
+        }
+        if e.max_utterance_ms < 1000 || e.max_utterance_ms > 30_000 {
+            return Err(invalid(
+                "endpoint.max_utterance_ms",
+                format!(
+                    "{} is outside 1000..=30000 (Whisper hears at most 30 s)",
+                    e.max_utterance_ms
+                ),
+            ));
+        }
+        if self.stt.beam_size > 16 {
+            return Err(invalid("stt.beam_size", "at most 16 beams"));
+        }
+        let lang = self.stt.language.as_str();
+        if lang != "auto" && !(2..=3).contains(&lang.len()) {
+            return Err(invalid(
+                "stt.language",
+                format!("`{lang}` is neither `auto` nor a language code like `en`"),
+            ));
+        }
+        if self.stt.language != "en"
+            && self
+                .stt
+                .model
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(".en"))
+        {
+            return Err(invalid(
+                "stt.language",
+                format!(
+                    "`{lang}` needs a multilingual model, but {} is English-only",
+                    self.stt.model.display()
+                ),
+            ));
+        }
+        if self.audio.ring_capacity_ms < 100 {
+            return Err(invalid("audio.ring_capacity_ms", "at least 100 ms"));
+        }
+        Ok(())
+    }
+
+    /// Resolves a model path against `[models] dir`.
+    pub fn model_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.models.dir.join(p)
+        }
+    }
+
+    /// The resolved configuration as TOML (for `panda check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        // A unique prefix per call keeps parallel tests from seeing each other's variables.
+        let prefix = format!("PANDATEST{}_", std::process::id() ^ rand_suffix());
+        for (k, v) in env {
+            // SAFETY: the variables carry a prefix unique to this call.
+            unsafe { std::env::set_var(format!("{prefix}{k}"), v) };
+        }
+        Config::load_from(Path::new("/nonexistent"), Some(f.path()), &prefix)
+    }
+
+    fn rand_suffix() -> u32 {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        N.fetch_add(1, Ordering::Relaxed) << 20
+    }
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let cfg = load(
+            "[stt]\nbeam_size = 3\n[vad]\nmode = 1\n",
+            &[("STT__MODEL", "/m/x.bin"), ("VAD__MODE", "3")],
+        )
+        .unwrap();
+        assert_eq!(cfg.stt.beam_size, 3);
+        assert_eq!(cfg.stt.model, PathBuf::from("/m/x.bin"));
+        assert_eq!(cfg.vad.mode, 3, "env beats file");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[stt]\nbeam_sise = 3\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("beam_sise"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = load("[vad]\nmode = \"loud\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn range_errors_name_the_key() {
+        let err = load("[vad]\nmode = 7\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("vad.mode"), "{err}");
+        let err = load("[wake]\nthreshold = 1.5\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("wake.threshold"), "{err}");
+        let err = load("[stt]\nlanguage = \"de\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("English-only"), "{err}");
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Config::load_from(
+            Path::new("/nonexistent"),
+            Some(Path::new("/no/such.toml")),
+            "X_",
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn example_config_matches_defaults() {
+        // config/panda.toml documents every field with its default value: it must parse,
+        // and must not drift from the built-in defaults.
+        let text = include_str!("../config/panda.toml");
+        let parsed: Config = toml::from_str(text).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+}

@@ -1,0 +1,132 @@
+//! The types stages exchange. Stages never import each other: they meet here.
+//!
+//! Audio inside the pipeline is always 16 kHz mono i16 in 30 ms frames ([`AudioFrame`]):
+//! the rate Whisper, webrtc-vad and rustpotter all want, and a frame length all three accept.
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Sample rate of every frame inside the pipeline.
+pub const SAMPLE_RATE_HZ: u32 = 16_000;
+/// Frame length in milliseconds.
+pub const FRAME_MS: u32 = 30;
+/// Samples in one frame.
+pub const FRAME_SAMPLES: usize = (SAMPLE_RATE_HZ * FRAME_MS / 1000) as usize;
+
+/// One 30 ms frame of 16 kHz mono audio.
+#[derive(Debug, Clone)]
+pub struct AudioFrame {
+    /// Sequence number from the start of the source; the stream position in ms is
+    /// `seq * FRAME_MS`.
+    pub seq: u64,
+    /// [`FRAME_SAMPLES`] samples.
+    pub samples: Box<[i16; FRAME_SAMPLES]>,
+}
+
+impl AudioFrame {
+    /// Stream position of the frame's start, in milliseconds.
+    pub fn start_ms(&self) -> u64 {
+        self.seq * FRAME_MS as u64
+    }
+}
+
+/// One turn's identity: a number for logs and events, and the token that cancels it.
+/// The token is a child of the root token, so shutdown cancels every turn.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// Monotonic turn number within this process.
+    pub id: u64,
+    /// Cancelled on barge-in, timeout or shutdown.
+    pub token: CancellationToken,
+}
+
+/// An endpointed utterance, handed from the listener to speech-to-text.
+#[derive(Debug)]
+pub struct Utterance {
+    /// The turn this utterance belongs to.
+    pub turn: Turn,
+    /// 16 kHz mono samples, pre-roll included.
+    pub samples: Vec<i16>,
+    /// Stream position where the utterance audio starts.
+    pub start_ms: u64,
+    /// Why the utterance ended.
+    pub end: EndReason,
+}
+
+/// Why an utterance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Silence after speech (the normal case).
+    Silence,
+    /// The utterance hit `max_utterance_ms`.
+    MaxLength,
+    /// The source ended while speech was going on.
+    EndOfStream,
+}
+
+/// What the pipeline tells the outside world. Serialised as one JSON object per line by
+/// `panda listen` (`{"type":"wake",…}`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The wake word was detected.
+    Wake {
+        /// The turn it opened.
+        turn: u64,
+        /// Wake word name.
+        name: String,
+        /// Detection score (0–1).
+        score: f32,
+        /// Stream position of the detection.
+        at_ms: u64,
+    },
+    /// Speech started after a wake word.
+    SpeechStart {
+        /// Turn.
+        turn: u64,
+        /// Stream position of the speech start (after pre-roll is taken off).
+        at_ms: u64,
+    },
+    /// Speech ended; the utterance goes to speech-to-text.
+    SpeechEnd {
+        /// Turn.
+        turn: u64,
+        /// Stream position of the end.
+        at_ms: u64,
+        /// Why it ended.
+        reason: EndReason,
+    },
+    /// No speech followed the wake word in time.
+    NoSpeech {
+        /// Turn.
+        turn: u64,
+        /// Stream position where listening gave up.
+        at_ms: u64,
+    },
+    /// A transcript.
+    Transcript {
+        /// Turn.
+        turn: u64,
+        /// Recognised text, trimmed.
+        text: String,
+        /// Length of the transcribed audio.
+        audio_ms: u64,
+        /// Time Whisper took.
+        stt_ms: u64,
+    },
+    /// A turn was cancelled; anything it had produced is discarded.
+    Cancelled {
+        /// Turn.
+        turn: u64,
+        /// Stage that noticed the cancellation.
+        stage: &'static str,
+    },
+    /// A recoverable error inside a turn or a stage.
+    Error {
+        /// Stage that failed.
+        stage: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}

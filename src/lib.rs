@@ -1,0 +1,54 @@
+//! # Panda — a headless voice assistant for edge hardware
+//!
+//! # Layout
+//!
+//! ```text
+//!  capture ──AudioFrame──▶ listener ──Utterance+turn token──▶ stt ──Transcript──▶ (turn → tts → playback)
+//!  (cpal thread → ring →    (own thread: wake word,           (whisper owner
+//!   dsp thread, or file)     VAD, endpointing)                  thread, abortable)
+//!        every stage ──Event──▶ bounded channel ──▶ CLI printer / (later) status page and metrics
+//! ```
+//!
+//! The folders read as the pipeline:
+//!
+//! - [`audio`]: sources of 16 kHz mono 30 ms frames — the microphone through cpal
+//!   ([`audio::capture`]), WAV/raw files and stdin ([`audio::file`]) — and the
+//!   resampling/framing DSP they share ([`audio::dsp`]).
+//! - [`listen`]: the listening path — wake word ([`listen::wake`], rustpotter),
+//!   voice activity ([`listen::vad`], webrtc-vad), the pure endpointing state machine
+//!   ([`listen::endpoint`]), the listener thread that owns all three
+//!   ([`listen::listener`]) and speech-to-text ([`listen::stt`], the whisper owner thread).
+//! - [`speak`]: the speaking path — espeak-ng phonemes ([`speak::phonemize`]) and
+//!   Kokoro synthesis ([`speak::kokoro`]). Used today to build the default wake word.
+//! - [`models`]: `panda models install|verify` — fetching weights from package
+//!   registries, checksums, and the CTranslate2 → ggml Whisper conversion.
+//! - [`app`]: the only place that wires stages together (channels, root token, tasks).
+//! - [`bench`]: `panda bench …` figures.
+//! - [`config`], [`event`]: the figment configuration tree and the types stages exchange.
+//!
+//! Arrows run downward only: `main → app → {audio, listen, speak} → {models, config, event}`.
+//! Stages never import each other; they meet in [`event`] types and in [`app`].
+
+pub mod app;
+pub mod audio;
+pub mod bench;
+pub mod config;
+pub mod event;
+pub mod listen;
+pub mod models;
+pub mod onnx;
+pub mod speak;
+
+/// sysexits-style process exit codes shared by the CLI and tests.
+pub mod exit {
+    /// Bad input data (EX_DATAERR): an audio file that cannot be decoded.
+    pub const DATA_ERR: i32 = 65;
+    /// A required file (model, input) is missing (EX_NOINPUT).
+    pub const NO_INPUT: i32 = 66;
+    /// A required service or device is unavailable (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: i32 = 69;
+    /// Internal software error (EX_SOFTWARE).
+    pub const SOFTWARE: i32 = 70;
+    /// Bad configuration (EX_CONFIG); systemd's `RestartPreventExitStatus=78`.
+    pub const CONFIG: i32 = 78;
+}

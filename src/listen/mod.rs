@@ -1,0 +1,13 @@
+//! The listening path: wake word → voice activity → endpointing → speech-to-text.
+//!
+//! - [`wake`]: rustpotter wake word detection and template building.
+//! - [`vad`]: webrtc-vad frame classification.
+//! - [`endpoint`]: the pure endpointing state machine.
+//! - [`listener`]: the thread that owns the three above and mints turns.
+//! - [`stt`]: the Whisper owner thread and its handle.
+
+pub mod endpoint;
+pub mod listener;
+pub mod stt;
+pub mod vad;
+pub mod wake;

