@@ -160,16 +160,21 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
 }
 
 fn code_for(e: &anyhow::Error) -> i32 {
+    // `AppError` forwards its inner error transparently; unwrap it first.
+    if let Some(app) = e.downcast_ref::<AppError>() {
+        match app {
+            AppError::Audio(a) => return audio_code(a),
+            AppError::Stt(SttError::MissingModel(_)) => return exit::NO_INPUT,
+            AppError::Wake(WakeError::Missing(_)) => return exit::NO_INPUT,
+            AppError::Stt(_) | AppError::Wake(_) => return exit::SOFTWARE,
+        }
+    }
     for cause in e.chain() {
         if cause.downcast_ref::<ConfigError>().is_some() {
             return exit::CONFIG;
         }
         if let Some(a) = cause.downcast_ref::<AudioError>() {
-            return match a {
-                AudioError::Decode { .. } => exit::DATA_ERR,
-                AudioError::Io { .. } => exit::NO_INPUT,
-                _ => exit::UNAVAILABLE,
-            };
+            return audio_code(a);
         }
         if let Some(s) = cause.downcast_ref::<SttError>() {
             return match s {
@@ -185,6 +190,14 @@ fn code_for(e: &anyhow::Error) -> i32 {
         }
     }
     1
+}
+
+fn audio_code(a: &AudioError) -> i32 {
+    match a {
+        AudioError::Decode { .. } => exit::DATA_ERR,
+        AudioError::Io { .. } => exit::NO_INPUT,
+        _ => exit::UNAVAILABLE,
+    }
 }
 
 fn main() {

@@ -598,7 +598,7 @@ pub(crate) mod tests {
     /// Reads a ggml file back: (hparams, token count, tensors by name).
     fn read_ggml(b: &[u8]) -> (Vec<i32>, usize, BTreeMap<String, GgmlTensor>) {
         let mut p = 0usize;
-        let mut i32_at = |p: &mut usize| {
+        let i32_at = |p: &mut usize| {
             let v = i32::from_le_bytes(b[*p..*p + 4].try_into().unwrap());
             *p += 4;
             v

@@ -152,7 +152,7 @@ mod tests {
     fn all_clauses_are_kept() {
         let p = Phonemizer::new("en-us").unwrap();
         let ipa = p.phonemize("one two three four five six seven eight nine ten eleven").unwrap();
-        assert!(ipa.contains("ɪlˈɛvən"), "{ipa}");
+        assert!(ipa.contains("lˈɛvən"), "{ipa}");
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! Shared helpers for the integration tests: the installed models, speech made with
+//! espeak-ng at test time, and running the real `panda` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The model directory the tests use (installed by `panda models install --test-data`).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("PANDA_MODELS__DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// A config pointing at the installed models.
+pub fn config() -> panda::config::Config {
+    let mut c = panda::config::Config::default();
+    c.models.dir = models_dir();
+    c
+}
+
+/// Speaks `parts` with espeak-ng `voice`, joined by `gap_ms` of silence, into a WAV file.
+pub fn espeak_wav(dir: &Path, name: &str, voice: &str, parts: &[&str], gap_ms: u32) -> PathBuf {
+    let mut pcm: Vec<i16> = Vec::new();
+    for (i, text) in parts.iter().enumerate() {
+        if i > 0 {
+            pcm.extend(std::iter::repeat_n(0, (22_050 * gap_ms / 1000) as usize));
+        }
+        let out = Command::new("espeak-ng")
+            .args(["-v", voice, "--stdout", text])
+            .output()
+            .expect("espeak-ng is installed (apt-get install espeak-ng)");
+        assert!(out.status.success(), "espeak-ng -v {voice} failed");
+        pcm.extend(out.stdout[44..].chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+    }
+    let path = dir.join(format!("{name}.wav"));
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 22_050,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for s in pcm {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+    path
+}
+
+/// Output of a `panda` run.
+pub struct Run {
+    pub events: Vec<Value>,
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+impl Run {
+    pub fn of_type(&self, t: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["type"] == t).collect()
+    }
+}
+
+/// Runs the `panda` binary with the test models.
+pub fn panda(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+        .args(args)
+        .env("PANDA_MODELS__DIR", models_dir())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running panda");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    Run {
+        events: stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}

@@ -1,0 +1,188 @@
+//! The listening pipeline end to end through the real `panda listen` binary: wake word,
+//! VAD, endpointing and Whisper on speech made at test time, and bad input.
+
+mod common;
+
+use common::{espeak_wav, panda};
+
+/// espeak-ng voices that are not among the wake word templates (unseen speakers).
+const VOICES: &[&str] = &["en-us+m3", "en-gb+f3", "en-us+m5"];
+
+#[test]
+fn wake_word_then_question_gives_one_wake_and_a_transcript() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, v) in VOICES.iter().enumerate() {
+        // A pause after the wake word, as people leave for the assistant, and one without.
+        for gap in [700, 150] {
+            let wav = espeak_wav(dir.path(), &format!("q{i}_{gap}"), v, &["Hey panda.", "What time is it?"], gap);
+            let r = panda(&["listen", wav.to_str().unwrap()]);
+            assert_eq!(r.code, 0, "{v}: {}", r.stderr);
+            let wakes = r.of_type("wake");
+            assert_eq!(wakes.len(), 1, "{v} gap {gap}: {}", r.stdout);
+            assert!(wakes[0]["score"].as_f64().unwrap() > 0.0);
+            let t = r.of_type("transcript");
+            assert_eq!(t.len(), 1, "{v} gap {gap}: {}", r.stdout);
+            let text = t[0]["text"].as_str().unwrap().to_lowercase();
+            println!("{v} gap {gap} ms: score {} → {text:?}", wakes[0]["score"]);
+            assert!(text.contains("time"), "{v} gap {gap}: {text:?}");
+            // Events come in pipeline order for the one turn.
+            let order: Vec<&str> = r.events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+            assert_eq!(order, ["wake", "speech_start", "speech_end", "transcript"], "{v}");
+        }
+    }
+}
+
+#[test]
+fn speech_without_the_wake_word_gives_no_wake() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, v) in VOICES.iter().enumerate() {
+        let wav = espeak_wav(
+            dir.path(),
+            &format!("n{i}"),
+            v,
+            &["What time is it?", "I saw a panda at the zoo.", "Hey, can you hand me that pen?"],
+            400,
+        );
+        let r = panda(&["listen", wav.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.events.is_empty(), "{v}: {}", r.stdout);
+    }
+}
+
+#[test]
+fn noise_gives_nothing() {
+    let noise = common::models_dir().join("testdata/alsa/Noise.wav");
+    let r = panda(&["listen", noise.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.events.is_empty(), "{}", r.stdout);
+}
+
+#[test]
+fn stdin_and_raw_input() {
+    let raw = common::models_dir().join("testdata/pocketsphinx/goforward.raw");
+    let bytes = std::fs::read(&raw).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+        .args(["listen", "--no-wake", "--raw", "-"])
+        .env("PANDA_MODELS__DIR", common::models_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.contains("forward"), "{text}");
+}
+
+fn write_wav(path: &std::path::Path, spec: hound::WavSpec, samples: &[f32]) {
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        match (spec.sample_format, spec.bits_per_sample) {
+            (hound::SampleFormat::Float, _) => w.write_sample(s).unwrap(),
+            (_, b) => w.write_sample((s * ((1i64 << (b - 1)) - 1) as f32) as i32).unwrap(),
+        }
+    }
+    w.finalize().unwrap();
+}
+
+#[test]
+fn other_rates_bit_depths_and_channels_transcribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::models_dir().join("testdata/pocketsphinx/goforward.raw");
+    let pcm16k: Vec<f32> = std::fs::read(&src)
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect();
+    // Upsample 16 → 48 kHz stereo 24-bit, and 16 → 8 kHz mono 16-bit, with the project's
+    // own resampler (tested separately against pure tones).
+    let mut r = panda::audio::dsp::Resampler::new(16_000, 48_000);
+    let mut up = Vec::new();
+    r.process(&pcm16k, &mut up);
+    r.finish(&mut up);
+    let stereo: Vec<f32> = up.iter().flat_map(|&s| [s, s]).collect();
+    let p48 = dir.path().join("s48k24.wav");
+    write_wav(
+        &p48,
+        hound::WavSpec { channels: 2, sample_rate: 48_000, bits_per_sample: 24, sample_format: hound::SampleFormat::Int },
+        &stereo,
+    );
+    let mut r = panda::audio::dsp::Resampler::new(16_000, 8_000);
+    let mut down = Vec::new();
+    r.process(&pcm16k, &mut down);
+    r.finish(&mut down);
+    let p8 = dir.path().join("m8k.wav");
+    write_wav(
+        &p8,
+        hound::WavSpec { channels: 1, sample_rate: 8_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
+        &down,
+    );
+    let pf = dir.path().join("float.wav");
+    write_wav(
+        &pf,
+        hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 32, sample_format: hound::SampleFormat::Float },
+        &pcm16k,
+    );
+    for p in [&p48, &p8, &pf] {
+        let r = panda(&["transcribe", p.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}: {}", p.display(), r.stderr);
+        let text = r.stdout.to_lowercase();
+        println!("{} → {text:?}", p.display());
+        assert!(text.contains("forward"), "{}: {text:?}", p.display());
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_error_line_with_exit_65() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_wav = dir.path().join("notes.wav");
+    std::fs::write(&not_wav, b"this is a text file, not audio\n").unwrap();
+    let empty = dir.path().join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let truncated = dir.path().join("truncated.wav");
+    let good = std::fs::read(common::models_dir().join("testdata/alsa/Front_Center.wav")).unwrap();
+    std::fs::write(&truncated, &good[..good.len() / 3]).unwrap();
+    let header_only = dir.path().join("header.wav");
+    std::fs::write(&header_only, &good[..30]).unwrap();
+    for (path, needle) in [
+        (&not_wav, "not a WAV file"),
+        (&empty, "empty"),
+        (&truncated, "truncated"),
+        (&header_only, "WAV"),
+    ] {
+        for cmd in ["listen", "transcribe"] {
+            let r = panda(&[cmd, path.to_str().unwrap()]);
+            assert_eq!(r.code, 65, "{cmd} {}: {}", path.display(), r.stderr);
+            let lines: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("panda:")).collect();
+            assert_eq!(lines.len(), 1, "{}", r.stderr);
+            assert!(lines[0].contains(path.to_str().unwrap()), "{}", lines[0]);
+            assert!(lines[0].contains(needle), "{}", lines[0]);
+            assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        }
+    }
+    let r = panda(&["listen", dir.path().join("absent.wav").to_str().unwrap()]);
+    assert_eq!(r.code, 66, "{}", r.stderr);
+}
+
+#[test]
+fn missing_device_is_a_clear_error() {
+    let r = panda(&["listen", "--device", "no-such-microphone", "--no-stt"]);
+    assert_eq!(r.code, 69, "{}", r.stderr);
+    assert!(r.stderr.contains("no-such-microphone"), "{}", r.stderr);
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[stt]\nbeam_sise = 2\n").unwrap();
+    let r = panda(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 78);
+    assert!(r.stderr.contains("beam_sise"), "{}", r.stderr);
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[vad]\nmode = 3\n").unwrap();
+    let r = panda(&["check-config", good.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("mode = 3"), "{}", r.stdout);
+}

@@ -1,0 +1,102 @@
+//! Speech-to-text with the real converted tiny.en model on CPU.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use panda::bench::{corpus, word_errors};
+use panda::listen::stt::{self, SttError};
+use tokio_util::sync::CancellationToken;
+
+/// Recorded human speech (pocketsphinx and alsa-utils recordings) through the Whisper
+/// worker, with the default (utterance-sized) encoder window: WER ≤ 20%.
+#[test]
+fn recorded_speech_word_error_rate() {
+    let cfg = common::config();
+    let (h, w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    println!("model load {:?}, warm-up {:?}", w.load_time, w.warmup_time);
+    let token = CancellationToken::new();
+    let (mut errs, mut words) = (0, 0);
+    let clips = corpus(&common::models_dir()).unwrap();
+    assert!(clips.len() >= 15, "corpus has {} clips", clips.len());
+    for c in &clips {
+        let pcm = panda::audio::file::read_16k_mono(&c.path).unwrap();
+        let out = h.transcribe_blocking(&pcm, &token).unwrap();
+        let (e, n) = word_errors(&c.reference, &out.text);
+        println!("{:>3}/{:<3} {:?} → {:?} ({} ms)", e, n, c.reference, out.text, out.stt_ms);
+        errs += e;
+        words += n;
+    }
+    let wer = errs as f64 / words as f64;
+    println!("WER {:.1}% ({errs}/{words} words, {} clips)", wer * 100.0, clips.len());
+    assert!(wer <= 0.20, "WER {:.1}% exceeds 20%", wer * 100.0);
+}
+
+/// ~28 s of speech: long enough that a full transcription takes several encoder passes.
+fn long_speech() -> Vec<i16> {
+    let mut pcm = Vec::new();
+    for c in corpus(&common::models_dir()).unwrap() {
+        pcm.extend(panda::audio::file::read_16k_mono(&c.path).unwrap());
+        if pcm.len() > 16_000 * 28 {
+            break;
+        }
+    }
+    pcm.truncate(16_000 * 28);
+    pcm
+}
+
+/// Cancelling a turn during STT: the caller is released at once, the transcript is
+/// discarded, and the worker is free again sooner than an uncancelled run takes.
+#[test]
+fn cancel_during_transcription() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = common::config();
+    let (h, _w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    let pcm = long_speech();
+    rt.block_on(async {
+        let t = Instant::now();
+        let full = h.transcribe(&pcm, &CancellationToken::new()).await.unwrap();
+        let full_time = t.elapsed();
+        assert!(!full.text.is_empty());
+
+        let token = CancellationToken::new();
+        let worker_reply = h.submit(&pcm, &token).await.unwrap();
+        let caller = {
+            let h = h.clone();
+            let pcm = pcm.clone();
+            let token = token.clone();
+            tokio::spawn(async move { h.transcribe(&pcm, &token).await })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let cancelled_at = Instant::now();
+        token.cancel();
+        // The caller's turn ends at once, whatever the worker is doing.
+        let r = tokio::time::timeout(Duration::from_millis(100), caller).await;
+        let caller_result = r.expect("caller released within 100 ms").unwrap();
+        assert!(matches!(caller_result, Err(SttError::Cancelled)), "{caller_result:?}");
+        // The worker's own reply says cancelled: its text is discarded.
+        let reply = worker_reply.await.unwrap();
+        let release = cancelled_at.elapsed();
+        assert!(matches!(reply, Err(SttError::Cancelled)), "{reply:?}");
+        println!("full transcription {full_time:?}; worker released {release:?} after cancel");
+        assert!(release < full_time, "release {release:?} not sooner than a full run {full_time:?}");
+        // And it serves the next request.
+        let again = h.transcribe(&pcm[..16_000 * 5], &CancellationToken::new()).await.unwrap();
+        assert!(!again.text.is_empty());
+    });
+}
+
+/// A model file that is missing names the file and the fix (exit 66).
+#[test]
+fn missing_model_names_the_file() {
+    let clip = common::models_dir().join("testdata/alsa/Front_Center.wav");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+        .args(["transcribe", clip.to_str().unwrap()])
+        .env("PANDA_MODELS__DIR", "/nonexistent-models")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent-models/whisper/ggml-tiny.en.bin"), "{err}");
+    assert!(err.contains("panda models install"), "{err}");
+    assert_eq!(out.status.code(), Some(66));
+}
