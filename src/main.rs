@@ -205,7 +205,16 @@ fn main() {
     match run(cli) {
         Ok(()) => {}
         Err(Exit(code, e)) => {
-            eprintln!("panda: {e:#}");
+            // One line: the error, then any cause whose text it does not already carry.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("panda: {msg}");
             std::process::exit(code);
         }
     }
