@@ -160,13 +160,18 @@ pub async fn listen(
     use std::sync::atomic::Ordering::Relaxed;
     Ok(ListenSummary {
         frames: file_stats.frames_sent.load(Relaxed) + cap_stats.frames_sent.load(Relaxed),
-        frames_dropped: file_stats.frames_dropped.load(Relaxed) + cap_stats.frames_dropped.load(Relaxed),
+        frames_dropped: file_stats.frames_dropped.load(Relaxed)
+            + cap_stats.frames_dropped.load(Relaxed),
     })
 }
 
 /// The turn task: one utterance at a time through speech-to-text. A cancelled turn ends
 /// here at once (the STT worker lets go at its next abort check) and its text is dropped.
-async fn turns(mut rx: mpsc::Receiver<Utterance>, stt: Option<SttHandle>, events: mpsc::Sender<Event>) {
+async fn turns(
+    mut rx: mpsc::Receiver<Utterance>,
+    stt: Option<SttHandle>,
+    events: mpsc::Sender<Event>,
+) {
     while let Some(u) = rx.recv().await {
         let Some(stt) = &stt else { continue };
         let turn = u.turn.id;

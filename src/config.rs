@@ -262,7 +262,10 @@ impl Config {
             }
         }
         if self.vad.mode > 3 {
-            return Err(invalid("vad.mode", format!("{} is not in 0..=3", self.vad.mode)));
+            return Err(invalid(
+                "vad.mode",
+                format!("{} is not in 0..=3", self.vad.mode),
+            ));
         }
         for (key, v) in [
             ("wake.threshold", self.wake.threshold),
@@ -385,7 +388,9 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let err = load("[vad]\nmode = \"loud\"\n", &[]).unwrap_err().to_string();
+        let err = load("[vad]\nmode = \"loud\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mode"), "{err}");
     }
 
@@ -393,9 +398,13 @@ mod tests {
     fn range_errors_name_the_key() {
         let err = load("[vad]\nmode = 7\n", &[]).unwrap_err().to_string();
         assert!(err.contains("vad.mode"), "{err}");
-        let err = load("[wake]\nthreshold = 1.5\n", &[]).unwrap_err().to_string();
+        let err = load("[wake]\nthreshold = 1.5\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("wake.threshold"), "{err}");
-        let err = load("[stt]\nlanguage = \"de\"\n", &[]).unwrap_err().to_string();
+        let err = load("[stt]\nlanguage = \"de\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("English-only"), "{err}");
     }
 

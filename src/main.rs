@@ -282,10 +282,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn cancel_on_signals(root: &CancellationToken) {
     let root = root.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -310,10 +311,20 @@ fn file_spec(path: PathBuf, raw: Option<(u32, u16)>, realtime: bool) -> FileSpec
 
 fn listen(cfg: &Config, a: ListenArgs) -> Result<(), Exit> {
     let input = match (a.file, a.device) {
-        (Some(f), None) => Input::File(file_spec(f, a.raw.then_some((a.rate, a.channels)), a.realtime)),
+        (Some(f), None) => Input::File(file_spec(
+            f,
+            a.raw.then_some((a.rate, a.channels)),
+            a.realtime,
+        )),
         (None, Some(d)) => Input::Device {
-            name: if d.is_empty() { cfg.audio.input_device.clone() } else { d },
-            retry: a.retry.then(|| Duration::from_millis(cfg.audio.retry_delay_ms)),
+            name: if d.is_empty() {
+                cfg.audio.input_device.clone()
+            } else {
+                d
+            },
+            retry: a
+                .retry
+                .then(|| Duration::from_millis(cfg.audio.retry_delay_ms)),
         },
         _ => {
             return Err(Exit(
@@ -347,7 +358,10 @@ fn listen(cfg: &Config, a: ListenArgs) -> Result<(), Exit> {
         })
         .await?;
         if summary.frames_dropped > 0 {
-            tracing::warn!(dropped = summary.frames_dropped, "audio frames dropped: the listener fell behind");
+            tracing::warn!(
+                dropped = summary.frames_dropped,
+                "audio frames dropped: the listener fell behind"
+            );
         }
         Ok::<(), AppError>(())
     })?;
@@ -381,12 +395,20 @@ fn transcribe(cfg: &Config, file: PathBuf, raw: bool) -> Result<(), Exit> {
 
 fn enroll(cfg: &Config, name: &str, out: Option<PathBuf>, files: &[PathBuf]) -> Result<(), Exit> {
     if files.len() < 3 {
-        return Err(Exit(2, anyhow::anyhow!("give at least 3 recordings of the wake word")));
+        return Err(Exit(
+            2,
+            anyhow::anyhow!("give at least 3 recordings of the wake word"),
+        ));
     }
     let mut clips = Vec::new();
     for f in files {
         let pcm = panda::audio::file::read_16k_mono(f)?;
-        clips.push((f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), pcm));
+        clips.push((
+            f.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            pcm,
+        ));
     }
     let out = out.unwrap_or_else(|| cfg.model_path(&cfg.wake.model));
     panda::listen::wake::build_reference(name, &clips, &out)?;

@@ -31,7 +31,9 @@ static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::
 
 /// The environment, initialised from `lib` on first use. `ORT_DYLIB_PATH` overrides `lib`.
 pub fn environment(lib: &Path) -> Result<&'static ort::environment::Environment, OnnxError> {
-    let lib = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| lib.to_path_buf());
+    let lib = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lib.to_path_buf());
     if ENV.get().is_none() && !lib.exists() {
         return Err(OnnxError::MissingLibrary(lib));
     }

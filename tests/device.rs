@@ -21,7 +21,8 @@ impl Pulse {
     }
     fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.env("XDG_RUNTIME_DIR", self.runtime.path()).env("PULSE_SERVER", self.server());
+        c.env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("PULSE_SERVER", self.server());
         c
     }
 }
@@ -57,7 +58,11 @@ fn start_pulse() -> Result<Pulse, String> {
     let p = Pulse { child, runtime };
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
-        if p.cmd("pactl").arg("info").output().is_ok_and(|o| o.status.success()) {
+        if p.cmd("pactl")
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Ok(p);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -99,7 +104,13 @@ fn resample_to_16k(src: &Path, dir: &Path) -> PathBuf {
 fn listen_on_a_virtual_microphone() {
     let Some(pulse) = pulse_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let wav = common::espeak_wav(dir.path(), "q", "en-us+m3", &["Hey panda.", "What time is it?"], 700);
+    let wav = common::espeak_wav(
+        dir.path(),
+        "q",
+        "en-us+m3",
+        &["Hey panda.", "What time is it?"],
+        700,
+    );
     let wav = resample_to_16k(&wav, dir.path());
     let listener = pulse
         .cmd(env!("CARGO_BIN_EXE_panda"))
@@ -112,25 +123,54 @@ fn listen_on_a_virtual_microphone() {
         .unwrap();
     // Capture takes a moment to start: wait, then play the question into the microphone.
     std::thread::sleep(Duration::from_secs(3));
-    let played = pulse.cmd("paplay").args(["-d", "micfeed"]).arg(&wav).status().unwrap();
+    let played = pulse
+        .cmd("paplay")
+        .args(["-d", "micfeed"])
+        .arg(&wav)
+        .status()
+        .unwrap();
     assert!(played.success(), "paplay failed");
     let out = listener.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}{stderr}");
     assert!(out.status.success(), "{stderr}");
-    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert_eq!(events.iter().filter(|e| e["type"] == "wake").count(), 1, "{stdout}");
-    let t: Vec<_> = events.iter().filter(|e| e["type"] == "transcript").collect();
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| e["type"] == "wake").count(),
+        1,
+        "{stdout}"
+    );
+    let t: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "transcript")
+        .collect();
     assert_eq!(t.len(), 1, "{stdout}");
-    assert!(t[0]["text"].as_str().unwrap().to_lowercase().contains("time"), "{stdout}");
+    assert!(
+        t[0]["text"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("time"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn no_sound_server_is_a_clear_error() {
     // With PulseAudio pointed at nothing and no ALSA card, the default device cannot open.
     let out = Command::new(env!("CARGO_BIN_EXE_panda"))
-        .args(["listen", "--device", "default", "--no-stt", "--seconds", "3"])
+        .args([
+            "listen",
+            "--device",
+            "default",
+            "--no-stt",
+            "--seconds",
+            "3",
+        ])
         .env("PULSE_SERVER", "unix:/nonexistent/pulse/native")
         .env("PANDA_MODELS__DIR", common::models_dir())
         .output()

@@ -11,8 +11,15 @@ const FIXTURE: &str = "tests/fixtures/hey-panda-what-time.wav";
 #[ignore = "regenerates a committed file"]
 fn regenerate_bundled_recording() {
     let dir = common::models_dir();
-    let a = panda::models::install::synthesize_wake_clips(&dir, "Hey panda.", &["af_sky"], &[1.0]).unwrap();
-    let b = panda::models::install::synthesize_wake_clips(&dir, "What time is it?", &["af_sky"], &[1.0]).unwrap();
+    let a = panda::models::install::synthesize_wake_clips(&dir, "Hey panda.", &["af_sky"], &[1.0])
+        .unwrap();
+    let b = panda::models::install::synthesize_wake_clips(
+        &dir,
+        "What time is it?",
+        &["af_sky"],
+        &[1.0],
+    )
+    .unwrap();
     let mut pcm = vec![0i16; 8_000];
     pcm.extend(&a[0].1);
     pcm.extend(std::iter::repeat_n(0, 9_600));
@@ -30,5 +37,13 @@ fn bundled_recording_wakes_and_transcribes() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.of_type("wake").len(), 1, "{}", r.stdout);
     let t = r.of_type("transcript");
-    assert!(t[0]["text"].as_str().unwrap().to_lowercase().contains("time"), "{}", r.stdout);
+    assert!(
+        t[0]["text"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("time"),
+        "{}",
+        r.stdout
+    );
 }

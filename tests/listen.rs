@@ -14,7 +14,13 @@ fn wake_word_then_question_gives_one_wake_and_a_transcript() {
     for (i, v) in VOICES.iter().enumerate() {
         // A pause after the wake word, as people leave for the assistant, and one without.
         for gap in [700, 150] {
-            let wav = espeak_wav(dir.path(), &format!("q{i}_{gap}"), v, &["Hey panda.", "What time is it?"], gap);
+            let wav = espeak_wav(
+                dir.path(),
+                &format!("q{i}_{gap}"),
+                v,
+                &["Hey panda.", "What time is it?"],
+                gap,
+            );
             let r = panda(&["listen", wav.to_str().unwrap()]);
             assert_eq!(r.code, 0, "{v}: {}", r.stderr);
             let wakes = r.of_type("wake");
@@ -26,8 +32,16 @@ fn wake_word_then_question_gives_one_wake_and_a_transcript() {
             println!("{v} gap {gap} ms: score {} → {text:?}", wakes[0]["score"]);
             assert!(text.contains("time"), "{v} gap {gap}: {text:?}");
             // Events come in pipeline order for the one turn.
-            let order: Vec<&str> = r.events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-            assert_eq!(order, ["wake", "speech_start", "speech_end", "transcript"], "{v}");
+            let order: Vec<&str> = r
+                .events
+                .iter()
+                .map(|e| e["type"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                order,
+                ["wake", "speech_start", "speech_end", "transcript"],
+                "{v}"
+            );
         }
     }
 }
@@ -40,7 +54,11 @@ fn speech_without_the_wake_word_gives_no_wake() {
             dir.path(),
             &format!("n{i}"),
             v,
-            &["What time is it?", "I saw a panda at the zoo.", "Hey, can you hand me that pen?"],
+            &[
+                "What time is it?",
+                "I saw a panda at the zoo.",
+                "Hey, can you hand me that pen?",
+            ],
             400,
         );
         let r = panda(&["listen", wav.to_str().unwrap()]);
@@ -80,7 +98,9 @@ fn write_wav(path: &std::path::Path, spec: hound::WavSpec, samples: &[f32]) {
     for &s in samples {
         match (spec.sample_format, spec.bits_per_sample) {
             (hound::SampleFormat::Float, _) => w.write_sample(s).unwrap(),
-            (_, b) => w.write_sample((s * ((1i64 << (b - 1)) - 1) as f32) as i32).unwrap(),
+            (_, b) => w
+                .write_sample((s * ((1i64 << (b - 1)) - 1) as f32) as i32)
+                .unwrap(),
         }
     }
     w.finalize().unwrap();
@@ -105,7 +125,12 @@ fn other_rates_bit_depths_and_channels_transcribe() {
     let p48 = dir.path().join("s48k24.wav");
     write_wav(
         &p48,
-        hound::WavSpec { channels: 2, sample_rate: 48_000, bits_per_sample: 24, sample_format: hound::SampleFormat::Int },
+        hound::WavSpec {
+            channels: 2,
+            sample_rate: 48_000,
+            bits_per_sample: 24,
+            sample_format: hound::SampleFormat::Int,
+        },
         &stereo,
     );
     let mut r = panda::audio::dsp::Resampler::new(16_000, 8_000);
@@ -115,13 +140,23 @@ fn other_rates_bit_depths_and_channels_transcribe() {
     let p8 = dir.path().join("m8k.wav");
     write_wav(
         &p8,
-        hound::WavSpec { channels: 1, sample_rate: 8_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 8_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
         &down,
     );
     let pf = dir.path().join("float.wav");
     write_wav(
         &pf,
-        hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 32, sample_format: hound::SampleFormat::Float },
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        },
         &pcm16k,
     );
     for p in [&p48, &p8, &pf] {
@@ -154,7 +189,11 @@ fn bad_input_is_one_clear_error_line_with_exit_65() {
         for cmd in ["listen", "transcribe"] {
             let r = panda(&[cmd, path.to_str().unwrap()]);
             assert_eq!(r.code, 65, "{cmd} {}: {}", path.display(), r.stderr);
-            let lines: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("panda:")).collect();
+            let lines: Vec<&str> = r
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("panda:"))
+                .collect();
             assert_eq!(lines.len(), 1, "{}", r.stderr);
             assert!(lines[0].contains(path.to_str().unwrap()), "{}", lines[0]);
             assert!(lines[0].contains(needle), "{}", lines[0]);

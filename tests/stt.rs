@@ -23,12 +23,19 @@ fn recorded_speech_word_error_rate() {
         let pcm = panda::audio::file::read_16k_mono(&c.path).unwrap();
         let out = h.transcribe_blocking(&pcm, &token).unwrap();
         let (e, n) = word_errors(&c.reference, &out.text);
-        println!("{:>3}/{:<3} {:?} → {:?} ({} ms)", e, n, c.reference, out.text, out.stt_ms);
+        println!(
+            "{:>3}/{:<3} {:?} → {:?} ({} ms)",
+            e, n, c.reference, out.text, out.stt_ms
+        );
         errs += e;
         words += n;
     }
     let wer = errs as f64 / words as f64;
-    println!("WER {:.1}% ({errs}/{words} words, {} clips)", wer * 100.0, clips.len());
+    println!(
+        "WER {:.1}% ({errs}/{words} words, {} clips)",
+        wer * 100.0,
+        clips.len()
+    );
     assert!(wer <= 0.20, "WER {:.1}% exceeds 20%", wer * 100.0);
 }
 
@@ -73,15 +80,24 @@ fn cancel_during_transcription() {
         // The caller's turn ends at once, whatever the worker is doing.
         let r = tokio::time::timeout(Duration::from_millis(100), caller).await;
         let caller_result = r.expect("caller released within 100 ms").unwrap();
-        assert!(matches!(caller_result, Err(SttError::Cancelled)), "{caller_result:?}");
+        assert!(
+            matches!(caller_result, Err(SttError::Cancelled)),
+            "{caller_result:?}"
+        );
         // The worker's own reply says cancelled: its text is discarded.
         let reply = worker_reply.await.unwrap();
         let release = cancelled_at.elapsed();
         assert!(matches!(reply, Err(SttError::Cancelled)), "{reply:?}");
         println!("full transcription {full_time:?}; worker released {release:?} after cancel");
-        assert!(release < full_time, "release {release:?} not sooner than a full run {full_time:?}");
+        assert!(
+            release < full_time,
+            "release {release:?} not sooner than a full run {full_time:?}"
+        );
         // And it serves the next request.
-        let again = h.transcribe(&pcm[..16_000 * 5], &CancellationToken::new()).await.unwrap();
+        let again = h
+            .transcribe(&pcm[..16_000 * 5], &CancellationToken::new())
+            .await
+            .unwrap();
         assert!(!again.text.is_empty());
     });
 }
@@ -96,7 +112,10 @@ fn missing_model_names_the_file() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent-models/whisper/ggml-tiny.en.bin"), "{err}");
+    assert!(
+        err.contains("/nonexistent-models/whisper/ggml-tiny.en.bin"),
+        "{err}"
+    );
     assert!(err.contains("panda models install"), "{err}");
     assert_eq!(out.status.code(), Some(66));
 }

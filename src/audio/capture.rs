@@ -74,7 +74,10 @@ fn find_device(name: &str) -> Result<cpal::Device, AudioError> {
         }
         names.push(n);
     }
-    Err(no_device(format!("not found; inputs: [{}]", names.join(", "))))
+    Err(no_device(format!(
+        "not found; inputs: [{}]",
+        names.join(", ")
+    )))
 }
 
 /// Opens `device` and streams frames into `tx` until `stop` is cancelled or the device

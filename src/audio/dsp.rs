@@ -68,7 +68,11 @@ impl Resampler {
                     acc += c * self.buf[idx as usize] as f64;
                 }
             }
-            out.push(if norm != 0.0 { (acc / norm) as f32 } else { 0.0 });
+            out.push(if norm != 0.0 {
+                (acc / norm) as f32
+            } else {
+                0.0
+            });
             self.next_out += 1;
         }
         // Drop input that no future output sample can reach.

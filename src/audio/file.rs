@@ -296,7 +296,11 @@ fn run_source(
         open
     })?;
     if let Some(mut f) = framer {
-        let silence = vec![0.0f32; (probe.0 as usize * probe.1 as usize * spec.tail_silence_ms as usize) / 1000];
+        let silence = vec![
+            0.0f32;
+            (probe.0 as usize * probe.1 as usize * spec.tail_silence_ms as usize)
+                / 1000
+        ];
         f.push(&silence, &mut |fr| send(fr, &mut open));
         f.finish(&mut |fr| send(fr, &mut open));
     }

@@ -70,7 +70,9 @@ pub fn corpus(models_dir: &Path) -> Result<Vec<Clip>, BenchError> {
     if let Ok(t) = std::fs::read_to_string(ps.join("cards/cards.transcription")) {
         // Lines look like `<s> transcript </s> (001)`.
         for line in t.lines() {
-            let Some((text, id)) = line.rsplit_once('(') else { continue };
+            let Some((text, id)) = line.rsplit_once('(') else {
+                continue;
+            };
             let id = id.trim_end_matches(')').trim();
             let text = text.replace("<s>", "").replace("</s>", "");
             let wav = ps.join("cards").join(format!("{id}.wav"));
@@ -83,7 +85,11 @@ pub fn corpus(models_dir: &Path) -> Result<Vec<Clip>, BenchError> {
         }
     }
     for wav in read_dir_sorted(&root.join("alsa"), "wav") {
-        let name = wav.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        let name = wav
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         if name == "Noise" {
             continue;
         }
@@ -115,7 +121,11 @@ pub fn normalize_words(s: &str) -> Vec<String> {
     s.to_lowercase()
         .replace(['-', '—'], " ")
         .split_whitespace()
-        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>())
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+        })
         .filter(|w| !w.is_empty())
         .map(|w| spell_number(&w).unwrap_or(w))
         .collect()
@@ -123,8 +133,27 @@ pub fn normalize_words(s: &str) -> Vec<String> {
 
 fn spell_number(w: &str) -> Option<String> {
     const SMALL: [&str; 21] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-        "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
     ];
     let n: usize = w.parse().ok()?;
     SMALL.get(n).map(|s| s.to_string())
@@ -184,12 +213,19 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
         println!(
             "\n== whisper {} | audio_ctx {} | load {:.0} ms (model {:.0} ms, warm-up {:.0} ms)",
             model.display(),
-            if dynamic { "sized to utterance" } else { "fixed 30 s" },
+            if dynamic {
+                "sized to utterance"
+            } else {
+                "fixed 30 s"
+            },
             t.elapsed().as_secs_f64() * 1e3,
             worker.load_time.as_secs_f64() * 1e3,
             worker.warmup_time.as_secs_f64() * 1e3
         );
-        println!("{:<44} {:>8} {:>8} {:>6} {:>6}", "clip", "audio_ms", "stt_ms", "rtf", "wer");
+        println!(
+            "{:<44} {:>8} {:>8} {:>6} {:>6}",
+            "clip", "audio_ms", "stt_ms", "rtf", "wer"
+        );
         let token = CancellationToken::new();
         let (mut times, mut rtfs) = (Vec::new(), Vec::new());
         let (mut errs, mut words) = (0, 0);
@@ -244,7 +280,10 @@ fn non_wake_speech(cfg: &Config, minutes: f64) -> Result<Vec<i16>, BenchError> {
 
 /// CPU time of the calling thread.
 fn thread_cpu() -> std::time::Duration {
-    let mut ts = libc_timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc_timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the struct we pass.
     unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -279,7 +318,9 @@ pub fn listen(cfg: &Config, minutes: f64) -> Result<(), BenchError> {
         wake_cpu += t2 - t;
     }
     let secs = audio.len() as f64 / SAMPLE_RATE_HZ as f64;
-    println!("idle listening over {secs:.0} s of speech without the wake word (one core's CPU time):");
+    println!(
+        "idle listening over {secs:.0} s of speech without the wake word (one core's CPU time):"
+    );
     println!("  wake word  RTF {:.4}", wake_cpu.as_secs_f64() / secs);
     println!("  VAD        RTF {:.4}", vad_cpu.as_secs_f64() / secs);
     println!(
@@ -291,8 +332,21 @@ pub fn listen(cfg: &Config, minutes: f64) -> Result<(), BenchError> {
 
 /// English Kokoro voices kept out of the default templates: the unseen speakers.
 pub const UNSEEN_VOICES: &[&str] = &[
-    "af_alloy", "af_aoede", "af_jessica", "af_kore", "af_nicole", "af_river", "af_sky", "am_echo", "am_eric",
-    "am_liam", "am_puck", "bf_isabella", "bf_lily", "bm_fable", "bm_lewis",
+    "af_alloy",
+    "af_aoede",
+    "af_jessica",
+    "af_kore",
+    "af_nicole",
+    "af_river",
+    "af_sky",
+    "am_echo",
+    "am_eric",
+    "am_liam",
+    "am_puck",
+    "bf_isabella",
+    "bf_lily",
+    "bm_fable",
+    "bm_lewis",
 ];
 
 /// Non-wake sentences, some deliberately close to the wake phrase.
@@ -314,7 +368,10 @@ pub fn count_wakes(det: &mut WakeDetector, pcm: &[i16]) -> usize {
     let mut n = 0;
     let all: Vec<i16> = pad.iter().chain(pcm).chain(pad.iter()).copied().collect();
     for (seq, c) in all.chunks_exact(FRAME_SAMPLES).enumerate() {
-        if det.process(seq as u64, c.try_into().expect("exact chunk")).is_some() {
+        if det
+            .process(seq as u64, c.try_into().expect("exact chunk"))
+            .is_some()
+        {
             n += 1;
         }
     }
@@ -324,7 +381,11 @@ pub fn count_wakes(det: &mut WakeDetector, pcm: &[i16]) -> usize {
 /// `panda bench wake`: recall on unseen voices, false accepts per hour on other speech.
 pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
     let dir = &cfg.models.dir;
-    let commands = ["what time is it?", "turn on the lights.", "what's the weather like?"];
+    let commands = [
+        "what time is it?",
+        "turn on the lights.",
+        "what's the weather like?",
+    ];
     let mut positives = Vec::new();
     for c in commands {
         let text = format!("Hey panda, {c}");
@@ -342,7 +403,8 @@ pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
         }
     }
     let recorded = non_wake_speech(cfg, 10.0)?;
-    let neg_secs = (negatives.iter().map(Vec::len).sum::<usize>() + recorded.len()) as f64 / SAMPLE_RATE_HZ as f64;
+    let neg_secs = (negatives.iter().map(Vec::len).sum::<usize>() + recorded.len()) as f64
+        / SAMPLE_RATE_HZ as f64;
     println!(
         "wake word {} | {} positive clips ({} unseen voices) | {:.1} min of non-wake speech",
         cfg.wake.model.display(),
@@ -350,7 +412,10 @@ pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
         UNSEEN_VOICES.len(),
         neg_secs / 60.0
     );
-    println!("{:>9} {:>8} {:>14} {:>8}", "threshold", "recall", "false/hour", "false");
+    println!(
+        "{:>9} {:>8} {:>14} {:>8}",
+        "threshold", "recall", "false/hour", "false"
+    );
     for &th in thresholds {
         let mut wc = cfg.wake.clone();
         wc.threshold = th;

@@ -280,12 +280,15 @@ mod tests {
         let ev = run(P, "..xxxx.x....", 0);
         assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 2 });
         match &ev[1] {
-            (11, Endpoint::SpeechEnd {
-                samples,
-                start_seq,
-                end_seq,
-                reason,
-            }) => {
+            (
+                11,
+                Endpoint::SpeechEnd {
+                    samples,
+                    start_seq,
+                    end_seq,
+                    reason,
+                },
+            ) => {
                 assert_eq!(*reason, EndReason::Silence);
                 assert_eq!(*start_seq, 0, "two frames of pre-roll before frame 2");
                 assert_eq!(*end_seq, 11);
@@ -315,9 +318,12 @@ mod tests {
         let p = EndpointParams { max_len: 8, ..P };
         let ev = run(p, "xxxxxxxxxxxxxxxx", 0);
         match &ev[1] {
-            (_, Endpoint::SpeechEnd {
-                samples, reason, ..
-            }) => {
+            (
+                _,
+                Endpoint::SpeechEnd {
+                    samples, reason, ..
+                },
+            ) => {
                 assert_eq!(*reason, EndReason::MaxLength);
                 assert_eq!(samples.len(), 8 * FRAME_SAMPLES);
             }

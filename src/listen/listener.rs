@@ -39,7 +39,7 @@ pub struct ListenerIo {
 /// How the listener decides that a turn starts.
 pub enum Trigger {
     /// A wake word detector (the appliance).
-    Wake(WakeDetector),
+    Wake(Box<WakeDetector>),
     /// Every utterance is a turn (`panda listen --no-wake`, transcription of recordings).
     Always,
 }
@@ -101,10 +101,10 @@ pub fn run(cfg: &Config, mut trigger: Trigger, io: ListenerIo) {
             }
         }
         let voiced = ep.is_armed() && vad.is_voiced(&frame.samples);
-        if let Some(e) = ep.push(frame.seq, &frame.samples, voiced) {
-            if !deliver(e, &mut turn, &utterances, &root, &emit) {
-                return;
-            }
+        if let Some(e) = ep.push(frame.seq, &frame.samples, voiced)
+            && !deliver(e, &mut turn, &utterances, &root, &emit)
+        {
+            return;
         }
     }
     if let Some(e) = ep.finish(last_seq) {
@@ -189,7 +189,7 @@ pub fn spawn(
         .spawn(move || {
             let trigger = if use_wake {
                 match WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model)) {
-                    Ok(d) => Trigger::Wake(d),
+                    Ok(d) => Trigger::Wake(Box::new(d)),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;

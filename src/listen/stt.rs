@@ -310,7 +310,9 @@ impl Engine {
         r.map_err(|e| SttError::Failed(e.to_string()))?;
         let mut text = String::new();
         for seg in state.as_iter() {
-            let s = seg.to_str_lossy().map_err(|e| SttError::Failed(e.to_string()))?;
+            let s = seg
+                .to_str_lossy()
+                .map_err(|e| SttError::Failed(e.to_string()))?;
             text.push_str(&s);
         }
         let language = if lang.is_none() {
@@ -364,8 +366,14 @@ mod tests {
     #[test]
     fn clean_removes_annotations_and_spaces() {
         assert_eq!(clean_transcript(" [BLANK_AUDIO] "), "");
-        assert_eq!(clean_transcript(" (upbeat music)  Hello  there. "), "Hello there.");
-        assert_eq!(clean_transcript("*coughs* What time is it?"), "What time is it?");
+        assert_eq!(
+            clean_transcript(" (upbeat music)  Hello  there. "),
+            "Hello there."
+        );
+        assert_eq!(
+            clean_transcript("*coughs* What time is it?"),
+            "What time is it?"
+        );
     }
 
     #[test]

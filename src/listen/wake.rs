@@ -122,7 +122,11 @@ impl WakeDetector {
 
 /// Builds a wake word reference from 16 kHz mono clips (leading/trailing silence is
 /// trimmed so the templates hold only the phrase) and writes it to `out`.
-pub fn build_reference(name: &str, clips: &[(String, Vec<i16>)], out: &Path) -> Result<(), WakeError> {
+pub fn build_reference(
+    name: &str,
+    clips: &[(String, Vec<i16>)],
+    out: &Path,
+) -> Result<(), WakeError> {
     let build_err = |problem: String| WakeError::Build {
         name: name.to_string(),
         problem,
@@ -140,8 +144,9 @@ pub fn build_reference(name: &str, clips: &[(String, Vec<i16>)], out: &Path) -> 
         }
         samples.insert(label.clone(), wav_bytes(trimmed));
     }
-    let wakeword = WakewordRef::new_from_sample_buffers(name.to_string(), None, None, samples, MFCC_SIZE)
-        .map_err(build_err)?;
+    let wakeword =
+        WakewordRef::new_from_sample_buffers(name.to_string(), None, None, samples, MFCC_SIZE)
+            .map_err(build_err)?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| build_err(format!("{}: {e}", dir.display())))?;
     }
@@ -164,7 +169,10 @@ pub fn trim_silence(x: &[i16]) -> &[i16] {
     };
     let chunks: Vec<&[i16]> = x.chunks(STEP).collect();
     let first = chunks.iter().position(|c| loud(c)).unwrap_or(0);
-    let last = chunks.iter().rposition(|c| loud(c)).unwrap_or(chunks.len() - 1);
+    let last = chunks
+        .iter()
+        .rposition(|c| loud(c))
+        .unwrap_or(chunks.len() - 1);
     let start = first.saturating_sub(5) * STEP;
     let end = ((last + 6) * STEP).min(x.len());
     &x[start..end]

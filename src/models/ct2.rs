@@ -103,8 +103,16 @@ impl Variable {
     /// Elements as f32, whatever the stored float type.
     pub fn to_f32(&self) -> Result<Vec<f32>, Ct2Error> {
         Ok(match self.dtype {
-            DType::F32 => self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            DType::F16 => self.data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            DType::F32 => self
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            DType::F16 => self
+                .data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             DType::BF16 => self
                 .data
                 .chunks_exact(2)
@@ -150,7 +158,9 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| Ct2Error::Malformed(format!("truncated at byte {} (wanted {n} more)", self.pos)))?;
+            .ok_or_else(|| {
+                Ct2Error::Malformed(format!("truncated at byte {} (wanted {n} more)", self.pos))
+            })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -179,7 +189,9 @@ pub fn parse(bytes: &[u8]) -> Result<Ct2Model, Ct2Error> {
     let mut r = Reader { b: bytes, pos: 0 };
     let version = r.u32()?;
     if version != 6 {
-        return Err(Ct2Error::Unsupported(format!("binary version {version}, expected 6")));
+        return Err(Ct2Error::Unsupported(format!(
+            "binary version {version}, expected 6"
+        )));
     }
     let spec = r.string()?;
     let _revision = r.u32()?;
@@ -275,19 +287,27 @@ impl Hparams {
 }
 
 fn get<'m>(m: &'m Ct2Model, name: &str) -> Result<&'m Variable, Ct2Error> {
-    m.vars.get(name).ok_or_else(|| Ct2Error::MissingVariable(name.to_string()))
+    m.vars
+        .get(name)
+        .ok_or_else(|| Ct2Error::MissingVariable(name.to_string()))
 }
 
 fn count_layers(m: &Ct2Model, prefix: &str) -> i32 {
     (0..)
-        .take_while(|i| m.vars.contains_key(&format!("{prefix}/layer_{i}/ffn/linear_0/weight")))
+        .take_while(|i| {
+            m.vars
+                .contains_key(&format!("{prefix}/layer_{i}/ffn/linear_0/weight"))
+        })
         .count() as i32
 }
 
 /// Reads the hyper-parameters from the variables' shapes.
 pub fn hparams(m: &Ct2Model) -> Result<Hparams, Ct2Error> {
     if m.spec != "WhisperSpec" {
-        return Err(Ct2Error::Unsupported(format!("spec {} is not WhisperSpec", m.spec)));
+        return Err(Ct2Error::Unsupported(format!(
+            "spec {} is not WhisperSpec",
+            m.spec
+        )));
     }
     let dim = |name: &str, i: usize| -> Result<i32, Ct2Error> {
         get(m, name)?
@@ -330,10 +350,19 @@ impl<W: Write> Writer<'_, W> {
     }
 
     /// Writes one tensor: `shape` outermost first (reversed in the file), `data` as f32.
-    fn tensor(&mut self, name: &str, shape: &[usize], data: &[f32], out: Out) -> Result<(), Ct2Error> {
+    fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        data: &[f32],
+        out: Out,
+    ) -> Result<(), Ct2Error> {
         let elems: usize = shape.iter().product();
         if elems != data.len() {
-            return Err(Ct2Error::Malformed(format!("{name}: {} values for shape {shape:?}", data.len())));
+            return Err(Ct2Error::Malformed(format!(
+                "{name}: {} values for shape {shape:?}",
+                data.len()
+            )));
         }
         self.i32(shape.len() as i32)?;
         self.i32(name.len() as i32)?;
@@ -409,7 +438,11 @@ pub fn convert_whisper<W: Write>(
         let out = if shape.len() >= 2 { Out::F16 } else { Out::F32 };
         w.tensor(dst, &shape, &v.to_f32()?, out)
     };
-    let f32_copy = |w: &mut Writer<W>, src: &str, dst: &str, shape: Option<Vec<usize>>| -> Result<(), Ct2Error> {
+    let f32_copy = |w: &mut Writer<W>,
+                    src: &str,
+                    dst: &str,
+                    shape: Option<Vec<usize>>|
+     -> Result<(), Ct2Error> {
         let v = get(m, src)?;
         let shape = shape.unwrap_or_else(|| shape_of(v));
         w.tensor(dst, &shape, &v.to_f32()?, Out::F32)
@@ -420,22 +453,26 @@ pub fn convert_whisper<W: Write>(
         let data = v.to_f32()?;
         let mut shape = shape_of(v);
         if shape[0] % parts != 0 {
-            return Err(Ct2Error::Malformed(format!("{src}: {} rows do not split in {parts}", shape[0])));
+            return Err(Ct2Error::Malformed(format!(
+                "{src}: {} rows do not split in {parts}",
+                shape[0]
+            )));
         }
         shape[0] /= parts;
         let n = data.len() / parts;
         Ok((data.chunks(n).map(|c| c.to_vec()).collect(), shape))
     };
-    let write_split = |w: &mut Writer<W>, src: &str, names: &[Option<&str>]| -> Result<(), Ct2Error> {
-        let (chunks, shape) = split(src, names.len())?;
-        let out = if shape.len() >= 2 { Out::F16 } else { Out::F32 };
-        for (chunk, name) in chunks.iter().zip(names) {
-            if let Some(name) = name {
-                w.tensor(name, &shape, chunk, out)?;
+    let write_split =
+        |w: &mut Writer<W>, src: &str, names: &[Option<&str>]| -> Result<(), Ct2Error> {
+            let (chunks, shape) = split(src, names.len())?;
+            let out = if shape.len() >= 2 { Out::F16 } else { Out::F32 };
+            for (chunk, name) in chunks.iter().zip(names) {
+                if let Some(name) = name {
+                    w.tensor(name, &shape, chunk, out)?;
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let ln = |w: &mut Writer<W>, src: &str, dst: &str| -> Result<(), Ct2Error> {
         copy(w, &format!("{src}/gamma"), &format!("{dst}.weight"))?;
         copy(w, &format!("{src}/beta"), &format!("{dst}.bias"))
@@ -445,19 +482,31 @@ pub fn convert_whisper<W: Write>(
         copy(w, &format!("{src}/bias"), &format!("{dst}.bias"))
     };
     let ffn = |w: &mut Writer<W>, src: &str, dst: &str| -> Result<(), Ct2Error> {
-        ln(w, &format!("{src}/ffn/layer_norm"), &format!("{dst}.mlp_ln"))?;
+        ln(
+            w,
+            &format!("{src}/ffn/layer_norm"),
+            &format!("{dst}.mlp_ln"),
+        )?;
         linear(w, &format!("{src}/ffn/linear_0"), &format!("{dst}.mlp.0"))?;
         linear(w, &format!("{src}/ffn/linear_1"), &format!("{dst}.mlp.2"))
     };
     let self_attn = |w: &mut Writer<W>, src: &str, dst: &str| -> Result<(), Ct2Error> {
-        ln(w, &format!("{src}/self_attention/layer_norm"), &format!("{dst}.attn_ln"))?;
+        ln(
+            w,
+            &format!("{src}/self_attention/layer_norm"),
+            &format!("{dst}.attn_ln"),
+        )?;
         let q = format!("{dst}.attn.query");
         let k = format!("{dst}.attn.key");
         let v = format!("{dst}.attn.value");
         write_split(
             w,
             &format!("{src}/self_attention/linear_0/weight"),
-            &[Some(&format!("{q}.weight")), Some(&format!("{k}.weight")), Some(&format!("{v}.weight"))],
+            &[
+                Some(&format!("{q}.weight")),
+                Some(&format!("{k}.weight")),
+                Some(&format!("{v}.weight")),
+            ],
         )?;
         // Whisper's key projection has no bias: the middle third is dropped.
         write_split(
@@ -465,16 +514,35 @@ pub fn convert_whisper<W: Write>(
             &format!("{src}/self_attention/linear_0/bias"),
             &[Some(&format!("{q}.bias")), None, Some(&format!("{v}.bias"))],
         )?;
-        linear(w, &format!("{src}/self_attention/linear_1"), &format!("{dst}.attn.out"))
+        linear(
+            w,
+            &format!("{src}/self_attention/linear_1"),
+            &format!("{dst}.attn.out"),
+        )
     };
 
     // Encoder.
-    f32_copy(&mut w, "encoder/position_encodings/encodings", "encoder.positional_embedding", None)?;
+    f32_copy(
+        &mut w,
+        "encoder/position_encodings/encodings",
+        "encoder.positional_embedding",
+        None,
+    )?;
     copy(&mut w, "encoder/conv1/weight", "encoder.conv1.weight")?;
     let s = hp.n_audio_state as usize;
-    f32_copy(&mut w, "encoder/conv1/bias", "encoder.conv1.bias", Some(vec![s, 1]))?;
+    f32_copy(
+        &mut w,
+        "encoder/conv1/bias",
+        "encoder.conv1.bias",
+        Some(vec![s, 1]),
+    )?;
     copy(&mut w, "encoder/conv2/weight", "encoder.conv2.weight")?;
-    f32_copy(&mut w, "encoder/conv2/bias", "encoder.conv2.bias", Some(vec![s, 1]))?;
+    f32_copy(
+        &mut w,
+        "encoder/conv2/bias",
+        "encoder.conv2.bias",
+        Some(vec![s, 1]),
+    )?;
     for i in 0..hp.n_audio_layer {
         let src = format!("encoder/layer_{i}");
         let dst = format!("encoder.blocks.{i}");
@@ -484,14 +552,31 @@ pub fn convert_whisper<W: Write>(
     ln(&mut w, "encoder/layer_norm", "encoder.ln_post")?;
 
     // Decoder.
-    f32_copy(&mut w, "decoder/position_encodings/encodings", "decoder.positional_embedding", None)?;
-    copy(&mut w, "decoder/embeddings/weight", "decoder.token_embedding.weight")?;
+    f32_copy(
+        &mut w,
+        "decoder/position_encodings/encodings",
+        "decoder.positional_embedding",
+        None,
+    )?;
+    copy(
+        &mut w,
+        "decoder/embeddings/weight",
+        "decoder.token_embedding.weight",
+    )?;
     for i in 0..hp.n_text_layer {
         let src = format!("decoder/layer_{i}");
         let dst = format!("decoder.blocks.{i}");
         self_attn(&mut w, &src, &dst)?;
-        ln(&mut w, &format!("{src}/attention/layer_norm"), &format!("{dst}.cross_attn_ln"))?;
-        linear(&mut w, &format!("{src}/attention/linear_0"), &format!("{dst}.cross_attn.query"))?;
+        ln(
+            &mut w,
+            &format!("{src}/attention/layer_norm"),
+            &format!("{dst}.cross_attn_ln"),
+        )?;
+        linear(
+            &mut w,
+            &format!("{src}/attention/linear_0"),
+            &format!("{dst}.cross_attn.query"),
+        )?;
         let k = format!("{dst}.cross_attn.key");
         let v = format!("{dst}.cross_attn.value");
         write_split(
@@ -499,8 +584,16 @@ pub fn convert_whisper<W: Write>(
             &format!("{src}/attention/linear_1/weight"),
             &[Some(&format!("{k}.weight")), Some(&format!("{v}.weight"))],
         )?;
-        write_split(&mut w, &format!("{src}/attention/linear_1/bias"), &[None, Some(&format!("{v}.bias"))])?;
-        linear(&mut w, &format!("{src}/attention/linear_2"), &format!("{dst}.cross_attn.out"))?;
+        write_split(
+            &mut w,
+            &format!("{src}/attention/linear_1/bias"),
+            &[None, Some(&format!("{v}.bias"))],
+        )?;
+        linear(
+            &mut w,
+            &format!("{src}/attention/linear_2"),
+            &format!("{dst}.cross_attn.out"),
+        )?;
         ffn(&mut w, &src, &dst)?;
     }
     ln(&mut w, "decoder/layer_norm", "decoder.ln")?;
@@ -511,7 +604,11 @@ pub fn convert_whisper<W: Write>(
 pub fn parse_tiktoken(text: &str) -> Result<Vec<Vec<u8>>, Ct2Error> {
     use base64::Engine;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let b64 = line.split_whitespace().next().unwrap_or("");
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -530,7 +627,9 @@ pub(crate) mod tests {
         Variable {
             shape: shape.to_vec(),
             dtype: DType::F16,
-            data: (0..n).flat_map(|i| f16::from_f32(f(i)).to_le_bytes()).collect(),
+            data: (0..n)
+                .flat_map(|i| f16::from_f32(f(i)).to_le_bytes())
+                .collect(),
         }
     }
 
@@ -552,9 +651,18 @@ pub(crate) mod tests {
         };
         put("encoder/num_heads", scalar_i16(2));
         put("decoder/num_heads", scalar_i16(2));
-        put("encoder/position_encodings/encodings", var(&[6, d], |i| i as f32));
-        put("decoder/position_encodings/encodings", var(&[5, d], |i| i as f32));
-        put("decoder/embeddings/weight", var(&[8, d], |i| i as f32 / 8.0));
+        put(
+            "encoder/position_encodings/encodings",
+            var(&[6, d], |i| i as f32),
+        );
+        put(
+            "decoder/position_encodings/encodings",
+            var(&[5, d], |i| i as f32),
+        );
+        put(
+            "decoder/embeddings/weight",
+            var(&[8, d], |i| i as f32 / 8.0),
+        );
         put("encoder/conv1/weight", var(&[d, 2, 3], |i| i as f32));
         put("encoder/conv1/bias", var(&[d], |i| i as f32));
         put("encoder/conv2/weight", var(&[d, d, 3], |i| i as f32));
@@ -564,13 +672,34 @@ pub(crate) mod tests {
                 put(&format!("{p}/{ln}/gamma"), var(&[d], |_| 1.0));
                 put(&format!("{p}/{ln}/beta"), var(&[d], |_| 0.0));
             }
-            put(&format!("{p}/self_attention/linear_0/weight"), var(&[3 * d, d], |i| i as f32));
-            put(&format!("{p}/self_attention/linear_0/bias"), var(&[3 * d], |i| i as f32));
-            put(&format!("{p}/self_attention/linear_1/weight"), var(&[d, d], |i| i as f32));
-            put(&format!("{p}/self_attention/linear_1/bias"), var(&[d], |i| i as f32));
-            put(&format!("{p}/ffn/linear_0/weight"), var(&[2 * d, d], |i| i as f32));
-            put(&format!("{p}/ffn/linear_0/bias"), var(&[2 * d], |i| i as f32));
-            put(&format!("{p}/ffn/linear_1/weight"), var(&[d, 2 * d], |i| i as f32));
+            put(
+                &format!("{p}/self_attention/linear_0/weight"),
+                var(&[3 * d, d], |i| i as f32),
+            );
+            put(
+                &format!("{p}/self_attention/linear_0/bias"),
+                var(&[3 * d], |i| i as f32),
+            );
+            put(
+                &format!("{p}/self_attention/linear_1/weight"),
+                var(&[d, d], |i| i as f32),
+            );
+            put(
+                &format!("{p}/self_attention/linear_1/bias"),
+                var(&[d], |i| i as f32),
+            );
+            put(
+                &format!("{p}/ffn/linear_0/weight"),
+                var(&[2 * d, d], |i| i as f32),
+            );
+            put(
+                &format!("{p}/ffn/linear_0/bias"),
+                var(&[2 * d], |i| i as f32),
+            );
+            put(
+                &format!("{p}/ffn/linear_1/weight"),
+                var(&[d, 2 * d], |i| i as f32),
+            );
             put(&format!("{p}/ffn/linear_1/bias"), var(&[d], |i| i as f32));
         }
         let p = "decoder/layer_0/attention";
@@ -578,7 +707,10 @@ pub(crate) mod tests {
         put(&format!("{p}/layer_norm/beta"), var(&[d], |_| 0.0));
         put(&format!("{p}/linear_0/weight"), var(&[d, d], |i| i as f32));
         put(&format!("{p}/linear_0/bias"), var(&[d], |i| i as f32));
-        put(&format!("{p}/linear_1/weight"), var(&[2 * d, d], |i| i as f32));
+        put(
+            &format!("{p}/linear_1/weight"),
+            var(&[2 * d, d], |i| i as f32),
+        );
         put(&format!("{p}/linear_1/bias"), var(&[2 * d], |i| i as f32));
         put(&format!("{p}/linear_2/weight"), var(&[d, d], |i| i as f32));
         put(&format!("{p}/linear_2/bias"), var(&[d], |i| i as f32));
@@ -622,15 +754,24 @@ pub(crate) mod tests {
             p += nl;
             let n: usize = dims.iter().map(|&d| d as usize).product();
             let vals = if ft == 0 {
-                let v = b[p..p + 4 * n].chunks(4).map(|x| f32::from_le_bytes(x.try_into().unwrap())).collect();
+                let v = b[p..p + 4 * n]
+                    .chunks(4)
+                    .map(|x| f32::from_le_bytes(x.try_into().unwrap()))
+                    .collect();
                 p += 4 * n;
                 v
             } else {
-                let v = b[p..p + 2 * n].chunks(2).map(|x| f16::from_le_bytes([x[0], x[1]]).to_f32()).collect();
+                let v = b[p..p + 2 * n]
+                    .chunks(2)
+                    .map(|x| f16::from_le_bytes([x[0], x[1]]).to_f32())
+                    .collect();
                 p += 2 * n;
                 v
             };
-            assert!(t.insert(name, (dims, ft, vals)).is_none(), "duplicate tensor");
+            assert!(
+                t.insert(name, (dims, ft, vals)).is_none(),
+                "duplicate tensor"
+            );
         }
         (hp, nt, t)
     }
@@ -657,7 +798,10 @@ pub(crate) mod tests {
             bytes.push(0);
         }
         let p = parse(&bytes).unwrap();
-        assert_eq!(p.vars["decoder/projection/weight"], p.vars["decoder/embeddings/weight"]);
+        assert_eq!(
+            p.vars["decoder/projection/weight"],
+            p.vars["decoder/embeddings/weight"]
+        );
     }
 
     #[test]
@@ -701,7 +845,12 @@ pub(crate) mod tests {
         // token embedding + block (self 9, cross 9, mlp 6) + ln 2.
         let encoder = 1 + 4 + 15 + 2;
         let decoder = 2 + 24 + 2;
-        assert_eq!(t.len(), encoder + decoder, "{:?}", t.keys().collect::<Vec<_>>());
+        assert_eq!(
+            t.len(),
+            encoder + decoder,
+            "{:?}",
+            t.keys().collect::<Vec<_>>()
+        );
         // Fused q/k/v split in thirds, key without bias.
         let q = &t["encoder.blocks.0.attn.query.weight"];
         let k = &t["encoder.blocks.0.attn.key.weight"];
@@ -712,10 +861,16 @@ pub(crate) mod tests {
         assert_eq!(k.2[0], 16.0);
         assert_eq!(v.2[0], 32.0);
         assert!(!t.contains_key("encoder.blocks.0.attn.key.bias"));
-        assert_eq!(t["encoder.blocks.0.attn.value.bias"].2, vec![8.0, 9.0, 10.0, 11.0]);
+        assert_eq!(
+            t["encoder.blocks.0.attn.value.bias"].2,
+            vec![8.0, 9.0, 10.0, 11.0]
+        );
         // Cross-attention k/v split in halves.
         assert_eq!(t["decoder.blocks.0.cross_attn.value.weight"].2[0], 16.0);
-        assert_eq!(t["decoder.blocks.0.cross_attn.value.bias"].2, vec![4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(
+            t["decoder.blocks.0.cross_attn.value.bias"].2,
+            vec![4.0, 5.0, 6.0, 7.0]
+        );
         assert!(!t.contains_key("decoder.blocks.0.cross_attn.key.bias"));
         // Conv biases are f32 [n,1] (dims reversed: [1, n]); positional embeddings f32.
         let cb = &t["encoder.conv1.bias"];
@@ -738,11 +893,15 @@ pub(crate) mod tests {
         let mut m = synthetic();
         m.vars.remove("decoder/layer_0/attention/linear_2/bias");
         let mel = vec![0.0f32; 2 * 201];
-        let err = convert_whisper(&m, (2, 201, &mel), &[], &mut Vec::new()).unwrap_err().to_string();
+        let err = convert_whisper(&m, (2, 201, &mel), &[], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("linear_2/bias"), "{err}");
         let m = synthetic();
         let mel = vec![0.0f32; 80 * 201];
-        let err = convert_whisper(&m, (80, 201, &mel), &[], &mut Vec::new()).unwrap_err().to_string();
+        let err = convert_whisper(&m, (80, 201, &mel), &[], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mel"), "{err}");
     }
 

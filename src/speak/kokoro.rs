@@ -94,17 +94,19 @@ impl Kokoro {
             problem: e.to_string(),
         })?;
         // Either `{"vocab": {symbol: id}}` (kokoro-onnx's config) or a bare map.
-        let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| KokoroError::Load {
-            path: vocab_path.clone(),
-            problem: e.to_string(),
-        })?;
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| KokoroError::Load {
+                path: vocab_path.clone(),
+                problem: e.to_string(),
+            })?;
         if let Some(inner) = json.get_mut("vocab") {
             json = inner.take();
         }
-        let raw: HashMap<String, i64> = serde_json::from_value(json).map_err(|e| KokoroError::Load {
-            path: vocab_path.clone(),
-            problem: e.to_string(),
-        })?;
+        let raw: HashMap<String, i64> =
+            serde_json::from_value(json).map_err(|e| KokoroError::Load {
+                path: vocab_path.clone(),
+                problem: e.to_string(),
+            })?;
         let vocab = raw
             .into_iter()
             .filter_map(|(k, v)| {
@@ -150,7 +152,11 @@ impl Kokoro {
             if bytes.len() != STYLE_ROWS * STYLE_DIM * 4 {
                 return Err(KokoroError::Load {
                     path,
-                    problem: format!("{} bytes, expected {}", bytes.len(), STYLE_ROWS * STYLE_DIM * 4),
+                    problem: format!(
+                        "{} bytes, expected {}",
+                        bytes.len(),
+                        STYLE_ROWS * STYLE_DIM * 4
+                    ),
                 });
             }
             let v = bytes
@@ -184,7 +190,12 @@ impl Kokoro {
 
     /// Synthesises `text` (English) with `voice` at `speed`; returns 24 kHz mono f32.
     /// Text longer than one call's token limit is cut at a clause boundary.
-    pub fn synthesize(&mut self, text: &str, voice: &str, speed: f32) -> Result<Vec<f32>, KokoroError> {
+    pub fn synthesize(
+        &mut self,
+        text: &str,
+        voice: &str,
+        speed: f32,
+    ) -> Result<Vec<f32>, KokoroError> {
         let ipa = self.phonemizer.phonemize(text)?;
         let mut tokens = self.tokens(&ipa);
         tokens.truncate(MAX_TOKENS);

@@ -14,9 +14,18 @@ use std::sync::Mutex;
 
 #[link(name = "espeak-ng")]
 unsafe extern "C" {
-    fn espeak_Initialize(output: c_int, buflength: c_int, path: *const c_char, options: c_int) -> c_int;
+    fn espeak_Initialize(
+        output: c_int,
+        buflength: c_int,
+        path: *const c_char,
+        options: c_int,
+    ) -> c_int;
     fn espeak_SetVoiceByName(name: *const c_char) -> c_int;
-    fn espeak_TextToPhonemes(textptr: *mut *const c_void, textmode: c_int, phonememode: c_int) -> *const c_char;
+    fn espeak_TextToPhonemes(
+        textptr: *mut *const c_void,
+        textmode: c_int,
+        phonememode: c_int,
+    ) -> *const c_char;
 }
 
 const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
@@ -63,7 +72,12 @@ impl Phonemizer {
         if g.is_none() {
             // SAFETY: called once, under the lock; NULL path selects the default data dir.
             let rate = unsafe {
-                espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, std::ptr::null(), ESPEAK_INITIALIZE_DONT_EXIT)
+                espeak_Initialize(
+                    AUDIO_OUTPUT_SYNCHRONOUS,
+                    0,
+                    std::ptr::null(),
+                    ESPEAK_INITIALIZE_DONT_EXIT,
+                )
             };
             if rate <= 0 {
                 return Err(PhonemizeError::Init);
@@ -71,7 +85,8 @@ impl Phonemizer {
             *g = Some(String::new());
         }
         if g.as_deref() != Some(self.voice.as_str()) {
-            let name = CString::new(self.voice.clone()).map_err(|_| PhonemizeError::Voice(self.voice.clone()))?;
+            let name = CString::new(self.voice.clone())
+                .map_err(|_| PhonemizeError::Voice(self.voice.clone()))?;
             // SAFETY: valid C string; under the lock.
             if unsafe { espeak_SetVoiceByName(name.as_ptr()) } != 0 {
                 return Err(PhonemizeError::Voice(self.voice.clone()));
@@ -151,12 +166,17 @@ mod tests {
     #[test]
     fn all_clauses_are_kept() {
         let p = Phonemizer::new("en-us").unwrap();
-        let ipa = p.phonemize("one two three four five six seven eight nine ten eleven").unwrap();
+        let ipa = p
+            .phonemize("one two three four five six seven eight nine ten eleven")
+            .unwrap();
         assert!(ipa.contains("lˈɛvən"), "{ipa}");
     }
 
     #[test]
     fn unknown_voice_is_an_error() {
-        assert!(matches!(Phonemizer::new("xx-nope"), Err(PhonemizeError::Voice(_))));
+        assert!(matches!(
+            Phonemizer::new("xx-nope"),
+            Err(PhonemizeError::Voice(_))
+        ));
     }
 }

@@ -33,7 +33,11 @@ pub fn espeak_wav(dir: &Path, name: &str, voice: &str, parts: &[&str], gap_ms: u
             .output()
             .expect("espeak-ng is installed (apt-get install espeak-ng)");
         assert!(out.status.success(), "espeak-ng -v {voice} failed");
-        pcm.extend(out.stdout[44..].chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+        pcm.extend(
+            out.stdout[44..]
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]])),
+        );
     }
     let path = dir.join(format!("{name}.wav"));
     let spec = hound::WavSpec {
@@ -74,7 +78,10 @@ pub fn panda(args: &[&str]) -> Run {
         .expect("running panda");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     Run {
-        events: stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+        events: stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
         stdout,
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
         code: out.status.code().unwrap_or(-1),
