@@ -26,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export GGML_NATIVE=OFF   # portable whisper.cpp build (no -march=native)
-PROFILE="${PANDA_PROFILE:-release}"
+PROFILE="${BUILD_PROFILE:-release}"
 if [ "$PROFILE" = release ]; then
   cargo build --release --locked
 else

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// The system-wide configuration file, read when it exists.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/panda/panda.toml";
 
+/// `PANDA_*` variables that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["CACHE_DIR"];
+
 /// Errors while loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -247,7 +250,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed(env_prefix).split("__"));
+        // `PANDA_CACHE_DIR` is read by the model installer, not part of the tree.
+        fig = fig.merge(Env::prefixed(env_prefix).ignore(NON_CONFIG_ENV).split("__"));
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)

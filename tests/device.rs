@@ -1,7 +1,7 @@
 //! The real device path: cpal capture from a PulseAudio virtual microphone (null sink
 //! + remap source, DESIGN §7), started by the test in a private runtime directory.
 //!
-//! Without PulseAudio the test says so loudly; with `PANDA_REQUIRE_PULSE=1` (CI, after
+//! Without PulseAudio the test says so loudly; with `REQUIRE_PULSEAUDIO=1` (CI, after
 //! `scripts/setup.sh` installed it) a missing sound server is a failure, never a pass.
 
 mod common;
@@ -73,8 +73,8 @@ fn start_pulse() -> Result<Pulse, String> {
 fn pulse_or_skip() -> Option<Pulse> {
     match start_pulse() {
         Ok(p) => Some(p),
-        Err(e) if std::env::var("PANDA_REQUIRE_PULSE").is_ok_and(|v| v == "1") => {
-            panic!("PulseAudio is required (PANDA_REQUIRE_PULSE=1) but: {e}")
+        Err(e) if std::env::var("REQUIRE_PULSEAUDIO").is_ok_and(|v| v == "1") => {
+            panic!("PulseAudio is required (REQUIRE_PULSEAUDIO=1) but: {e}")
         }
         Err(e) => {
             eprintln!("\n\n*** SKIPPED: real-device test needs PulseAudio: {e} ***\n\n");
