@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::audio::AudioError;
 use crate::audio::capture::{CaptureStats, spawn_capture};
@@ -176,8 +177,11 @@ async fn turns(
         let Some(stt) = &stt else { continue };
         let turn = u.turn.id;
         let span = tracing::info_span!("turn", turn);
-        let _e = span.enter();
-        let ev = match stt.transcribe(&u.samples, &u.turn.token).await {
+        let ev = match stt
+            .transcribe(&u.samples, &u.turn.token)
+            .instrument(span)
+            .await
+        {
             Ok(out) => Event::Transcript {
                 turn,
                 text: out.text,

@@ -197,7 +197,11 @@ pub fn spawn_capture(
                     (Ok(()), _) => return Ok(()),
                     (Err(e), Some(delay)) if !stop.is_cancelled() => {
                         tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "audio capture unavailable");
-                        std::thread::sleep(delay);
+                        // Wait in short steps so shutdown is not held up by the retry delay.
+                        let until = std::time::Instant::now() + delay;
+                        while std::time::Instant::now() < until && !stop.is_cancelled() {
+                            std::thread::sleep(DRAIN_INTERVAL * 10);
+                        }
                     }
                     (Err(e), _) => return Err(e),
                 }
