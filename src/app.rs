@@ -187,6 +187,7 @@ async fn turns(
                 text: out.text,
                 audio_ms: out.audio_ms,
                 stt_ms: out.stt_ms,
+                confidence: out.confidence,
             },
             Err(SttError::Cancelled) => Event::Cancelled { turn, stage: "stt" },
             Err(e) => Event::Error {

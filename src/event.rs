@@ -114,6 +114,8 @@ pub enum Event {
         audio_ms: u64,
         /// Time Whisper took.
         stt_ms: u64,
+        /// Mean token probability (0–1); below `[stt] min_confidence` the text is empty.
+        confidence: f32,
     },
     /// A turn was cancelled; anything it had produced is discarded.
     Cancelled {

@@ -185,3 +185,37 @@ fn no_sound_server_is_a_clear_error() {
     assert!(stderr.contains("audio"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn daemon_mode_retries_a_missing_device_until_stopped() {
+    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+        .args([
+            "listen",
+            "--device",
+            "default",
+            "--retry",
+            "--no-stt",
+            "--seconds",
+            "3",
+        ])
+        .env("PULSE_SERVER", "unix:/nonexistent/pulse/native")
+        .env("PANDA_MODELS__DIR", common::models_dir())
+        .env("PANDA_AUDIO__RETRY_DELAY_MS", "500")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let attempts = stderr.matches("audio capture unavailable").count();
+    if attempts == 0 && out.status.success() {
+        eprintln!("*** SKIPPED: this machine has a working default input device ***");
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "stopping a retrying listener is a clean exit: {stderr}"
+    );
+    assert!(
+        attempts >= 3,
+        "{attempts} attempts in 3 s at 500 ms: {stderr}"
+    );
+}

@@ -73,6 +73,14 @@ fn noise_gives_nothing() {
     let r = panda(&["listen", noise.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.events.is_empty(), "{}", r.stdout);
+    // Even with every utterance treated as a turn, nothing is understood in noise.
+    let r = panda(&["listen", "--no-wake", noise.to_str().unwrap()]);
+    let t = r.of_type("transcript");
+    assert!(
+        !t.is_empty() && t.iter().all(|t| t["text"] == ""),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

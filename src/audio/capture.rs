@@ -195,6 +195,8 @@ pub fn spawn_capture(
                 let r = capture(&device, ring_capacity_ms, &tx, &stop, &stats);
                 match (r, retry) {
                     (Ok(()), _) => return Ok(()),
+                    // Shutdown while retrying is a clean stop, not a device failure.
+                    (Err(_), Some(_)) if stop.is_cancelled() => return Ok(()),
                     (Err(e), Some(delay)) if !stop.is_cancelled() => {
                         tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "audio capture unavailable");
                         // Wait in short steps so shutdown is not held up by the retry delay.

@@ -63,6 +63,8 @@ pub struct SttOutput {
     pub stt_ms: u64,
     /// Detected (or configured) language code.
     pub language: String,
+    /// Mean probability of the text tokens Whisper chose (0–1).
+    pub confidence: f32,
 }
 
 struct SttRequest {
@@ -198,6 +200,7 @@ fn worker(
     let engine = Engine {
         cfg,
         multilingual: ctx.is_multilingual(),
+        token_eot: ctx.token_eot(),
     };
     // Warm-up: one short pass allocates whisper.cpp's compute buffers, so the first real
     // utterance does not pay for it.
@@ -227,6 +230,8 @@ fn worker(
 struct Engine {
     cfg: SttConfig,
     multilingual: bool,
+    /// Token ids at and above this are special (timestamps, language, task).
+    token_eot: i32,
 }
 
 /// whisper.cpp's abort callback: `user_data` points at the request's CancellationToken,
@@ -309,12 +314,27 @@ impl Engine {
         }
         r.map_err(|e| SttError::Failed(e.to_string()))?;
         let mut text = String::new();
+        let (mut prob_sum, mut n_text_tokens) = (0.0f32, 0usize);
         for seg in state.as_iter() {
             let s = seg
                 .to_str_lossy()
                 .map_err(|e| SttError::Failed(e.to_string()))?;
             text.push_str(&s);
+            for i in 0..seg.n_tokens() {
+                if let Some(t) = seg.get_token(i)
+                    && t.token_id() < self.token_eot
+                {
+                    prob_sum += t.token_probability();
+                    n_text_tokens += 1;
+                }
+            }
         }
+        let confidence = if n_text_tokens == 0 {
+            0.0
+        } else {
+            prob_sum / n_text_tokens as f32
+        };
+        tracing::debug!(confidence, text = %text, "transcribed");
         let language = if lang.is_none() {
             whisper_rs::get_lang_str(state.full_lang_id_from_state())
                 .unwrap_or("?")
@@ -322,8 +342,16 @@ impl Engine {
         } else {
             self.cfg.language.clone()
         };
+        // Whisper always says something; on noise it is a low-confidence word ("I'm",
+        // "you"). Below the floor the transcript is empty: nothing was understood.
+        let text = if confidence < self.cfg.min_confidence {
+            String::new()
+        } else {
+            clean_transcript(&text)
+        };
         Ok(SttOutput {
-            text: clean_transcript(&text),
+            confidence,
+            text,
             audio_ms,
             stt_ms,
             language,
