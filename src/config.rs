@@ -122,6 +122,9 @@ pub struct WakeConfig {
     /// After a detection, further detections are ignored for this long (one utterance of
     /// "hey panda" must give exactly one wake).
     pub refractory_ms: u64,
+    /// Compare templates only on frames with voice (rustpotter's energy gate): idle
+    /// listening in a quiet room then costs almost nothing.
+    pub vad_gate: bool,
 }
 
 impl Default for WakeConfig {
@@ -133,6 +136,7 @@ impl Default for WakeConfig {
             min_scores: 5,
             eager: true,
             refractory_ms: 2000,
+            vad_gate: true,
         }
     }
 }

@@ -79,6 +79,9 @@ impl WakeDetector {
         rp_cfg.detector.min_scores = cfg.min_scores;
         rp_cfg.detector.eager = cfg.eager;
         rp_cfg.detector.score_mode = ScoreMode::Max;
+        // rustpotter's own energy gate: template comparison (the expensive part) runs only
+        // on frames with voice, or while a detection is in progress.
+        rp_cfg.detector.vad_mode = cfg.vad_gate.then_some(rustpotter::VADMode::Easy);
         let mut inner = Rustpotter::new(&rp_cfg).map_err(|problem| WakeError::Load {
             path: p.clone(),
             problem,
