@@ -27,7 +27,7 @@ use crate::audio::capture::{CaptureStats, spawn_capture};
 use crate::audio::file::{FileSpec, SourceStats, spawn_source};
 use crate::config::Config;
 use crate::event::{AudioFrame, Event, Utterance};
-use crate::listen::listener::{self, ListenerIo};
+use crate::listen::listener::{self, ListenerIo, WakeVerifier};
 use crate::listen::stt::{self, SttError, SttHandle};
 use crate::listen::wake::WakeError;
 
@@ -97,7 +97,8 @@ pub async fn listen(
     root: CancellationToken,
     mut on_event: impl FnMut(&Event),
 ) -> Result<ListenSummary, AppError> {
-    let stt = if opts.transcribe {
+    let verify = opts.use_wake && cfg.wake.verify;
+    let stt = if opts.transcribe || verify {
         let model = cfg.model_path(&cfg.stt.model);
         let cfg = cfg.stt.clone();
         let (handle, _worker) = tokio::task::spawn_blocking(move || stt::spawn(&cfg, &model))
@@ -112,9 +113,15 @@ pub async fn listen(
     let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
 
+    let verifier = stt
+        .as_ref()
+        .filter(|_| verify)
+        .map(|h| WakeVerifier::new(h.clone(), &cfg.wake.phrase, cfg.wake.verify_window_ms));
+    let stt = stt.filter(|_| opts.transcribe);
     let listener = listener::spawn(
         cfg.clone(),
         opts.use_wake,
+        verifier,
         ListenerIo {
             frames: frame_rx,
             utterances: utt_tx,

@@ -125,6 +125,13 @@ pub struct WakeConfig {
     /// Compare templates only on frames with voice (rustpotter's energy gate): idle
     /// listening in a quiet room then costs almost nothing.
     pub vad_gate: bool,
+    /// The wake phrase as spoken; its last word is what the second-stage check listens for.
+    pub phrase: String,
+    /// Second-stage check: Whisper on the audio before a template detection must hear the
+    /// phrase's last word. Templates give recall, this gives precision.
+    pub verify: bool,
+    /// Audio the second-stage check transcribes, ending at the detection.
+    pub verify_window_ms: u64,
 }
 
 impl Default for WakeConfig {
@@ -137,6 +144,9 @@ impl Default for WakeConfig {
             eager: true,
             refractory_ms: 2000,
             vad_gate: true,
+            phrase: "hey panda".into(),
+            verify: true,
+            verify_window_ms: 1500,
         }
     }
 }

@@ -78,6 +78,9 @@ pub enum Event {
         name: String,
         /// Detection score (0–1).
         score: f32,
+        /// What the second-stage check heard (absent when it is off).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        heard: Option<String>,
         /// Stream position of the detection.
         at_ms: u64,
     },

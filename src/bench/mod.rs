@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::event::{FRAME_SAMPLES, SAMPLE_RATE_HZ};
+use crate::listen::listener::WakeVerifier;
 use crate::listen::stt::{self, SttError};
 use crate::listen::vad::Vad;
 use crate::listen::wake::{WakeDetector, WakeError};
@@ -394,50 +395,55 @@ pub const CONFUSERS: &[&str] = &[
 ];
 
 /// Runs a wake detector over 16 kHz audio with one second of silence on both sides;
-/// returns the number of detections.
-pub fn count_wakes(det: &mut WakeDetector, pcm: &[i16]) -> usize {
+/// returns (template detections, detections the second stage accepted).
+pub fn count_wakes(det: &mut WakeDetector, verifier: &WakeVerifier, pcm: &[i16]) -> (usize, usize) {
     let pad = vec![0i16; SAMPLE_RATE_HZ as usize];
-    let mut n = 0;
+    let (mut n, mut verified) = (0, 0);
     let all: Vec<i16> = pad.iter().chain(pcm).chain(pad.iter()).copied().collect();
+    let token = CancellationToken::new();
     for (seq, c) in all.chunks_exact(FRAME_SAMPLES).enumerate() {
         if det
             .process(seq as u64, c.try_into().expect("exact chunk"))
             .is_some()
         {
             n += 1;
+            let end = (seq + 1) * FRAME_SAMPLES;
+            let start = end.saturating_sub(verifier.window_frames * FRAME_SAMPLES);
+            if verifier.check(&all[start..end], &token).0 {
+                verified += 1;
+            }
         }
     }
-    n
+    (n, verified)
 }
 
-/// `panda bench wake`: recall on unseen voices, false accepts per hour on other speech.
+/// `panda bench wake`: recall on unseen voices, false accepts per hour on other speech,
+/// with the templates alone and with the second-stage Whisper check.
 pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
     let dir = &cfg.models.dir;
-    let commands = [
+    let synth = |text: &str| {
+        crate::models::install::synthesize_wake_clips(dir, text, UNSEEN_VOICES, &[1.0])
+            .map_err(BenchError::Synth)
+    };
+    let mut positives = Vec::new();
+    for c in [
         "what time is it?",
         "turn on the lights.",
         "what's the weather like?",
-    ];
-    let mut positives = Vec::new();
-    for c in commands {
-        let text = format!("Hey panda, {c}");
+    ] {
         positives.extend(
-            crate::models::install::synthesize_wake_clips(dir, &text, UNSEEN_VOICES, &[1.0])
-                .map_err(BenchError::Synth)?,
+            synth(&format!("Hey panda, {c}"))?
+                .into_iter()
+                .map(|(_, p)| p),
         );
     }
     let mut negatives: Vec<Vec<i16>> = Vec::new();
     for s in CONFUSERS {
-        for (_, pcm) in crate::models::install::synthesize_wake_clips(dir, s, UNSEEN_VOICES, &[1.0])
-            .map_err(BenchError::Synth)?
-        {
-            negatives.push(pcm);
-        }
+        negatives.extend(synth(s)?.into_iter().map(|(_, p)| p));
     }
     // The recorded corpus once: looping it would add no new speech, only repeat counts.
-    let recorded = non_wake_speech(cfg, 0.0)?;
-    let neg_secs = (negatives.iter().map(Vec::len).sum::<usize>() + recorded.len()) as f64
-        / SAMPLE_RATE_HZ as f64;
+    negatives.push(non_wake_speech(cfg, 0.0)?);
+    let neg_secs = negatives.iter().map(Vec::len).sum::<usize>() as f64 / SAMPLE_RATE_HZ as f64;
     println!(
         "wake word {} | {} positive clips ({} unseen voices) | {:.1} min of non-wake speech",
         cfg.wake.model.display(),
@@ -445,32 +451,42 @@ pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
         UNSEEN_VOICES.len(),
         neg_secs / 60.0
     );
+    let (stt, _w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model))?;
+    let verifier = WakeVerifier::new(stt, &cfg.wake.phrase, cfg.wake.verify_window_ms);
     println!(
-        "{:>9} {:>8} {:>14} {:>8}",
-        "threshold", "recall", "false/hour", "false"
+        "{:>9} | {:^27} | {:^27}",
+        "", "templates only", "+ Whisper check"
     );
+    println!(
+        "{:>9} | {:>8} {:>10} {:>7} | {:>8} {:>10} {:>7}",
+        "threshold", "recall", "false/h", "false", "recall", "false/h", "false"
+    );
+    let per_hour = |n: usize| n as f64 * 3600.0 / neg_secs;
+    let pct = |h: usize| 100.0 * h as f64 / positives.len() as f64;
+    let path = cfg.model_path(&cfg.wake.model);
     for &th in thresholds {
         let mut wc = cfg.wake.clone();
         wc.threshold = th;
-        let path = cfg.model_path(&cfg.wake.model);
-        let mut hits = 0;
-        for (_, p) in &positives {
+        let (mut hits, mut hits_v) = (0, 0);
+        for p in &positives {
             let mut det = WakeDetector::load(&wc, &path)?;
-            hits += usize::from(count_wakes(&mut det, p) >= 1);
+            let (n, v) = count_wakes(&mut det, &verifier, p);
+            hits += usize::from(n >= 1);
+            hits_v += usize::from(v >= 1);
         }
-        let mut false_acc = 0;
+        let (mut fa, mut fa_v) = (0, 0);
         for n in &negatives {
             let mut det = WakeDetector::load(&wc, &path)?;
-            false_acc += count_wakes(&mut det, n);
+            let (n, v) = count_wakes(&mut det, &verifier, n);
+            fa += n;
+            fa_v += v;
         }
-        let mut det = WakeDetector::load(&wc, &path)?;
-        false_acc += count_wakes(&mut det, &recorded);
         println!(
-            "{:>9.2} {:>7.0}% {:>14.1} {:>8}",
-            th,
-            100.0 * hits as f64 / positives.len() as f64,
-            false_acc as f64 * 3600.0 / neg_secs,
-            false_acc
+            "{th:>9.2} | {:>7.0}% {:>10.1} {fa:>7} | {:>7.0}% {:>10.1} {fa_v:>7}",
+            pct(hits),
+            per_hour(fa),
+            pct(hits_v),
+            per_hour(fa_v),
         );
     }
     Ok(())

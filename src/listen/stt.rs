@@ -69,6 +69,8 @@ pub struct SttOutput {
 
 struct SttRequest {
     samples: Vec<f32>,
+    /// Text Whisper is told came before (biases spelling, e.g. of the wake word).
+    prompt: Option<String>,
     token: CancellationToken,
     reply: oneshot::Sender<Result<SttOutput, SttError>>,
 }
@@ -142,6 +144,7 @@ impl SttHandle {
         let (reply, rx) = oneshot::channel();
         let req = SttRequest {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
+            prompt: None,
             token: token.clone(),
             reply,
         };
@@ -155,9 +158,21 @@ impl SttHandle {
         samples: &[i16],
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
+        self.transcribe_blocking_with_prompt(samples, None, token)
+    }
+
+    /// [`SttHandle::transcribe_blocking`] with an initial prompt (the listener's wake word
+    /// check: "Hey Panda." makes Whisper spell a heard "hey panda" the same way every time).
+    pub fn transcribe_blocking_with_prompt(
+        &self,
+        samples: &[i16],
+        prompt: Option<&str>,
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
         let (reply, rx) = oneshot::channel();
         let req = SttRequest {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
+            prompt: prompt.map(|p| p.replace('\0', " ")),
             token: token.clone(),
             reply,
         };
@@ -206,7 +221,7 @@ fn worker(
     // utterance does not pay for it.
     let t1 = Instant::now();
     let silence = vec![0.0f32; SAMPLE_RATE_HZ as usize];
-    let _ = engine.run(&mut state, &silence, &CancellationToken::new());
+    let _ = engine.run(&mut state, &silence, None, &CancellationToken::new());
     let warmup_time = t1.elapsed();
     tracing::info!(
         model = %model.display(),
@@ -221,7 +236,7 @@ fn worker(
         let out = if req.token.is_cancelled() {
             Err(SttError::Cancelled)
         } else {
-            engine.run(&mut state, &req.samples, &req.token)
+            engine.run(&mut state, &req.samples, req.prompt.as_deref(), &req.token)
         };
         let _ = req.reply.send(out);
     }
@@ -247,6 +262,7 @@ impl Engine {
         &self,
         state: &mut whisper_rs::WhisperState,
         samples: &[f32],
+        prompt: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
         let strategy = if self.cfg.beam_size > 1 {
@@ -283,6 +299,9 @@ impl Engine {
         };
         p.set_language(lang);
         p.set_detect_language(false);
+        if let Some(prompt) = prompt {
+            p.set_initial_prompt(prompt);
+        }
         let audio_ms = samples.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64;
         if self.cfg.dynamic_audio_ctx {
             p.set_audio_ctx(audio_ctx_for(samples.len()));
