@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::audio::AudioError;
 use crate::audio::capture::{CaptureStats, spawn_capture};
-use crate::audio::file::{FileSpec, SourceStats, spawn_source};
+use crate::audio::file::{FileSpec, spawn_source};
+use crate::audio::{AudioError, EdgeStats};
 use crate::config::Config;
 use crate::event::{AudioFrame, Event, Utterance};
 use crate::listen::listener::{self, ListenerIo, WakeVerifier};
@@ -134,7 +134,7 @@ pub async fn listen(
     tracker.spawn(turns(utt_rx, stt, ev_tx));
     tracker.close();
 
-    let file_stats = Arc::new(SourceStats::default());
+    let file_stats = Arc::new(EdgeStats::default());
     let cap_stats = Arc::new(CaptureStats::default());
     let source = match opts.input {
         Input::File(spec) => spawn_source(spec, frame_tx, root.clone(), file_stats.clone()),
@@ -167,9 +167,9 @@ pub async fn listen(
     }
     use std::sync::atomic::Ordering::Relaxed;
     Ok(ListenSummary {
-        frames: file_stats.frames_sent.load(Relaxed) + cap_stats.frames_sent.load(Relaxed),
+        frames: file_stats.frames_sent.load(Relaxed) + cap_stats.edge.frames_sent.load(Relaxed),
         frames_dropped: file_stats.frames_dropped.load(Relaxed)
-            + cap_stats.frames_dropped.load(Relaxed),
+            + cap_stats.edge.frames_dropped.load(Relaxed),
     })
 }
 

@@ -19,8 +19,8 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::AudioError;
 use super::dsp::Framer;
+use super::{AudioError, EdgeStats};
 use crate::event::AudioFrame;
 
 /// How often the DSP thread drains the ring. 10 ms keeps added latency below a third of
@@ -32,10 +32,8 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 pub struct CaptureStats {
     /// Samples the callback could not fit into the ring.
     pub samples_dropped: AtomicU64,
-    /// Frames the listener's edge was too full to take.
-    pub frames_dropped: AtomicU64,
-    /// Frames delivered.
-    pub frames_sent: AtomicU64,
+    /// The audio edge towards the listener.
+    pub edge: EdgeStats,
     /// Times the device was (re)opened.
     pub opens: AtomicU64,
 }
@@ -159,17 +157,9 @@ pub fn capture(
             scratch[..a.len()].copy_from_slice(a);
             scratch[a.len()..a.len() + b.len()].copy_from_slice(b);
             chunk.commit_all();
-            let mut closed = false;
-            framer.push(&scratch[..n], &mut |f| match tx.try_send(f) {
-                Ok(()) => {
-                    stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
-            });
-            if closed {
+            let mut open = true;
+            framer.push(&scratch[..n], &mut |f| open &= stats.edge.offer(tx, f));
+            if !open {
                 return Ok(());
             }
         }

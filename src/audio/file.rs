@@ -10,14 +10,14 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::AudioError;
 use super::dsp::Framer;
+use super::{AudioError, EdgeStats};
 use crate::event::{AudioFrame, FRAME_MS};
 
 /// Samples decoded per read before they go through the DSP (~64 ms at 16 kHz).
@@ -229,15 +229,6 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// Counters a source shares with whoever watches it.
-#[derive(Debug, Default)]
-pub struct SourceStats {
-    /// Frames handed to the pipeline.
-    pub frames_sent: AtomicU64,
-    /// Frames dropped because the audio edge was full (real-time sources only).
-    pub frames_dropped: AtomicU64,
-}
-
 /// Starts a source thread that decodes `spec` and sends frames to `tx`. The thread ends
 /// at end of input, when `tx`'s receiver is gone, or when `stop` is cancelled; dropping
 /// `tx` then tells the listener the stream is over. Decode errors come back through the
@@ -246,7 +237,7 @@ pub fn spawn_source(
     spec: FileSpec,
     tx: mpsc::Sender<AudioFrame>,
     stop: CancellationToken,
-    stats: Arc<SourceStats>,
+    stats: Arc<EdgeStats>,
 ) -> std::thread::JoinHandle<Result<(), AudioError>> {
     std::thread::Builder::new()
         .name("panda-file-source".into())
@@ -258,7 +249,7 @@ fn run_source(
     spec: FileSpec,
     tx: mpsc::Sender<AudioFrame>,
     stop: CancellationToken,
-    stats: Arc<SourceStats>,
+    stats: Arc<EdgeStats>,
 ) -> Result<(), AudioError> {
     let started = Instant::now();
     let mut framer: Option<Framer> = None;
@@ -274,15 +265,7 @@ fn run_source(
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            match tx.try_send(frame) {
-                Ok(()) => {
-                    stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => *open = false,
-            }
+            *open = stats.offer(&tx, frame);
         } else if tx.blocking_send(frame).is_ok() {
             stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         } else {

@@ -12,6 +12,38 @@ pub mod dsp;
 pub mod file;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::event::AudioFrame;
+
+/// Counters of a real-time source's audio edge.
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    /// Frames handed to the pipeline.
+    pub frames_sent: AtomicU64,
+    /// Frames dropped because the edge was full (the listener fell behind).
+    pub frames_dropped: AtomicU64,
+}
+
+impl EdgeStats {
+    /// Offers a frame without waiting: a full edge drops it and counts the drop, as a
+    /// microphone cannot wait. Returns false once the receiver is gone.
+    pub fn offer(&self, tx: &mpsc::Sender<AudioFrame>, frame: AudioFrame) -> bool {
+        match tx.try_send(frame) {
+            Ok(()) => {
+                self.frames_sent.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
 
 /// Errors from audio sources.
 #[derive(Debug, thiserror::Error)]
