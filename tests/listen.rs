@@ -233,3 +233,51 @@ fn check_config_exit_codes() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("mode = 3"), "{}", r.stdout);
 }
+
+#[test]
+fn enroll_builds_a_wake_word_from_recordings() {
+    let dir = tempfile::tempdir().unwrap();
+    // The "owner" records the phrase three times; espeak-ng's klatt voice stands in.
+    let takes: Vec<_> = (0..3)
+        .map(|i| {
+            espeak_wav(
+                dir.path(),
+                &format!("take{i}"),
+                "en-us+klatt",
+                &["Hey panda."],
+                0,
+            )
+        })
+        .collect();
+    let out = dir.path().join("mine.rpw");
+    let mut args = vec![
+        "enroll",
+        "--name",
+        "hey_panda",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(takes.iter().map(|p| p.to_str().unwrap()));
+    let r = panda(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(out.exists());
+    let q = espeak_wav(
+        dir.path(),
+        "q",
+        "en-us+klatt",
+        &["Hey panda.", "What time is it?"],
+        700,
+    );
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+        .args(["listen", "--no-stt", q.to_str().unwrap()])
+        .env("PANDA_MODELS__DIR", common::models_dir())
+        .env("PANDA_WAKE__MODEL", &out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(stdout.matches("\"wake\"").count(), 1, "{stdout}");
+    // Too few recordings is a clear error, not a bad wake word.
+    let r = panda(&["enroll", "--name", "x", takes[0].to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("at least 3"), "{}", r.stderr);
+}
