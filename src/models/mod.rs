@@ -141,7 +141,11 @@ pub fn verify(dir: &Path) -> Result<usize, ModelError> {
     if m.is_empty() {
         return Err(ModelError::Missing(dir.join(MANIFEST)));
     }
-    for (rel, expected) in &m {
+    let files: Vec<(&String, &String)> = m
+        .iter()
+        .filter(|(k, _)| !k.ends_with(install::RECIPE_SUFFIX))
+        .collect();
+    for &(rel, expected) in &files {
         let path = dir.join(rel);
         if !path.exists() {
             return Err(ModelError::Missing(path));
@@ -156,5 +160,5 @@ pub fn verify(dir: &Path) -> Result<usize, ModelError> {
             });
         }
     }
-    Ok(m.len())
+    Ok(files.len())
 }
