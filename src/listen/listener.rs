@@ -217,25 +217,11 @@ pub fn run(cfg: &Config, mut trigger: Trigger, verifier: Option<WakeVerifier>, i
                         Some(v) => {
                             let audio: Vec<i16> =
                                 recent.iter().flat_map(|f| f.iter().copied()).collect();
-                            let check = root.child_token();
-                            match v.stt.transcribe_blocking_with_prompt(
-                                &audio,
-                                Some(&v.prompt),
-                                &check,
-                            ) {
-                                Ok(out) => {
-                                    let ok = mentions_keyword(&out.text, &v.keyword);
-                                    if !ok {
-                                        tracing::debug!(score = hit.score, heard = %out.text, "wake word rejected by the second stage");
-                                    }
-                                    (ok, Some(out.text))
-                                }
-                                Err(e) => {
-                                    // Without a check, a wake is better than a deaf appliance.
-                                    tracing::warn!(error = %e, "wake word check failed; accepting the detection");
-                                    (true, None)
-                                }
+                            let (ok, heard) = v.check(&audio, &root.child_token());
+                            if !ok {
+                                tracing::debug!(score = hit.score, heard = ?heard, "wake word rejected by the second stage");
                             }
+                            (ok, heard)
                         }
                     };
                     if accepted {
