@@ -138,7 +138,7 @@ struct ListenArgs {
     /// Every utterance is a turn (no wake word needed).
     #[arg(long)]
     no_wake: bool,
-    /// Events only, no speech-to-text.
+    /// No transcripts (Whisper still checks wake words unless `[wake] verify = false`).
     #[arg(long)]
     no_stt: bool,
     /// Keep retrying a missing or failed device (daemon behaviour).

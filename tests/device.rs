@@ -114,7 +114,7 @@ fn listen_on_a_virtual_microphone() {
     let wav = resample_to_16k(&wav, dir.path());
     let listener = pulse
         .cmd(env!("CARGO_BIN_EXE_panda"))
-        .args(["listen", "--device", "default", "--seconds", "12"])
+        .args(["listen", "--device", "default", "--seconds", "20"])
         .env("PANDA_MODELS__DIR", common::models_dir())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -194,6 +194,7 @@ fn daemon_mode_retries_a_missing_device_until_stopped() {
             "--device",
             "default",
             "--retry",
+            "--no-wake",
             "--no-stt",
             "--seconds",
             "3",

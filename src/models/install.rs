@@ -167,16 +167,17 @@ pub const TEMPLATE_VOICES: &[&str] = &[
     "bm_george",
     "bm_daniel",
 ];
-/// Speaking speeds for the templates. Measured (`panda bench wake`, threshold 0.5 with the
-/// Whisper check): two speeds per voice (32 templates) gave 93% recall at 0.20 of a core
-/// during speech; one (16 templates) gave 91% at 0.09 — the cheaper set is the default.
+/// Speaking speeds for the Kokoro templates. Measured (`panda bench wake`, threshold 0.5
+/// with the Whisper check, unseen Kokoro voices): two speeds per voice gave 93% recall at
+/// 0.20 of a core during speech; one gave 91% at 0.09 — the cheaper set is the default.
 pub const TEMPLATE_SPEEDS: &[f32] = &[1.0];
 /// espeak-ng voices added as extra templates (formant synthesis is far from Kokoro's
 /// neural voices; both kinds widen what the DTW templates cover). Other espeak variants
 /// stay out for testing.
 pub const TEMPLATE_ESPEAK_VOICES: &[&str] = &["en-us", "en-gb", "en-us+f2", "en-gb-x-rp+m1"];
-/// espeak-ng speaking rates (words per minute) for the extra templates.
-pub const TEMPLATE_ESPEAK_WPM: &[u32] = &[160];
+/// espeak-ng speaking rates (words per minute) for the extra templates. One rate lost the
+/// unseen espeak voice en-gb+f3 in the tests; two keep every tested voice above 0.65.
+pub const TEMPLATE_ESPEAK_WPM: &[u32] = &[140, 180];
 
 /// Manifest keys ending in this record how a file was made, not a file's hash.
 pub const RECIPE_SUFFIX: &str = "#recipe";
