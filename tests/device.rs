@@ -86,17 +86,7 @@ fn pulse_or_skip() -> Option<Pulse> {
 fn resample_to_16k(src: &Path, dir: &Path) -> PathBuf {
     let pcm = panda::audio::file::read_16k_mono(src).unwrap();
     let out = dir.join("mic.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&out, spec).unwrap();
-    for s in pcm {
-        w.write_sample(s).unwrap();
-    }
-    w.finalize().unwrap();
+    std::fs::write(&out, panda::listen::wake::wav_bytes(&pcm)).unwrap();
     out
 }
 

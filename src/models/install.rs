@@ -309,36 +309,15 @@ impl Installer {
         }
         eprintln!("      {} (downloading)", p.spec);
         let dest = self.opts.cache.to_string_lossy().to_string();
-        let (client, args): (&'static str, Vec<String>) = match p.source {
-            Source::PipWheel => (
-                "pip",
-                vec!["download", "--no-deps", "-q", "-d", &dest, p.spec]
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-            ),
-            Source::PipSdist => (
-                "pip",
-                vec![
-                    "download",
-                    "--no-deps",
-                    "-q",
-                    "--no-binary",
-                    ":all:",
-                    "-d",
-                    &dest,
-                    p.spec,
-                ]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            ),
+        // Every pip call: one package, no dependencies, into the cache; then per source kind.
+        let pip_base = ["download", "--no-deps", "-q", "-d", dest.as_str(), p.spec];
+        let (client, extra): (&'static str, &[&str]) = match p.source {
+            Source::PipWheel => ("pip", &[]),
+            Source::PipSdist => ("pip", &["--no-binary", ":all:"]),
+            // Only the native library is used, so one fixed platform wheel serves any Python.
             Source::PipPlatformWheel => (
                 "pip",
-                [
-                    "download",
-                    "--no-deps",
-                    "-q",
+                &[
                     "--only-binary",
                     ":all:",
                     "--platform",
@@ -349,21 +328,27 @@ impl Installer {
                     "cp",
                     "--abi",
                     "cp311",
-                    "-d",
-                    &dest,
-                    p.spec,
-                ]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+                ],
             ),
-            Source::Npm => (
-                "npm",
-                ["pack", "--silent", "--pack-destination", &dest, p.spec]
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-            ),
+            Source::Npm => ("npm", &[]),
+        };
+        let args: Vec<String> = if client == "npm" {
+            [
+                "pack",
+                "--silent",
+                "--pack-destination",
+                dest.as_str(),
+                p.spec,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        } else {
+            pip_base
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect()
         };
         let (program, args) = if client == "pip" {
             // `python3 -m pip` works wherever pip is installed, with or without a `pip` shim.
