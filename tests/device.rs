@@ -120,33 +120,13 @@ fn listen_on_a_virtual_microphone() {
         .status()
         .unwrap();
     assert!(played.success(), "paplay failed");
-    let out = listener.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    assert!(out.status.success(), "{stderr}");
-    let events: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert_eq!(
-        events.iter().filter(|e| e["type"] == "wake").count(),
-        1,
-        "{stdout}"
-    );
-    let t: Vec<_> = events
-        .iter()
-        .filter(|e| e["type"] == "transcript")
-        .collect();
-    assert_eq!(t.len(), 1, "{stdout}");
-    assert!(
-        t[0]["text"]
-            .as_str()
-            .unwrap()
-            .to_lowercase()
-            .contains("time"),
-        "{stdout}"
-    );
+    let r = common::Run::from_output(listener.wait_with_output().unwrap());
+    println!("{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.of_type("wake").len(), 1, "{}", r.stdout);
+    let t = r.transcripts();
+    assert_eq!(t.len(), 1, "{}", r.stdout);
+    assert!(t[0].contains("time"), "{}", r.stdout);
 }
 
 #[test]

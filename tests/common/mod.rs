@@ -63,8 +63,30 @@ pub struct Run {
 }
 
 impl Run {
+    /// Parses a finished `panda` process: one JSON event per stdout line.
+    pub fn from_output(out: std::process::Output) -> Run {
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        Run {
+            events: stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+            code: out.status.code().unwrap_or(-1),
+        }
+    }
+
     pub fn of_type(&self, t: &str) -> Vec<&Value> {
         self.events.iter().filter(|e| e["type"] == t).collect()
+    }
+
+    /// The transcripts' texts, lower-cased.
+    pub fn transcripts(&self) -> Vec<String> {
+        self.of_type("transcript")
+            .iter()
+            .map(|t| t["text"].as_str().unwrap_or_default().to_lowercase())
+            .collect()
     }
 }
 
@@ -76,14 +98,5 @@ pub fn panda(args: &[&str]) -> Run {
         .env("RUST_LOG", "warn")
         .output()
         .expect("running panda");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    Run {
-        events: stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        code: out.status.code().unwrap_or(-1),
-    }
+    Run::from_output(out)
 }
