@@ -24,12 +24,17 @@ use tracing::Instrument;
 
 use crate::audio::capture::{CaptureStats, spawn_capture};
 use crate::audio::file::{FileSpec, spawn_source};
+use crate::audio::playback::{self, Output, PlaybackIo};
 use crate::audio::{AudioError, EdgeStats};
 use crate::config::Config;
-use crate::event::{AudioFrame, Event, Utterance};
+use crate::event::{AudioFrame, Event, PcmChunk, Sentence, Turn, Utterance};
 use crate::listen::listener::{self, ListenerIo, WakeVerifier};
 use crate::listen::stt::{self, SttError, SttHandle};
 use crate::listen::wake::WakeError;
+use crate::speak::kokoro::{KokoroError, voice_language};
+use crate::speak::normalize::normalize;
+use crate::speak::sentences::{SentenceSplitter, split_all};
+use crate::speak::tts::{self, TtsIo, TtsOptions};
 
 /// Audio edge, source → listener: 64 frames ≈ 1.9 s. When full, a real-time source
 /// drops the newest frame and counts it; a batch (file) source waits.
@@ -40,6 +45,14 @@ pub const UTTERANCE_EDGE: usize = 2;
 /// Event edge, stages → the consumer (CLI printer; later the status fan-out). When full,
 /// stages wait: events are few (a handful per turn) and none may be lost.
 pub const EVENT_EDGE: usize = 256;
+
+/// Control edge, turn task (or `panda say`) → TTS: sentences. When full, the sender
+/// waits; 16 sentences is more than any answer gets ahead of its speech.
+pub const SENTENCE_EDGE: usize = 16;
+/// Audio edge, TTS → playback: synthesised chunks (each up to a sentence, a few hundred
+/// KB). When full, TTS waits — playback sets the pace, and synthesis runs at most this
+/// many chunks ahead of the speaker, so memory stays bounded for any answer length.
+pub const PCM_EDGE: usize = 4;
 
 /// Errors that stop a pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +66,47 @@ pub enum AppError {
     /// Speech-to-text could not start.
     #[error(transparent)]
     Stt(#[from] SttError),
+    /// Text-to-speech could not start.
+    #[error(transparent)]
+    Tts(#[from] KokoroError),
+    /// There is nothing to say.
+    #[error("nothing to say: the text is empty once emoji and control characters are removed")]
+    NothingToSay,
+}
+
+/// What `panda say` speaks.
+#[derive(Debug)]
+pub enum SayInput {
+    /// A whole text, known up front.
+    Text(String),
+    /// Lines as they arrive on stdin; each is spoken as soon as its sentences end.
+    Stdin,
+}
+
+/// `panda say` options.
+#[derive(Debug)]
+pub struct SayOptions {
+    /// Text source.
+    pub input: SayInput,
+    /// Where the speech goes.
+    pub output: Output,
+    /// Voice (default from `[tts] voice`).
+    pub voice: String,
+    /// Speaking rate.
+    pub speed: f32,
+}
+
+/// Figures of one `panda say` run.
+#[derive(Debug, Default, Clone)]
+pub struct SaySummary {
+    /// Start of synthesis → first audio at the output.
+    pub first_audio_ms: Option<u64>,
+    /// Audio played.
+    pub played_ms: u64,
+    /// Playback was cut short (Ctrl-C).
+    pub interrupted: bool,
+    /// Kokoro load and warm-up.
+    pub load_ms: u64,
 }
 
 /// Where audio comes from.
@@ -206,4 +260,193 @@ async fn turns(
             return;
         }
     }
+}
+
+/// The TTS options `[tts]` and `[models]` describe, for `voice`.
+pub fn tts_options(cfg: &Config, voice: &str) -> TtsOptions {
+    TtsOptions {
+        model_dir: cfg.model_path(&cfg.tts.model_dir),
+        ort_lib: cfg.model_path(std::path::Path::new(crate::onnx::ORT_LIB)),
+        threads: cfg.tts.threads as usize,
+        gpu: cfg.tts.gpu,
+        voice: voice.to_string(),
+        first_clause_min_words: cfg.tts.first_clause_min_words as usize,
+    }
+}
+
+/// Checks that `voice` is installed; the error lists the installed voices.
+pub fn check_voice(cfg: &Config, voice: &str) -> Result<(), KokoroError> {
+    let dir = cfg.model_path(&cfg.tts.model_dir);
+    let installed = tts::installed_voices(&dir);
+    if installed.is_empty() {
+        return Err(KokoroError::Missing(dir.join("voices")));
+    }
+    if !installed.iter().any(|v| v == voice) || voice_language(voice).is_none() {
+        return Err(KokoroError::UnknownVoice {
+            name: voice.to_string(),
+            installed: installed.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// `panda say`: text → sentences → TTS thread → playback thread, as one turn that Ctrl-C
+/// (cancelling `root`) interrupts. Every event goes to `on_event` in order.
+///
+/// ```text
+///  feeder ──SENTENCE_EDGE──▶ tts thread ──PCM_EDGE──▶ playback thread ──▶ sink
+///      all ──EVENT_EDGE──▶ caller
+/// ```
+pub async fn say(
+    cfg: &Config,
+    opts: SayOptions,
+    root: CancellationToken,
+    mut on_event: impl FnMut(&Event),
+) -> Result<SaySummary, AppError> {
+    check_voice(cfg, &opts.voice)?;
+    let lang = voice_language(&opts.voice).unwrap_or("en-us");
+    if let SayInput::Text(t) = &opts.input
+        && normalize(t, lang).text.is_empty()
+    {
+        return Err(AppError::NothingToSay);
+    }
+    let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(SENTENCE_EDGE);
+    let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
+
+    let topts = tts_options(cfg, &opts.voice);
+    let tts_io = TtsIo {
+        sentences: sent_rx,
+        pcm: pcm_tx,
+        events: ev_tx.clone(),
+    };
+    let (tts_thread, info) = tokio::task::spawn_blocking(move || tts::spawn(topts, tts_io))
+        .await
+        .expect("the TTS loader does not panic")?;
+    let output = opts.output.clone();
+    let pb_events = ev_tx.clone();
+    let player = tokio::task::spawn_blocking(move || {
+        playback::spawn(
+            output,
+            PlaybackIo {
+                chunks: pcm_rx,
+                events: pb_events,
+            },
+        )
+    })
+    .await
+    .expect("opening the output does not panic")?;
+
+    let turn = Turn {
+        id: 1,
+        token: root.child_token(),
+    };
+    let max_chars = cfg.tts.max_sentence_chars as usize;
+    let (voice, speed) = (opts.voice.clone(), opts.speed);
+    let feeder_events = ev_tx.clone();
+    drop(ev_tx);
+    let started = std::time::Instant::now();
+    let feeder = tokio::spawn(async move {
+        let mut index = 0u32;
+        let make = |text: String, index: u32, last: bool| Sentence {
+            turn: turn.clone(),
+            index,
+            text,
+            voice: voice.clone(),
+            speed,
+            last,
+        };
+        match opts.input {
+            SayInput::Text(t) => {
+                for s in split_all(&t, max_chars) {
+                    if sent_tx.send(make(s, index, false)).await.is_err() {
+                        return;
+                    }
+                    index += 1;
+                }
+            }
+            SayInput::Stdin => {
+                // Lines arrive on a blocking reader thread; each line is fed to the
+                // splitter, so a sentence is spoken as soon as it is complete.
+                let (line_tx, mut line_rx) = mpsc::channel::<std::io::Result<String>>(SENTENCE_EDGE);
+                std::thread::spawn(move || {
+                    use std::io::BufRead;
+                    for line in std::io::stdin().lock().lines() {
+                        let stop = line.is_err();
+                        if line_tx.blocking_send(line).is_err() || stop {
+                            return;
+                        }
+                    }
+                });
+                let mut splitter = SentenceSplitter::new(max_chars);
+                loop {
+                    let line = tokio::select! {
+                        _ = turn.token.cancelled() => return,
+                        l = line_rx.recv() => l,
+                    };
+                    let Some(line) = line else { break };
+                    let line = match line {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = feeder_events
+                                .send(Event::Error {
+                                    stage: "input",
+                                    message: format!("stdin: {e} (only UTF-8 text can be spoken)"),
+                                })
+                                .await;
+                            break;
+                        }
+                    };
+                    for s in splitter.push(&format!("{line}\n")) {
+                        if sent_tx.send(make(s, index, false)).await.is_err() {
+                            return;
+                        }
+                        index += 1;
+                    }
+                }
+                if let Some(s) = splitter.finish() {
+                    let _ = sent_tx.send(make(s, index, false)).await;
+                    index += 1;
+                }
+            }
+        }
+        // The end-of-answer marker: playback reports the turn when it has played it all.
+        let _ = sent_tx.send(make(String::new(), index, true)).await;
+    });
+
+    let mut summary = SaySummary {
+        load_ms: info.load_ms + info.warmup_ms,
+        ..Default::default()
+    };
+    while let Some(ev) = ev_rx.recv().await {
+        match &ev {
+            Event::Playing { .. } if summary.first_audio_ms.is_none() => {
+                summary.first_audio_ms = Some(started.elapsed().as_millis() as u64);
+            }
+            Event::Spoken {
+                played_ms,
+                interrupted,
+                ..
+            } => {
+                summary.played_ms = *played_ms;
+                summary.interrupted = *interrupted;
+            }
+            _ => {}
+        }
+        on_event(&ev);
+    }
+    let _ = feeder.await;
+    let _ = tokio::task::spawn_blocking(move || tts_thread.join()).await;
+    match tokio::task::spawn_blocking(move || player.join()).await {
+        Ok(Ok(r)) => {
+            r?;
+        }
+        _ => {
+            return Err(AppError::Audio(AudioError::Device {
+                name: "playback".into(),
+                problem: "the playback thread panicked".into(),
+            }));
+        }
+    }
+    Ok(summary)
 }

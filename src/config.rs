@@ -57,6 +57,10 @@ pub struct Config {
     pub endpoint: EndpointConfig,
     /// Speech-to-text.
     pub stt: SttConfig,
+    /// Text-to-speech.
+    pub tts: TtsConfig,
+    /// Speech output.
+    pub playback: PlaybackConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -230,6 +234,64 @@ impl Default for SttConfig {
     }
 }
 
+/// `[tts]`: Kokoro text-to-speech.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtsConfig {
+    /// Directory with `kokoro-v1.0.int8.onnx`, `vocab.json` and `voices/`, relative to
+    /// `[models] dir` unless absolute.
+    pub model_dir: PathBuf,
+    /// Voice (`panda voices` lists them; the first letter names the language).
+    pub voice: String,
+    /// Speaking rate: 1.0 is normal, 0.5–2.0 allowed.
+    pub speed: f32,
+    /// ONNX Runtime intra-op threads; 0 = all cores.
+    pub threads: u32,
+    /// Use the CUDA execution provider when built with the `cuda` feature (falls back to
+    /// the CPU with one warning when it cannot).
+    pub gpu: bool,
+    /// Split the first sentence of an answer at its first clause mark when both parts
+    /// have at least this many words, so the first audio comes sooner; 0 disables.
+    pub first_clause_min_words: u32,
+    /// A sentence without an end is cut at a clause mark or word after this many
+    /// characters, so a run-on answer cannot hold speech back.
+    pub max_sentence_chars: u32,
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("kokoro"),
+            voice: "af_heart".into(),
+            speed: 1.0,
+            threads: 0,
+            gpu: true,
+            first_clause_min_words: 3,
+            max_sentence_chars: 300,
+        }
+    }
+}
+
+/// `[playback]`: the speaker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybackConfig {
+    /// Output device name as cpal lists it; `default` is the system default sink.
+    pub output_device: String,
+    /// Output buffer: the most audio that still plays after a barge-in flush. Smaller is
+    /// snappier but risks underruns on a busy machine.
+    pub buffer_ms: u32,
+}
+
+impl Default for PlaybackConfig {
+    fn default() -> Self {
+        Self {
+            output_device: "default".into(),
+            buffer_ms: 40,
+        }
+    }
+}
+
 /// `[log]`: logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -340,6 +402,30 @@ impl Config {
                     "`{lang}` needs a multilingual model, but {} is English-only",
                     self.stt.model.display()
                 ),
+            ));
+        }
+        if !(0.5..=2.0).contains(&self.tts.speed) {
+            return Err(invalid(
+                "tts.speed",
+                format!("{} is not in 0.5..=2.0", self.tts.speed),
+            ));
+        }
+        if crate::speak::kokoro::voice_language(&self.tts.voice).is_none() {
+            return Err(invalid(
+                "tts.voice",
+                format!(
+                    "`{}` is not a Kokoro voice name (like `af_heart`; `panda voices` lists them)",
+                    self.tts.voice
+                ),
+            ));
+        }
+        if self.tts.max_sentence_chars < 40 {
+            return Err(invalid("tts.max_sentence_chars", "at least 40"));
+        }
+        if !(5..=500).contains(&self.playback.buffer_ms) {
+            return Err(invalid(
+                "playback.buffer_ms",
+                format!("{} is not in 5..=500", self.playback.buffer_ms),
             ));
         }
         if self.audio.ring_capacity_ms < 100 {

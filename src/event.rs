@@ -53,6 +53,40 @@ pub struct Utterance {
     pub end: EndReason,
 }
 
+/// One sentence for the speaking path (turn task → TTS).
+#[derive(Debug, Clone)]
+pub struct Sentence {
+    /// The turn it answers; cancelling the turn drops the sentence wherever it is.
+    pub turn: Turn,
+    /// Position of the sentence within the turn's answer (0-based).
+    pub index: u32,
+    /// The text as the answer has it (normalisation happens in the TTS stage).
+    pub text: String,
+    /// Kokoro voice (its first letter names the language).
+    pub voice: String,
+    /// Speaking rate, 1.0 normal.
+    pub speed: f32,
+    /// No more sentences follow in this turn.
+    pub last: bool,
+}
+
+/// A piece of synthesised speech (TTS → playback): one model call's audio.
+#[derive(Debug, Clone)]
+pub struct PcmChunk {
+    /// The turn it belongs to.
+    pub turn: Turn,
+    /// Sentence index within the turn.
+    pub sentence: u32,
+    /// The (normalised) text this audio speaks, for progress reporting.
+    pub text: String,
+    /// Mono samples at `rate_hz`.
+    pub samples: Vec<f32>,
+    /// Sample rate of `samples`.
+    pub rate_hz: u32,
+    /// Last chunk of the turn's answer: playback reports the turn done after it.
+    pub last: bool,
+}
+
 /// Why an utterance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,6 +153,40 @@ pub enum Event {
         stt_ms: u64,
         /// Mean token probability (0–1); below `[stt] min_confidence` the text is empty.
         confidence: f32,
+    },
+    /// A sentence (or a model call's part of it) was synthesised.
+    Synthesized {
+        /// Turn.
+        turn: u64,
+        /// Sentence index within the turn.
+        sentence: u32,
+        /// Characters of (normalised) text in this piece.
+        chars: usize,
+        /// Length of the audio produced.
+        audio_ms: u64,
+        /// Time the synthesis took.
+        synth_ms: u64,
+    },
+    /// The first sample of a sentence reached the output.
+    Playing {
+        /// Turn.
+        turn: u64,
+        /// Sentence index within the turn.
+        sentence: u32,
+    },
+    /// Playback of a turn's answer ended, complete or cut short.
+    Spoken {
+        /// Turn.
+        turn: u64,
+        /// The text the listener actually heard (whole sentences, then the words of a
+        /// sentence cut short in proportion to the audio played).
+        heard: String,
+        /// Characters of answer text that reached playback.
+        total_chars: usize,
+        /// Audio that reached the output.
+        played_ms: u64,
+        /// Playback was cut short by the turn's cancellation (barge-in, shutdown).
+        interrupted: bool,
     },
     /// A turn was cancelled; anything it had produced is discarded.
     Cancelled {

@@ -41,6 +41,8 @@ pub mod speak;
 
 /// sysexits-style process exit codes shared by the CLI and tests.
 pub mod exit {
+    /// The command was used wrongly (EX_USAGE): an unknown voice, a missing argument.
+    pub const USAGE: i32 = 64;
     /// Bad input data (EX_DATAERR): an audio file that cannot be decoded.
     pub const DATA_ERR: i32 = 65;
     /// A required file (model, input) is missing (EX_NOINPUT).

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use panda::app::{self, AppError, Input, ListenOptions};
+use panda::app::{self, AppError, Input, ListenOptions, SayInput, SayOptions};
+use panda::audio::playback::Output;
 use panda::audio::AudioError;
 use panda::audio::file::{FileFormat, FileSpec};
 use panda::config::{Config, ConfigError};
@@ -16,6 +17,8 @@ use panda::exit;
 use panda::listen::stt::SttError;
 use panda::listen::wake::WakeError;
 use panda::models::{self, ModelError, install};
+use panda::onnx::OnnxError;
+use panda::speak::kokoro::KokoroError;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -62,6 +65,10 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Speak text: to the speaker, or into a WAV file with -o.
+    Say(SayArgs),
+    /// List the installed voices.
+    Voices,
     /// Benchmarks that print figures (never pass/fail).
     Bench {
         #[command(subcommand)]
@@ -108,12 +115,51 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3.0)]
         minutes: f64,
     },
+    /// Kokoro time-to-first-audio and real-time factor over 10 sentences.
+    Tts {
+        /// Voice (default: `[tts] voice`).
+        #[arg(long)]
+        voice: Option<String>,
+        /// Sentences to use, one per line (default: 10 built-in answers).
+        #[arg(long)]
+        sentences: Option<PathBuf>,
+        /// Print one JSON summary per mode (for scripts/bench-tts-peer.sh).
+        #[arg(long)]
+        json: bool,
+    },
     /// Wake word recall on unseen voices and false accepts on other speech.
     Wake {
         /// Thresholds to sweep.
         #[arg(long, value_delimiter = ',', default_values_t = [0.45f32, 0.5, 0.55, 0.6])]
         thresholds: Vec<f32>,
     },
+}
+
+#[derive(Args)]
+struct SayArgs {
+    /// Text to speak, or - to speak stdin line by line as it arrives.
+    text: String,
+    /// Write a 16-bit WAV file instead of playing.
+    #[arg(short, long, value_name = "WAV")]
+    output: Option<PathBuf>,
+    /// Sample rate of the WAV file.
+    #[arg(long, default_value_t = 24_000, requires = "output")]
+    rate: u32,
+    /// Output device (default: `[playback] output_device`).
+    #[arg(long, conflicts_with = "output")]
+    device: Option<String>,
+    /// Voice (default: `[tts] voice`; `panda voices` lists them).
+    #[arg(long)]
+    voice: Option<String>,
+    /// Speaking rate, 0.5–2.0 (default: `[tts] speed`).
+    #[arg(long)]
+    speed: Option<f32>,
+    /// Write the WAV in real time, as a speaker would play it.
+    #[arg(long, requires = "output")]
+    realtime: bool,
+    /// Print pipeline events as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -167,6 +213,8 @@ fn code_for(e: &anyhow::Error) -> i32 {
             AppError::Stt(SttError::MissingModel(_)) => return exit::NO_INPUT,
             AppError::Wake(WakeError::Missing(_)) => return exit::NO_INPUT,
             AppError::Stt(_) | AppError::Wake(_) => return exit::SOFTWARE,
+            AppError::Tts(k) => return tts_code(k),
+            AppError::NothingToSay => return exit::DATA_ERR,
         }
     }
     for cause in e.chain() {
@@ -188,8 +236,21 @@ fn code_for(e: &anyhow::Error) -> i32 {
         if let Some(ModelError::Missing(_)) = cause.downcast_ref::<ModelError>() {
             return exit::NO_INPUT;
         }
+        if let Some(k) = cause.downcast_ref::<KokoroError>() {
+            return tts_code(k);
+        }
     }
     1
+}
+
+fn tts_code(k: &KokoroError) -> i32 {
+    match k {
+        KokoroError::Missing(_) | KokoroError::Onnx(OnnxError::MissingLibrary(_)) => {
+            exit::NO_INPUT
+        }
+        KokoroError::UnknownVoice { .. } | KokoroError::UnknownLanguage(_) => exit::USAGE,
+        _ => exit::SOFTWARE,
+    }
 }
 
 fn audio_code(a: &AudioError) -> i32 {
@@ -243,6 +304,8 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Cmd::Listen(args) => listen(&cfg, args),
         Cmd::Transcribe { file, raw } => transcribe(&cfg, file, raw),
         Cmd::Enroll { name, out, files } => enroll(&cfg, &name, out, &files),
+        Cmd::Say(args) => say(&cfg, args),
+        Cmd::Voices => voices(&cfg),
         Cmd::Bench { cmd } => bench(&cfg, cmd),
     }
 }
@@ -421,6 +484,87 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         BenchCmd::Stt { clips } => panda::bench::stt(cfg, clips.as_deref())?,
         BenchCmd::Listen { minutes } => panda::bench::listen(cfg, minutes)?,
         BenchCmd::Wake { thresholds } => panda::bench::wake(cfg, &thresholds)?,
+        BenchCmd::Tts {
+            voice,
+            sentences,
+            json,
+        } => panda::bench::tts(
+            cfg,
+            voice.as_deref().unwrap_or(&cfg.tts.voice),
+            sentences.as_deref(),
+            json,
+        )?,
+    }
+    Ok(())
+}
+
+fn say(cfg: &Config, a: SayArgs) -> Result<(), Exit> {
+    let speed = a.speed.unwrap_or(cfg.tts.speed);
+    if !(0.5..=2.0).contains(&speed) {
+        return Err(Exit(
+            exit::USAGE,
+            anyhow::anyhow!("--speed {speed} is not in 0.5..=2.0"),
+        ));
+    }
+    let input = if a.text == "-" {
+        SayInput::Stdin
+    } else {
+        SayInput::Text(a.text)
+    };
+    let output = match a.output {
+        Some(path) => Output::Wav {
+            path,
+            rate_hz: a.rate,
+            paced: a.realtime.then_some(cfg.playback.buffer_ms),
+            log: None,
+        },
+        None => Output::Device {
+            name: a.device.unwrap_or_else(|| cfg.playback.output_device.clone()),
+            buffer_ms: cfg.playback.buffer_ms,
+        },
+    };
+    let opts = SayOptions {
+        input,
+        output,
+        voice: a.voice.unwrap_or_else(|| cfg.tts.voice.clone()),
+        speed,
+    };
+    let json = a.json;
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let root = CancellationToken::new();
+        cancel_on_signals(&root);
+        let stdout = std::io::stdout();
+        app::say(cfg, opts, root, |ev| {
+            if json {
+                let mut out = stdout.lock();
+                let _ = serde_json::to_writer(&mut out, ev);
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+        })
+        .await
+    })?;
+    tracing::info!(
+        load_ms = summary.load_ms,
+        first_audio_ms = summary.first_audio_ms,
+        played_ms = summary.played_ms,
+        interrupted = summary.interrupted,
+        "said"
+    );
+    Ok(())
+}
+
+fn voices(cfg: &Config) -> Result<(), Exit> {
+    let dir = cfg.model_path(&cfg.tts.model_dir);
+    let list = panda::speak::tts::installed_voices(&dir);
+    if list.is_empty() {
+        return Err(KokoroError::Missing(dir.join("voices")).into());
+    }
+    for v in list {
+        let (lang, gender) = panda::speak::kokoro::describe_voice(&v);
+        let mark = if v == cfg.tts.voice { "  (default)" } else { "" };
+        println!("{v:<14} {lang:<22} {gender}{mark}");
     }
     Ok(())
 }

@@ -1,15 +1,18 @@
-//! Audio sources: everything that turns sound into the pipeline's 16 kHz mono 30 ms
-//! [`AudioFrame`](crate::event::AudioFrame)s.
+//! Audio in and out: everything that turns sound into the pipeline's 16 kHz mono 30 ms
+//! [`AudioFrame`](crate::event::AudioFrame)s, and speech back into sound.
 //!
 //! - [`capture`]: the microphone through cpal. The cpal callback only copies into a
 //!   pre-allocated lock-free ring; a DSP thread drains it.
 //! - [`file`]: WAV (8/16/24/32-bit int, 32-bit float, any rate and channel count) and raw
 //!   s16le from a path or stdin, paced in real time or as fast as the consumer takes them.
-//! - [`dsp`]: down-mixing, windowed-sinc resampling to 16 kHz, and framing — shared by both.
+//! - [`dsp`]: down-mixing, windowed-sinc resampling, and framing — shared by all.
+//! - [`playback`]: the output thread — rodio on a sound card or a WAV file — that plays
+//!   PCM chunks as they arrive and goes silent when the turn is cancelled.
 
 pub mod capture;
 pub mod dsp;
 pub mod file;
+pub mod playback;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +70,14 @@ pub enum AudioError {
     /// No capture device matched, or the audio host has none.
     #[error("no audio input device {name:?}: {problem}")]
     NoDevice {
+        /// The device asked for.
+        name: String,
+        /// What the host said, and which devices it has.
+        problem: String,
+    },
+    /// No playback device matched, or the audio host has none.
+    #[error("no audio output device {name:?}: {problem}")]
+    NoOutputDevice {
         /// The device asked for.
         name: String,
         /// What the host said, and which devices it has.

@@ -35,6 +35,173 @@ pub enum BenchError {
     /// Synthesis for the wake benchmark failed.
     #[error("synthesis: {0}")]
     Synth(String),
+    /// Kokoro failed to load or run.
+    #[error(transparent)]
+    Tts(#[from] crate::speak::kokoro::KokoroError),
+}
+
+/// The benchmark's sentences: assistant answers of the usual shapes and lengths.
+pub const TTS_SENTENCES: &[&str] = &[
+    "It's 3:45 in the afternoon.",
+    "Sure, I've set a timer for ten minutes, and I'll let you know when it goes off.",
+    "The weather today is sunny with a high of 22 degrees and a light breeze from the west.",
+    "Here are the top headlines: markets rose 1.5% this morning, and a new bridge opened downtown.",
+    "Paris is the capital of France.",
+    "I couldn't reach the news service right now, so please try again in a minute.",
+    "Dr. Smith's appointment is on Tuesday, March 4th, at 10:30 a.m.",
+    "A kilogram of apples costs about $3.20 at the market on Main Street.",
+    "Photosynthesis is the process plants use to turn sunlight, water and carbon dioxide into sugar and oxygen.",
+    "Okay, stopping now.",
+];
+
+/// One TTS measurement.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TtsRun {
+    /// Sentence submitted → first PCM chunk out of the TTS thread.
+    pub first_audio_ms: f64,
+    /// Sentence submitted → last PCM chunk.
+    pub total_ms: f64,
+    /// Audio produced.
+    pub audio_ms: f64,
+}
+
+/// Runs `sentences` through a TTS thread one turn at a time (as the daemon does) and
+/// returns per-sentence figures plus the load time.
+pub fn tts_runs(
+    cfg: &Config,
+    voice: &str,
+    first_clause_min_words: usize,
+    sentences: &[String],
+) -> Result<(Vec<TtsRun>, u64), BenchError> {
+    use crate::event::{PcmChunk, Sentence, Turn};
+    use tokio::sync::mpsc;
+    let mut opts = crate::app::tts_options(cfg, voice);
+    opts.first_clause_min_words = first_clause_min_words;
+    let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(crate::app::SENTENCE_EDGE);
+    let (pcm_tx, mut pcm_rx) = mpsc::channel::<PcmChunk>(crate::app::PCM_EDGE);
+    let (ev_tx, mut ev_rx) = mpsc::channel(crate::app::EVENT_EDGE);
+    // Events are not needed here; drain them so the thread never waits on them.
+    let drain = std::thread::spawn(move || while ev_rx.blocking_recv().is_some() {});
+    let (thread, info) = crate::speak::tts::spawn(
+        opts,
+        crate::speak::tts::TtsIo {
+            sentences: sent_rx,
+            pcm: pcm_tx,
+            events: ev_tx,
+        },
+    )?;
+    let mut runs = Vec::new();
+    for (i, text) in sentences.iter().enumerate() {
+        let turn = Turn {
+            id: i as u64 + 1,
+            token: CancellationToken::new(),
+        };
+        let t0 = Instant::now();
+        let _ = sent_tx.blocking_send(Sentence {
+            turn,
+            index: 0,
+            text: text.clone(),
+            voice: voice.to_string(),
+            speed: cfg.tts.speed,
+            last: true,
+        });
+        let mut first = None;
+        let mut samples = 0usize;
+        while let Some(c) = pcm_rx.blocking_recv() {
+            if first.is_none() && !c.samples.is_empty() {
+                first = Some(t0.elapsed());
+            }
+            samples += c.samples.len();
+            if c.last {
+                break;
+            }
+        }
+        let total = t0.elapsed();
+        runs.push(TtsRun {
+            first_audio_ms: first.unwrap_or(total).as_secs_f64() * 1e3,
+            total_ms: total.as_secs_f64() * 1e3,
+            audio_ms: samples as f64 * 1e3 / crate::speak::kokoro::SAMPLE_RATE_HZ as f64,
+        });
+    }
+    drop(sent_tx);
+    let _ = thread.join();
+    let _ = drain.join();
+    Ok((runs, info.load_ms + info.warmup_ms))
+}
+
+/// `panda bench tts`: time to first audio and real-time factor, whole sentences vs the
+/// first clause spoken on its own. With `json`, one summary object per line instead.
+pub fn tts(
+    cfg: &Config,
+    voice: &str,
+    sentences_file: Option<&Path>,
+    json: bool,
+) -> Result<(), BenchError> {
+    crate::app::check_voice(cfg, voice)?;
+    let sentences: Vec<String> = match sentences_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|source| crate::audio::AudioError::Io {
+                path: p.to_path_buf(),
+                source,
+            })?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        None => TTS_SENTENCES.iter().map(|s| s.to_string()).collect(),
+    };
+    for (label, words) in [
+        ("whole sentences", 0usize),
+        ("first clause first", cfg.tts.first_clause_min_words as usize),
+    ] {
+        let t = Instant::now();
+        let (runs, load_ms) = tts_runs(cfg, voice, words, &sentences)?;
+        let wall = t.elapsed().as_secs_f64();
+        let ttfa: Vec<f64> = runs.iter().map(|r| r.first_audio_ms).collect();
+        let total: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
+        let rtf: Vec<f64> = runs.iter().map(|r| r.total_ms / r.audio_ms.max(1.0)).collect();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "mode": label, "voice": voice, "load_ms": load_ms,
+                    "first_audio_ms": ttfa, "total_ms": total,
+                    "audio_ms": runs.iter().map(|r| r.audio_ms).collect::<Vec<_>>(),
+                })
+            );
+            continue;
+        }
+        println!(
+            "\n== Kokoro int8, voice {voice}, {label} | load + warm-up {load_ms} ms | {} sentences in {wall:.1} s",
+            runs.len()
+        );
+        println!(
+            "{:<60} {:>9} {:>9} {:>9} {:>6}",
+            "sentence", "first_ms", "total_ms", "audio_ms", "rtf"
+        );
+        for (s, r) in sentences.iter().zip(&runs) {
+            let short: String = s.chars().take(58).collect();
+            println!(
+                "{:<60} {:>9.0} {:>9.0} {:>9.0} {:>6.3}",
+                short,
+                r.first_audio_ms,
+                r.total_ms,
+                r.audio_ms,
+                r.total_ms / r.audio_ms.max(1.0)
+            );
+        }
+        println!(
+            "first audio p50 {:.0} ms p95 {:.0} ms | whole sentence p50 {:.0} ms p95 {:.0} ms | rtf p50 {:.3} p95 {:.3}",
+            percentile(&ttfa, 50.0),
+            percentile(&ttfa, 95.0),
+            percentile(&total, 50.0),
+            percentile(&total, 95.0),
+            percentile(&rtf, 50.0),
+            percentile(&rtf, 95.0)
+        );
+    }
+    Ok(())
 }
 
 /// A recorded clip with its reference transcript.
@@ -117,9 +284,13 @@ fn read_dir_sorted(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Lower-cased words without punctuation; numbers spelled as digits are kept as digits.
+/// Lower-cased words without punctuation, numbers, money, times and symbols spelled out
+/// the way Panda's TTS normaliser speaks them — so "42" in a transcript and "forty-two"
+/// in a reference are the same words.
 pub fn normalize_words(s: &str) -> Vec<String> {
-    s.to_lowercase()
+    crate::speak::normalize::normalize(s, "en-us")
+        .text
+        .to_lowercase()
         .replace(['-', '—'], " ")
         .split_whitespace()
         .map(|w| {
@@ -128,36 +299,7 @@ pub fn normalize_words(s: &str) -> Vec<String> {
                 .collect::<String>()
         })
         .filter(|w| !w.is_empty())
-        .map(|w| spell_number(&w).unwrap_or(w))
         .collect()
-}
-
-fn spell_number(w: &str) -> Option<String> {
-    const SMALL: [&str; 21] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-        "twenty",
-    ];
-    let n: usize = w.parse().ok()?;
-    SMALL.get(n).map(|s| s.to_string())
 }
 
 /// Word-level edit distance between reference and hypothesis, and the reference length.

@@ -1,0 +1,249 @@
+//! The TTS owner thread (`panda-tts`): sentences in, PCM chunks out.
+//!
+//! The thread owns the [`Kokoro`] synthesiser — its ONNX session (`run` takes `&mut self`),
+//! vocabulary and voice packs — for the life of the process: the model is loaded once,
+//! warmed up with one short sentence, and never re-created per request (the seed's fault).
+//! Synthesis is CPU-bound for up to a second per sentence, so it never runs on the async
+//! runtime; the turn task reaches it through the bounded sentence edge.
+//!
+//! Latency: the first sentence of a turn is split at its first clause mark when both parts
+//! stand alone ([`first_clause`]), so the first audio is short and comes early while the
+//! rest is synthesised behind it. Every piece of audio goes to playback as soon as it is
+//! made; the PCM edge's capacity bounds how far synthesis runs ahead.
+//!
+//! Cancellation: the turn's token is checked before each model call (a call is at most
+//! 510 tokens, about a second of CPU); a cancelled turn's remaining sentences are skipped.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::kokoro::{self, Kokoro, KokoroError, KokoroOptions, SAMPLE_RATE_HZ};
+use super::sentences::first_clause;
+use crate::event::{Event, PcmChunk, Sentence};
+
+/// What the TTS thread needs to start.
+#[derive(Debug, Clone)]
+pub struct TtsOptions {
+    /// Directory with `kokoro-v1.0.int8.onnx`, `vocab.json` and `voices/`.
+    pub model_dir: PathBuf,
+    /// ONNX Runtime library.
+    pub ort_lib: PathBuf,
+    /// Intra-op threads (0: number of cores).
+    pub threads: usize,
+    /// Try the CUDA execution provider.
+    pub gpu: bool,
+    /// Voice loaded and warmed up at start (and checked to exist).
+    pub voice: String,
+    /// Split the first sentence of a turn at a clause mark when both parts have at least
+    /// this many words (0 disables).
+    pub first_clause_min_words: usize,
+}
+
+/// What start-up measured.
+#[derive(Debug, Clone)]
+pub struct TtsInfo {
+    /// Time to build the ONNX session and read the vocabulary.
+    pub load_ms: u64,
+    /// Time of the warm-up synthesis.
+    pub warmup_ms: u64,
+    /// Whether the session runs on the GPU.
+    pub on_gpu: bool,
+}
+
+/// Counters at the end of the thread.
+#[derive(Debug, Default, Clone)]
+pub struct TtsStats {
+    /// Sentences synthesised.
+    pub sentences: u64,
+    /// Model calls.
+    pub calls: u64,
+    /// Sentences skipped because their turn was cancelled.
+    pub skipped_cancelled: u64,
+    /// Characters dropped by normalisation (emoji, control characters).
+    pub skipped_chars: u64,
+    /// Phoneme symbols not in the vocabulary.
+    pub unknown_symbols: u64,
+}
+
+/// The thread's connections.
+pub struct TtsIo {
+    /// Sentences from the turn task (or the CLI).
+    pub sentences: mpsc::Receiver<Sentence>,
+    /// Audio towards playback. When full, synthesis waits: playback sets the pace.
+    pub pcm: mpsc::Sender<PcmChunk>,
+    /// Events (`synthesized`, `error`).
+    pub events: mpsc::Sender<Event>,
+}
+
+/// Loads Kokoro on a new thread and starts serving sentences. Returns after the model is
+/// loaded and warmed up, or with the reason it could not be.
+pub fn spawn(
+    opts: TtsOptions,
+    io: TtsIo,
+) -> Result<(std::thread::JoinHandle<TtsStats>, TtsInfo), KokoroError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<TtsInfo, KokoroError>>(1);
+    let handle = std::thread::Builder::new()
+        .name("panda-tts".into())
+        .spawn(move || {
+            let threads = match opts.threads {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            };
+            let t0 = Instant::now();
+            let mut k = match Kokoro::load_with(
+                &opts.model_dir,
+                &opts.ort_lib,
+                KokoroOptions {
+                    threads,
+                    gpu: opts.gpu,
+                },
+            ) {
+                Ok(k) => k,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return TtsStats::default();
+                }
+            };
+            let load_ms = t0.elapsed().as_millis() as u64;
+            let t1 = Instant::now();
+            if let Err(e) = k.synthesize("Hello.", &opts.voice, 1.0) {
+                let _ = ready_tx.send(Err(e));
+                return TtsStats::default();
+            }
+            let info = TtsInfo {
+                load_ms,
+                warmup_ms: t1.elapsed().as_millis() as u64,
+                on_gpu: k.on_gpu,
+            };
+            tracing::info!(
+                load_ms,
+                warmup_ms = info.warmup_ms,
+                gpu = info.on_gpu,
+                "Kokoro ready"
+            );
+            let _ = ready_tx.send(Ok(info));
+            serve(&mut k, &opts, io)
+        })
+        .map_err(|e| KokoroError::Inference(format!("cannot start the TTS thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(info)) => Ok((handle, info)),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => Err(KokoroError::Inference(
+            "the TTS thread ended while loading".into(),
+        )),
+    }
+}
+
+fn serve(k: &mut Kokoro, opts: &TtsOptions, mut io: TtsIo) -> TtsStats {
+    let mut stats = TtsStats::default();
+    while let Some(s) = io.sentences.blocking_recv() {
+        let _span = tracing::debug_span!("tts", turn = s.turn.id, sentence = s.index).entered();
+        if s.turn.token.is_cancelled() {
+            // Playback ends the turn on the same token; nothing to send.
+            stats.skipped_cancelled += 1;
+            continue;
+        }
+        let sent_last = synthesize_sentence(k, opts, &s, &io, &mut stats);
+        if s.last && !sent_last && !s.turn.token.is_cancelled() {
+            // The turn's answer ends here even if this sentence made no sound (empty
+            // after normalisation, or an error): playback must learn that it is done.
+            let _ = io.pcm.blocking_send(PcmChunk {
+                turn: s.turn.clone(),
+                sentence: s.index,
+                text: String::new(),
+                samples: Vec::new(),
+                rate_hz: SAMPLE_RATE_HZ,
+                last: true,
+            });
+        }
+        stats.sentences += 1;
+    }
+    stats.skipped_chars = k.skipped_chars;
+    stats.unknown_symbols = k.unknown_symbols;
+    stats
+}
+
+/// Synthesises one sentence piece by piece; returns whether a `last` chunk was sent.
+fn synthesize_sentence(
+    k: &mut Kokoro,
+    opts: &TtsOptions,
+    s: &Sentence,
+    io: &TtsIo,
+    stats: &mut TtsStats,
+) -> bool {
+    let error = |message: String| {
+        let _ = io.events.blocking_send(Event::Error {
+            stage: "tts",
+            message,
+        });
+    };
+    if let Err(e) = k.load_voice(&s.voice) {
+        error(e.to_string());
+        return false;
+    }
+    let pieces: Vec<String> = if s.index == 0 && opts.first_clause_min_words > 0 {
+        let (head, tail) = first_clause(&s.text, opts.first_clause_min_words);
+        std::iter::once(head).chain(tail).collect()
+    } else {
+        vec![s.text.clone()]
+    };
+    let mut chunks = Vec::new();
+    for p in &pieces {
+        match k.prepare(p, &s.voice) {
+            Ok(c) => chunks.extend(c),
+            Err(e) => {
+                error(e.to_string());
+                return false;
+            }
+        }
+    }
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        if s.turn.token.is_cancelled() {
+            stats.skipped_cancelled += 1;
+            return false;
+        }
+        let t0 = Instant::now();
+        let audio = match k.synthesize_chunk(&chunk, &s.voice, s.speed) {
+            Ok(a) => a,
+            Err(e) => {
+                error(e.to_string());
+                return false;
+            }
+        };
+        stats.calls += 1;
+        let _ = io.events.blocking_send(Event::Synthesized {
+            turn: s.turn.id,
+            sentence: s.index,
+            chars: chunk.text.chars().count(),
+            audio_ms: audio.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64,
+            synth_ms: t0.elapsed().as_millis() as u64,
+        });
+        let last = s.last && i + 1 == n;
+        let sent = io.pcm.blocking_send(PcmChunk {
+            turn: s.turn.clone(),
+            sentence: s.index,
+            text: chunk.text,
+            samples: audio,
+            rate_hz: SAMPLE_RATE_HZ,
+            last,
+        });
+        if sent.is_err() {
+            return false; // playback is gone (shutdown)
+        }
+        if last {
+            return true;
+        }
+    }
+    false
+}
+
+/// Voices installed in `model_dir/voices`, sorted (no model load needed).
+pub fn installed_voices(model_dir: &std::path::Path) -> Vec<String> {
+    kokoro::installed_voices(&model_dir.join("voices"))
+}
