@@ -368,7 +368,8 @@ pub async fn say(
             SayInput::Stdin => {
                 // Lines arrive on a blocking reader thread; each line is fed to the
                 // splitter, so a sentence is spoken as soon as it is complete.
-                let (line_tx, mut line_rx) = mpsc::channel::<std::io::Result<String>>(SENTENCE_EDGE);
+                let (line_tx, mut line_rx) =
+                    mpsc::channel::<std::io::Result<String>>(SENTENCE_EDGE);
                 std::thread::spawn(move || {
                     use std::io::BufRead;
                     for line in std::io::stdin().lock().lines() {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use panda::app::{self, AppError, Input, ListenOptions, SayInput, SayOptions};
-use panda::audio::playback::Output;
 use panda::audio::AudioError;
 use panda::audio::file::{FileFormat, FileSpec};
+use panda::audio::playback::Output;
 use panda::config::{Config, ConfigError};
 use panda::exit;
 use panda::listen::stt::SttError;
@@ -245,9 +245,7 @@ fn code_for(e: &anyhow::Error) -> i32 {
 
 fn tts_code(k: &KokoroError) -> i32 {
     match k {
-        KokoroError::Missing(_) | KokoroError::Onnx(OnnxError::MissingLibrary(_)) => {
-            exit::NO_INPUT
-        }
+        KokoroError::Missing(_) | KokoroError::Onnx(OnnxError::MissingLibrary(_)) => exit::NO_INPUT,
         KokoroError::UnknownVoice { .. } | KokoroError::UnknownLanguage(_) => exit::USAGE,
         _ => exit::SOFTWARE,
     }
@@ -443,6 +441,8 @@ fn transcribe(cfg: &Config, file: PathBuf, raw: bool) -> Result<(), Exit> {
     };
     let (x, rate, ch) = panda::audio::file::read_all(&file, format)?;
     let pcm = panda::audio::dsp::to_16k_mono(&x, rate, ch);
+    // Long leading or trailing silence makes Whisper repeat itself; it carries no words.
+    let pcm = panda::listen::wake::trim_silence(&pcm);
     let (stt, _worker) = panda::listen::stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model))?;
     let token = CancellationToken::new();
     let mut texts = Vec::new();
@@ -519,7 +519,9 @@ fn say(cfg: &Config, a: SayArgs) -> Result<(), Exit> {
             log: None,
         },
         None => Output::Device {
-            name: a.device.unwrap_or_else(|| cfg.playback.output_device.clone()),
+            name: a
+                .device
+                .unwrap_or_else(|| cfg.playback.output_device.clone()),
             buffer_ms: cfg.playback.buffer_ms,
         },
     };
@@ -563,7 +565,11 @@ fn voices(cfg: &Config) -> Result<(), Exit> {
     }
     for v in list {
         let (lang, gender) = panda::speak::kokoro::describe_voice(&v);
-        let mark = if v == cfg.tts.voice { "  (default)" } else { "" };
+        let mark = if v == cfg.tts.voice {
+            "  (default)"
+        } else {
+            ""
+        };
         println!("{v:<14} {lang:<22} {gender}{mark}");
     }
     Ok(())

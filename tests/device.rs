@@ -190,3 +190,42 @@ fn daemon_mode_retries_a_missing_device_until_stopped() {
         "{attempts} attempts in 3 s at 500 ms: {stderr}"
     );
 }
+
+#[test]
+fn say_plays_on_a_virtual_speaker() {
+    let Some(pulse) = pulse_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("speaker.raw");
+    // Record what reaches the speaker (the null sink's monitor) while Panda speaks.
+    let mut rec = pulse
+        .cmd("parec")
+        .args([
+            "-d",
+            "spk.monitor",
+            "--format=s16le",
+            "--rate=16000",
+            "--channels=1",
+        ])
+        .stdout(std::fs::File::create(&raw).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let sentence = "The library opens at nine and closes at six tonight.";
+    let out = pulse
+        .cmd(env!("CARGO_BIN_EXE_panda"))
+        .args(["say", sentence])
+        .env("PANDA_MODELS__DIR", common::models_dir())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = rec.kill();
+    let _ = rec.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let t = common::panda(&["transcribe", "--raw", raw.to_str().unwrap()]);
+    let heard = t.stdout.trim().to_lowercase();
+    println!("speaker said: {heard:?}");
+    let (e, n) = panda::bench::word_errors(sentence, &heard);
+    assert!(e * 10 <= n, "{e}/{n} word errors: {heard:?}");
+}

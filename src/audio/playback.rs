@@ -287,7 +287,9 @@ impl Player {
             complete: false,
             total_chars: 0,
         });
-        let mut out = Vec::with_capacity(c.samples.len() * out_rate as usize / c.rate_hz.max(1) as usize + 64);
+        let mut out = Vec::with_capacity(
+            c.samples.len() * out_rate as usize / c.rate_hz.max(1) as usize + 64,
+        );
         a.resampler.process(&c.samples, &mut out);
         if c.last {
             a.resampler.finish(&mut out);
@@ -350,7 +352,10 @@ impl Player {
         for e in events {
             let _ = self.io.events.send(e).await;
         }
-        let played = a.base.map(|b| self.sink.played().saturating_sub(b)).unwrap_or(0);
+        let played = a
+            .base
+            .map(|b| self.sink.played().saturating_sub(b))
+            .unwrap_or(0);
         if a.complete && self.queue.is_empty() && played >= a.queued {
             self.end_turn(false).await;
         }
@@ -520,8 +525,7 @@ impl WavSink {
     fn due(&self) -> u64 {
         match &self.pace {
             Some(p) => {
-                p.origin_samples
-                    + (p.origin.elapsed().as_secs_f64() * self.rate_hz as f64) as u64
+                p.origin_samples + (p.origin.elapsed().as_secs_f64() * self.rate_hz as f64) as u64
             }
             None => self.written,
         }
@@ -543,7 +547,9 @@ impl WavSink {
                 + Duration::from_secs_f64(
                     (self.written - origin_samples) as f64 / self.rate_hz as f64,
                 );
-            log.lock().unwrap_or_else(|e| e.into_inner()).push((at, n as u64));
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((at, n as u64));
         }
     }
 }
@@ -716,8 +722,17 @@ impl DeviceSink {
             .default_output_config()
             .map(|c| c.sample_rate())
             .unwrap_or(48_000);
+        // Stream errors (an underrun, a lost device) arrive on the audio thread: log the
+        // first, count the rest — the callback must not flood the log at audio rate.
+        let errors = Arc::new(AtomicU64::new(0));
+        let on_error = move |e: cpal::Error| {
+            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(error = %e, "audio output stream error (further ones are not logged)");
+            }
+        };
         let builder = rodio::DeviceSinkBuilder::from_device(dev)
-            .map_err(|e| failed(format!("no usable output configuration: {e}")))?;
+            .map_err(|e| failed(format!("no usable output configuration: {e}")))?
+            .with_error_callback(on_error);
         let frames = (rate * buffer_ms.max(5) / 1000).max(64);
         let mut stream = builder
             .with_buffer_size(cpal::BufferSize::Fixed(frames))
@@ -817,8 +832,13 @@ mod tests {
     fn paced_wav_sink_plays_in_real_time_and_flushes() {
         let dir = tempfile::tempdir().unwrap();
         let log: SinkLog = Arc::default();
-        let mut s =
-            WavSink::create(dir.path().join("a.wav"), 24_000, Some(40), Some(log.clone())).unwrap();
+        let mut s = WavSink::create(
+            dir.path().join("a.wav"),
+            24_000,
+            Some(40),
+            Some(log.clone()),
+        )
+        .unwrap();
         // Only the 40 ms buffer is accepted at once.
         assert_eq!(s.write(&vec![0.1; 24_000]).unwrap(), 960);
         std::thread::sleep(Duration::from_millis(30));

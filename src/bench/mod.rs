@@ -153,14 +153,20 @@ pub fn tts(
     };
     for (label, words) in [
         ("whole sentences", 0usize),
-        ("first clause first", cfg.tts.first_clause_min_words as usize),
+        (
+            "first clause first",
+            cfg.tts.first_clause_min_words as usize,
+        ),
     ] {
         let t = Instant::now();
         let (runs, load_ms) = tts_runs(cfg, voice, words, &sentences)?;
         let wall = t.elapsed().as_secs_f64();
         let ttfa: Vec<f64> = runs.iter().map(|r| r.first_audio_ms).collect();
         let total: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
-        let rtf: Vec<f64> = runs.iter().map(|r| r.total_ms / r.audio_ms.max(1.0)).collect();
+        let rtf: Vec<f64> = runs
+            .iter()
+            .map(|r| r.total_ms / r.audio_ms.max(1.0))
+            .collect();
         if json {
             println!(
                 "{}",

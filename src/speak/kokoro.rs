@@ -68,7 +68,9 @@ pub enum KokoroError {
     #[error("Kokoro inference failed: {0}")]
     Inference(String),
     /// The voice's language has no espeak-ng phonemizer mapping.
-    #[error("voice {0:?} has no known language (its first letter names it: a, b, e, f, h, i, j, p, z)")]
+    #[error(
+        "voice {0:?} has no known language (its first letter names it: a, b, e, f, h, i, j, p, z)"
+    )]
     UnknownLanguage(String),
 }
 
@@ -128,7 +130,6 @@ pub struct Chunk {
     /// Vocabulary ids (without the pads), at most [`MAX_TOKENS`].
     pub tokens: Vec<i64>,
 }
-
 
 /// The synthesiser.
 pub struct Kokoro {
@@ -453,7 +454,10 @@ fn split_clauses(text: &str) -> Vec<String> {
 /// Registers the CUDA execution provider when asked and compiled in; on failure warns
 /// once and returns the builder for the CPU.
 #[cfg(feature = "cuda")]
-fn with_gpu(b: ort::session::builder::SessionBuilder, gpu: bool) -> (ort::session::builder::SessionBuilder, bool) {
+fn with_gpu(
+    b: ort::session::builder::SessionBuilder,
+    gpu: bool,
+) -> (ort::session::builder::SessionBuilder, bool) {
     if !gpu {
         return (b, false);
     }
@@ -467,7 +471,10 @@ fn with_gpu(b: ort::session::builder::SessionBuilder, gpu: bool) -> (ort::sessio
 }
 
 #[cfg(not(feature = "cuda"))]
-fn with_gpu(b: ort::session::builder::SessionBuilder, _gpu: bool) -> (ort::session::builder::SessionBuilder, bool) {
+fn with_gpu(
+    b: ort::session::builder::SessionBuilder,
+    _gpu: bool,
+) -> (ort::session::builder::SessionBuilder, bool) {
     (b, false)
 }
 

@@ -46,7 +46,7 @@ fn unspeakable(c: char) -> bool {
         | 0x200B..=0x200F   // zero-width space/joiners, direction marks
         | 0xE000..=0xF8FF   // private use
         | 0xE0000..=0xE007F // tags
-        | 0xFFFC..=0xFFFD)  // object replacement, replacement character
+        | 0xFFFC..=0xFFFD) // object replacement, replacement character
 }
 
 /// Language-neutral clean-up: drops unspeakable symbols and control characters, strips
@@ -280,7 +280,8 @@ fn meridiem(tok: &str) -> Option<&'static str> {
 fn is_plain_number(s: &str) -> bool {
     let s = s.strip_prefix('-').unwrap_or(s);
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
         && s.starts_with(|c: char| c.is_ascii_digit())
         && s.ends_with(|c: char| c.is_ascii_digit())
 }
@@ -299,7 +300,12 @@ fn expand_core(core: &str) -> String {
         return w;
     }
     // "10am", "7pm"
-    for (suffix, m) in [("am", "a m"), ("pm", "p m"), ("a.m.", "a m"), ("p.m.", "p m")] {
+    for (suffix, m) in [
+        ("am", "a m"),
+        ("pm", "p m"),
+        ("a.m.", "a m"),
+        ("p.m.", "p m"),
+    ] {
         if let Some(t) = core.to_ascii_lowercase().strip_suffix(suffix)
             && let Some(w) = time_words(t).or_else(|| hour_words(t))
         {
@@ -600,7 +606,7 @@ fn small(n: u64) -> String {
     ];
     match n {
         0..=19 => ONES[n as usize].to_string(),
-        20..=99 if n % 10 == 0 => TENS[(n / 10) as usize].to_string(),
+        20..=99 if n.is_multiple_of(10) => TENS[(n / 10) as usize].to_string(),
         20..=99 => format!("{}-{}", TENS[(n / 10) as usize], ONES[(n % 10) as usize]),
         _ => cardinal(n),
     }
@@ -629,11 +635,17 @@ mod tests {
 
     #[test]
     fn years_and_ordinals() {
-        assert_eq!(en("In 1984, on the 21st."), "In nineteen eighty-four, on the twenty-first.");
+        assert_eq!(
+            en("In 1984, on the 21st."),
+            "In nineteen eighty-four, on the twenty-first."
+        );
         assert_eq!(en("2024"), "twenty twenty-four");
         assert_eq!(en("2005"), "two thousand five");
         assert_eq!(en("1900"), "nineteen hundred");
-        assert_eq!(en("the 2nd and 3rd and 12th"), "the second and third and twelfth");
+        assert_eq!(
+            en("the 2nd and 3rd and 12th"),
+            "the second and third and twelfth"
+        );
         assert_eq!(en("the 100th"), "the one hundredth");
     }
 
@@ -651,7 +663,10 @@ mod tests {
     fn money_and_percent() {
         assert_eq!(en("$5"), "five dollars");
         assert_eq!(en("$1"), "one dollar");
-        assert_eq!(en("It costs $3.50."), "It costs three dollars and fifty cents.");
+        assert_eq!(
+            en("It costs $3.50."),
+            "It costs three dollars and fifty cents."
+        );
         assert_eq!(en("€20"), "twenty euros");
         assert_eq!(en("$2.5M"), "two point five million dollars");
         assert_eq!(en("50%"), "fifty percent");
@@ -661,7 +676,10 @@ mod tests {
 
     #[test]
     fn abbreviations() {
-        assert_eq!(en("Dr. Smith met Mr. Jones."), "Doctor Smith met Mister Jones.");
+        assert_eq!(
+            en("Dr. Smith met Mr. Jones."),
+            "Doctor Smith met Mister Jones."
+        );
         assert_eq!(en("apples, pears, etc."), "apples, pears, et cetera.");
         assert_eq!(en("cats vs. dogs"), "cats versus dogs");
     }

@@ -13,10 +13,10 @@
 /// Words that end with a period but do not end a sentence (compared case-insensitively,
 /// without the period).
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ave", "rd", "blvd", "capt",
-    "gen", "gov", "sen", "rep", "lt", "sgt", "vs", "etc", "e.g", "i.e", "approx", "no", "vol",
-    "fig", "inc", "ltd", "co", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
-    "oct", "nov", "dec", "a.m", "p.m", "u.s", "u.k",
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ave", "rd", "blvd", "capt", "gen",
+    "gov", "sen", "rep", "lt", "sgt", "vs", "etc", "e.g", "i.e", "approx", "no", "vol", "fig",
+    "inc", "ltd", "co", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
+    "nov", "dec", "a.m", "p.m", "u.s", "u.k",
 ];
 
 /// Streaming splitter.
@@ -109,8 +109,9 @@ impl SentenceSplitter {
                                 return None;
                             };
                             let next_word = chars[k].1;
-                            !next_word.is_lowercase()
-                                && !(c == '.' && self.period_is_not_an_end(b, pos))
+                            let lowercase_follows = next_word.is_lowercase();
+                            let abbreviation = c == '.' && self.period_is_not_an_end(b, pos);
+                            !(lowercase_follows || abbreviation)
                         }
                     };
                     if ends {
@@ -319,7 +320,11 @@ mod tests {
         let out = split_all(&text, 60);
         assert!(out.iter().all(|s| s.chars().count() <= 60), "{out:?}");
         assert_eq!(out.join(" ").split_whitespace().count(), 100);
-        let text = format!("{}, {}.", "alpha ".repeat(8).trim(), "beta ".repeat(8).trim());
+        let text = format!(
+            "{}, {}.",
+            "alpha ".repeat(8).trim(),
+            "beta ".repeat(8).trim()
+        );
         let out = split_all(&text, 60);
         assert!(out[0].ends_with(','), "{out:?}");
     }
