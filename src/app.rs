@@ -2,7 +2,9 @@
 //! root cancellation token and the task tracker, starts each stage with its dependencies,
 //! and shuts them down in order.
 //!
-//! Today's pipeline is the listening path (`panda listen`):
+//! Two pipelines today. The speaking path (`panda say`, [`say`]): sentences → TTS thread →
+//! playback thread, one turn whose token Ctrl-C cancels. The listening path
+//! (`panda listen`, [`listen`]):
 //!
 //! ```text
 //!  source thread ──AUDIO_EDGE──▶ listener thread ──UTTERANCE_EDGE──▶ turn task ──▶ stt thread
@@ -54,6 +56,10 @@ pub const SENTENCE_EDGE: usize = 16;
 /// many chunks ahead of the speaker, so memory stays bounded for any answer length.
 pub const PCM_EDGE: usize = 4;
 
+/// Control edge, event consumer → turn driver: what playback reports as heard (and timer
+/// firings). When full, the consumer waits; one or two per turn.
+pub const HEARD_EDGE: usize = 8;
+
 /// Errors that stop a pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -69,6 +75,9 @@ pub enum AppError {
     /// Text-to-speech could not start.
     #[error(transparent)]
     Tts(#[from] KokoroError),
+    /// The timer store could not be opened.
+    #[error(transparent)]
+    Timers(#[from] crate::think::timers::TimerError),
     /// There is nothing to say.
     #[error("nothing to say: the text is empty once emoji and control characters are removed")]
     NothingToSay,
@@ -270,7 +279,7 @@ pub fn tts_options(cfg: &Config, voice: &str) -> TtsOptions {
         threads: cfg.tts.threads as usize,
         gpu: cfg.tts.gpu,
         voice: voice.to_string(),
-        first_clause_min_words: cfg.tts.first_clause_min_words as usize,
+        first_fragment_words: cfg.tts.first_fragment_words as usize,
     }
 }
 
@@ -450,4 +459,178 @@ pub async fn say(
         }
     }
     Ok(summary)
+}
+
+/// `panda ask` options.
+pub struct AskOptions {
+    /// Questions, one turn each, in order (a conversation).
+    pub questions: Vec<String>,
+    /// Speak the answers here; `None` prints only (`--no-speak`).
+    pub speak: Option<Output>,
+    /// Voice override (default: `[tts] voice` / the language's voice).
+    pub voice: Option<String>,
+}
+
+/// What `panda ask` reports per turn.
+#[derive(Debug, Clone)]
+pub struct AskTurn {
+    /// The question.
+    pub question: String,
+    /// The answer as generated.
+    pub answer: String,
+    /// Where it came from.
+    pub source: &'static str,
+}
+
+/// `panda ask`: runs each question as one turn through the thinking path — and, with
+/// `speak`, through TTS and playback, waiting for each answer to be heard before the next
+/// question (as in a conversation). Answer text streams to `on_text` as it is produced;
+/// every event goes to `on_event`.
+///
+/// ```text
+///  driver task (Thinker) ──SENTENCE_EDGE──▶ tts ──PCM_EDGE──▶ playback
+///        ▲ HEARD_EDGE (spoken, timer fired)            all ──EVENT_EDGE──▶ caller
+/// ```
+pub async fn ask(
+    cfg: &Config,
+    opts: AskOptions,
+    root: CancellationToken,
+    mut on_event: impl FnMut(&Event),
+    on_text: Box<dyn FnMut(&str) + Send>,
+) -> Result<Vec<AskTurn>, AppError> {
+    use crate::think::{agents::Agents, timers, turn::Thinker, turn::TurnIo};
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
+    let http = crate::think::http_client(cfg.llm.connect_timeout_ms);
+    let agents = Agents::new(&cfg.agents, http.clone(), Some(ev_tx.clone()));
+    agents.spawn_health(&root);
+    let (timer_handle, missed) = timers::spawn(&cfg.state.dir, ev_tx.clone(), root.clone()).await?;
+    let mut thinker = Thinker::new(cfg, http, agents, timer_handle, ev_tx.clone());
+    thinker.set_voice(opts.voice.clone());
+
+    // The speaking path, when asked for.
+    let mut speaking = None;
+    if let Some(output) = opts.speak.clone() {
+        let voice = opts.voice.clone().unwrap_or_else(|| cfg.tts.voice.clone());
+        check_voice(cfg, &voice)?;
+        let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(SENTENCE_EDGE);
+        let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
+        let topts = tts_options(cfg, &voice);
+        let tts_io = TtsIo {
+            sentences: sent_rx,
+            pcm: pcm_tx,
+            events: ev_tx.clone(),
+        };
+        let (tts_thread, _) = tokio::task::spawn_blocking(move || tts::spawn(topts, tts_io))
+            .await
+            .expect("the TTS loader does not panic")?;
+        let pb_events = ev_tx.clone();
+        let player = tokio::task::spawn_blocking(move || {
+            playback::spawn(
+                output,
+                PlaybackIo {
+                    chunks: pcm_rx,
+                    events: pb_events,
+                },
+            )
+        })
+        .await
+        .expect("opening the output does not panic")?;
+        speaking = Some((sent_tx, tts_thread, player));
+    }
+    let sentences = speaking.as_ref().map(|s| s.0.clone());
+    let speak = sentences.is_some();
+    let (heard_tx, mut heard_rx) = mpsc::channel::<Event>(HEARD_EDGE);
+    let questions = opts.questions;
+    let driver_root = root.clone();
+    drop(ev_tx);
+    let driver = tokio::spawn(async move {
+        let mut on_text = on_text;
+        let mut out = Vec::new();
+        for t in &missed {
+            on_text(&format!("(While I was off, your {} went off.)\n", t.label));
+        }
+        for (i, q) in questions.iter().enumerate() {
+            if driver_root.is_cancelled() {
+                break;
+            }
+            let turn = Turn {
+                id: i as u64 + 1,
+                token: driver_root.child_token(),
+            };
+            let span = tracing::info_span!("turn", turn = turn.id);
+            let mut io = TurnIo {
+                sentences: sentences.as_ref(),
+                on_text: &mut *on_text,
+            };
+            let outcome = thinker.turn(&turn, q, &mut io).instrument(span).await;
+            on_text("\n");
+            if speak && !outcome.answer.is_empty() {
+                // Wait until playback reports what was heard (or the run is stopped).
+                loop {
+                    let ev = tokio::select! {
+                        _ = driver_root.cancelled() => None,
+                        e = heard_rx.recv() => e,
+                    };
+                    match ev {
+                        Some(Event::Spoken { turn: t, heard, .. }) if t == turn.id => {
+                            thinker.heard(t, &heard);
+                            break;
+                        }
+                        Some(_) => continue,
+                        None => break,
+                    }
+                }
+            } else {
+                thinker.heard(turn.id, &outcome.answer);
+            }
+            out.push(AskTurn {
+                question: q.clone(),
+                answer: outcome.answer,
+                source: outcome.source,
+            });
+        }
+        drop(sentences);
+        out
+    });
+
+    // The event consumer: forwards to the caller; playback's reports go to the driver.
+    // The timer and health tasks hold event senders until the root token is cancelled,
+    // so the loop ends when the driver is done and the speaking path has drained.
+    let mut driver = Some(driver);
+    let mut turns = Vec::new();
+    let mut tts_join = None;
+    let mut speaking = speaking;
+    loop {
+        tokio::select! {
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break };
+                if matches!(ev, Event::Spoken { .. }) {
+                    let _ = heard_tx.send(ev.clone()).await;
+                }
+                on_event(&ev);
+            }
+            r = async { driver.as_mut().expect("guarded").await }, if driver.is_some() => {
+                driver = None;
+                turns = r.unwrap_or_default();
+                // Close the sentence edge: TTS ends, then playback drains and ends.
+                if let Some((tx, tts_thread, player)) = speaking.take() {
+                    drop(tx);
+                    tts_join = Some(tokio::task::spawn_blocking(move || {
+                        let _ = tts_thread.join();
+                        player.join()
+                    }));
+                } else {
+                    root.cancel();
+                }
+            }
+            r = async { tts_join.as_mut().expect("guarded").await }, if tts_join.is_some() => {
+                tts_join = None;
+                if let Ok(Ok(Err(e))) = r {
+                    tracing::warn!(error = %e, "playback ended with an error");
+                }
+                root.cancel();
+            }
+        }
+    }
+    Ok(turns)
 }

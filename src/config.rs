@@ -9,6 +9,7 @@
 //! Relative model paths are resolved against `[models] dir`, so one setting moves every
 //! weight file (the systemd unit points it at the state directory).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -42,7 +43,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration tree.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where model files live (`panda models install` writes there).
@@ -61,6 +62,16 @@ pub struct Config {
     pub tts: TtsConfig,
     /// Speech output.
     pub playback: PlaybackConfig,
+    /// The language model.
+    pub llm: LlmConfig,
+    /// Intent routing.
+    pub router: RouterConfig,
+    /// Conversation: language, history, filler.
+    pub conversation: ConversationConfig,
+    /// Where Panda keeps state (timers; later memory).
+    pub state: StateConfig,
+    /// Helper agents (`[[agents]]`), called over HTTP for the intents they serve.
+    pub agents: Vec<AgentConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -72,6 +83,27 @@ pub struct ModelsConfig {
     /// Directory holding every model file; relative paths elsewhere resolve against it.
     /// Relative to the working directory when itself relative.
     pub dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            models: ModelsConfig::default(),
+            audio: AudioConfig::default(),
+            wake: WakeConfig::default(),
+            vad: VadConfig::default(),
+            endpoint: EndpointConfig::default(),
+            stt: SttConfig::default(),
+            tts: TtsConfig::default(),
+            playback: PlaybackConfig::default(),
+            llm: LlmConfig::default(),
+            router: RouterConfig::default(),
+            conversation: ConversationConfig::default(),
+            state: StateConfig::default(),
+            agents: default_agents(),
+            log: LogConfig::default(),
+        }
+    }
 }
 
 impl Default for ModelsConfig {
@@ -250,9 +282,10 @@ pub struct TtsConfig {
     /// Use the CUDA execution provider when built with the `cuda` feature (falls back to
     /// the CPU with one warning when it cannot).
     pub gpu: bool,
-    /// Split the first sentence of an answer at its first clause mark when both parts
-    /// have at least this many words, so the first audio comes sooner; 0 disables.
-    pub first_clause_min_words: u32,
+    /// Speak the first sentence of an answer as a short first fragment of about this many
+    /// words (ending at a clause mark or before a conjunction or preposition) and the
+    /// rest, so the first audio comes sooner; 0 speaks it whole.
+    pub first_fragment_words: u32,
     /// A sentence without an end is cut at a clause mark or word after this many
     /// characters, so a run-on answer cannot hold speech back.
     pub max_sentence_chars: u32,
@@ -266,7 +299,7 @@ impl Default for TtsConfig {
             speed: 1.0,
             threads: 0,
             gpu: true,
-            first_clause_min_words: 3,
+            first_fragment_words: 4,
             max_sentence_chars: 300,
         }
     }
@@ -290,6 +323,308 @@ impl Default for PlaybackConfig {
             buffer_ms: 40,
         }
     }
+}
+
+/// The LLM server's protocol.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmBackend {
+    /// Ollama's native `/api/chat`, NDJSON stream.
+    Ollama,
+    /// OpenAI-compatible `/v1/chat/completions`, server-sent events (llama.cpp's
+    /// `llama-server`, vLLM, LocalAI, …).
+    Openai,
+}
+
+/// `[llm]`: the language model server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// Use a language model for open questions (built-in skills work without one).
+    pub enabled: bool,
+    /// Protocol: `ollama` or `openai`.
+    pub backend: LlmBackend,
+    /// Server base URL (no path).
+    pub url: String,
+    /// Model name as the server knows it.
+    pub model: String,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Longest answer, in tokens (spoken answers should be short).
+    pub max_tokens: u32,
+    /// Ollama: keep the model loaded this long after a request.
+    pub keep_alive_s: u64,
+    /// TCP connect timeout (shared HTTP client).
+    pub connect_timeout_ms: u64,
+    /// Request → first token; one retry happens inside this budget's repeat.
+    pub first_token_timeout_ms: u64,
+    /// Request → end of the answer.
+    pub answer_timeout_ms: u64,
+    /// Longest stream line accepted; a longer one fails the answer (bounded buffers).
+    pub max_line_bytes: usize,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backend: LlmBackend::Openai,
+            url: "http://127.0.0.1:8081".into(),
+            model: "smollm2-135m-instruct".into(),
+            temperature: 0.3,
+            max_tokens: 200,
+            keep_alive_s: 600,
+            connect_timeout_ms: 1000,
+            first_token_timeout_ms: 10_000,
+            answer_timeout_ms: 30_000,
+            max_line_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[router]`: intent matching.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Lowest match score (0–1) that routes to a skill or agent; below it the utterance
+    /// goes to the language model.
+    pub min_confidence: f32,
+    /// Normalised utterances whose route is remembered (LRU).
+    pub cache_entries: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            min_confidence: 0.75,
+            cache_entries: 512,
+        }
+    }
+}
+
+/// `[conversation]`: language, history and filler.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationConfig {
+    /// Language Panda starts in (`en`, `es`, `fr`, `hi`, `it`, `ja`, `pt`, `zh`).
+    pub language: String,
+    /// Who Panda is, for the system prompt.
+    pub persona: String,
+    /// History kept for the LLM, in (estimated) tokens; older turns fold into a summary.
+    pub history_tokens: usize,
+    /// Say a short filler when nothing has been said this long after the question.
+    pub filler_after_ms: u64,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        Self {
+            language: "en".into(),
+            persona: "You are Panda, a friendly voice assistant on a small speaker. Answer in \
+                      one to three short spoken sentences, without lists or markdown."
+                .into(),
+            history_tokens: 1500,
+            filler_after_ms: 1500,
+        }
+    }
+}
+
+/// `[state]`: Panda's own files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory for timers and memory (the systemd unit sets `/var/lib/panda`).
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("state"),
+        }
+    }
+}
+
+/// One intent an agent serves, with example phrases. `{slot}` in an example captures
+/// words for the request template (`"news about {topic}"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IntentConfig {
+    /// Intent name (events, logs).
+    pub name: String,
+    /// Example phrases.
+    pub examples: Vec<String>,
+}
+
+/// How to call an agent: `{slot}` placeholders are filled from the utterance (`{utterance}`
+/// is the whole text); a query or body field whose slots are all empty is left out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestTemplate {
+    /// `GET` or `POST`.
+    pub method: String,
+    /// Path under the agent's URL.
+    pub path: String,
+    /// Query parameters.
+    pub query: BTreeMap<String, String>,
+    /// JSON body fields (POST).
+    pub body: BTreeMap<String, String>,
+}
+
+impl Default for RequestTemplate {
+    fn default() -> Self {
+        Self {
+            method: "GET".into(),
+            path: "/".into(),
+            query: BTreeMap::new(),
+            body: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[[agents]]`: a helper service. Its HTTP contract is in the README.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Name (events, status page).
+    pub name: String,
+    /// What it is for, spoken by "what can you do".
+    pub description: String,
+    /// Base URL.
+    pub url: String,
+    /// Health path (`GET`, 2xx = healthy).
+    pub health_path: String,
+    /// Per-call timeout.
+    pub timeout_ms: u64,
+    /// Interval of the background health check.
+    pub health_interval_ms: u64,
+    /// Consecutive failures that open its circuit breaker.
+    pub failure_threshold: u32,
+    /// First open period of the breaker; doubles per re-open (±20 % jitter).
+    pub backoff_ms: u64,
+    /// Longest open period.
+    pub max_backoff_ms: u64,
+    /// Intents it serves.
+    pub intents: Vec<IntentConfig>,
+    /// The call.
+    pub request: RequestTemplate,
+    /// Spoken when the LLM cannot phrase the reply: `{/json/pointer}` reads a value,
+    /// `{/list/*/field}` joins a field of every item with ", ".
+    pub reply_template: String,
+    /// Said while waiting when the reply is slow ("Let me check the news.").
+    pub filler: String,
+}
+
+fn agent(
+    name: &str,
+    description: &str,
+    port: u16,
+    intents: &[(&str, &[&str])],
+    request: RequestTemplate,
+    reply_template: &str,
+    filler: &str,
+) -> AgentConfig {
+    AgentConfig {
+        name: name.into(),
+        description: description.into(),
+        url: format!("http://127.0.0.1:{port}"),
+        health_path: "/health".into(),
+        timeout_ms: 3000,
+        health_interval_ms: 10_000,
+        failure_threshold: 3,
+        backoff_ms: 5000,
+        max_backoff_ms: 300_000,
+        intents: intents
+            .iter()
+            .map(|(n, ex)| IntentConfig {
+                name: (*n).into(),
+                examples: ex.iter().map(|e| (*e).into()).collect(),
+            })
+            .collect(),
+        request,
+        reply_template: reply_template.into(),
+        filler: filler.into(),
+    }
+}
+
+/// The three agents the Python assistant had: SCOTT (news), PENNY (finance), SENSEI (tutor).
+pub fn default_agents() -> Vec<AgentConfig> {
+    let map = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    vec![
+        agent(
+            "scott",
+            "read you the news",
+            8101,
+            &[(
+                "news",
+                &[
+                    "what's the news",
+                    "what is in the news today",
+                    "read me the headlines",
+                    "tell me the top stories",
+                    "news about {topic}",
+                    "what's happening with {topic}",
+                ],
+            )],
+            RequestTemplate {
+                method: "GET".into(),
+                path: "/articles/top".into(),
+                query: map(&[("limit", "3"), ("topic", "{topic}")]),
+                body: BTreeMap::new(),
+            },
+            "Here are the top stories: {/articles/*/title}.",
+            "Let me check the news.",
+        ),
+        agent(
+            "penny",
+            "check stock prices and markets",
+            8102,
+            &[(
+                "quote",
+                &[
+                    "how is the stock market doing",
+                    "what's the price of {symbol} stock",
+                    "how much is {symbol} stock",
+                    "stock price of {symbol}",
+                    "how are {symbol} shares doing",
+                ],
+            )],
+            RequestTemplate {
+                method: "GET".into(),
+                path: "/quote".into(),
+                query: map(&[("symbol", "{symbol}")]),
+                body: BTreeMap::new(),
+            },
+            "{/name} is at {/price} {/currency}, {/change_percent} percent today.",
+            "Let me check the markets.",
+        ),
+        agent(
+            "sensei",
+            "explain things and help you learn",
+            8103,
+            &[(
+                "explain",
+                &[
+                    "explain {topic}",
+                    "teach me about {topic}",
+                    "help me understand {topic}",
+                    "how does {topic} work",
+                ],
+            )],
+            RequestTemplate {
+                method: "POST".into(),
+                path: "/explain".into(),
+                query: BTreeMap::new(),
+                body: map(&[("topic", "{topic}"), ("question", "{utterance}")]),
+            },
+            "{/explanation}",
+            "Let me think about that.",
+        ),
+    ]
 }
 
 /// `[log]`: logging.
@@ -427,6 +762,48 @@ impl Config {
                 "playback.buffer_ms",
                 format!("{} is not in 5..=500", self.playback.buffer_ms),
             ));
+        }
+        if !self.llm.url.starts_with("http://") && !self.llm.url.starts_with("https://") {
+            return Err(invalid(
+                "llm.url",
+                format!("`{}` is not an http:// or https:// URL", self.llm.url),
+            ));
+        }
+        if self.llm.max_line_bytes < 1024 {
+            return Err(invalid("llm.max_line_bytes", "at least 1024"));
+        }
+        if !(0.0..=1.0).contains(&self.router.min_confidence) {
+            return Err(invalid("router.min_confidence", "not in 0.0..=1.0"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for a in &self.agents {
+            if !names.insert(a.name.as_str()) {
+                return Err(invalid(
+                    "agents",
+                    format!("two agents are named `{}`", a.name),
+                ));
+            }
+            if !a.url.starts_with("http://") && !a.url.starts_with("https://") {
+                return Err(invalid(
+                    "agents.url",
+                    format!("agent `{}`: `{}` is not an http(s) URL", a.name, a.url),
+                ));
+            }
+            if !matches!(a.request.method.as_str(), "GET" | "POST") {
+                return Err(invalid(
+                    "agents.request.method",
+                    format!("agent `{}`: method must be GET or POST", a.name),
+                ));
+            }
+            if a.failure_threshold == 0 || a.timeout_ms == 0 {
+                return Err(invalid(
+                    "agents.failure_threshold",
+                    format!(
+                        "agent `{}`: failure_threshold and timeout_ms must be positive",
+                        a.name
+                    ),
+                ));
+            }
         }
         if self.audio.ring_capacity_ms < 100 {
             return Err(invalid("audio.ring_capacity_ms", "at least 100 ms"));

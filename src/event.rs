@@ -87,6 +87,18 @@ pub struct PcmChunk {
     pub last: bool,
 }
 
+/// A circuit breaker's state, as events and the status page show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls are refused until the backoff passes.
+    Open,
+    /// One probe call is in flight or allowed.
+    HalfOpen,
+}
+
 /// Why an utterance ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,6 +199,77 @@ pub enum Event {
         played_ms: u64,
         /// Playback was cut short by the turn's cancellation (barge-in, shutdown).
         interrupted: bool,
+    },
+    /// The router chose where an utterance goes.
+    Route {
+        /// Turn.
+        turn: u64,
+        /// `skill:time`, `agent:scott`, `llm`, …
+        target: String,
+        /// Match score (0–1).
+        confidence: f32,
+        /// Answered from the route cache.
+        cached: bool,
+    },
+    /// An agent call finished.
+    Agent {
+        /// Turn.
+        turn: u64,
+        /// Agent name.
+        agent: String,
+        /// It answered usably.
+        ok: bool,
+        /// Call time.
+        ms: u64,
+        /// The error, when it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// An agent's circuit breaker changed state.
+    Breaker {
+        /// Agent name.
+        agent: String,
+        /// New state.
+        state: BreakerState,
+    },
+    /// A sentence of the answer was queued for speech.
+    Sentence {
+        /// Turn.
+        turn: u64,
+        /// Index within the answer.
+        index: u32,
+        /// Text.
+        text: String,
+    },
+    /// The LLM finished (or failed) its answer.
+    Llm {
+        /// Turn.
+        turn: u64,
+        /// Request → first token.
+        first_token_ms: Option<u64>,
+        /// Request → end.
+        total_ms: u64,
+        /// Malformed stream lines skipped.
+        malformed: u64,
+        /// The error, when it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The whole answer of a turn, as generated.
+    Answer {
+        /// Turn.
+        turn: u64,
+        /// Text.
+        text: String,
+        /// `skill`, `agent`, `llm`, `template`, `apology`.
+        source: &'static str,
+    },
+    /// A timer or alarm went off.
+    TimerFired {
+        /// Timer id.
+        id: u64,
+        /// What it was for ("2 second timer").
+        label: String,
     },
     /// A turn was cancelled; anything it had produced is discarded.
     Cancelled {

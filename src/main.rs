@@ -69,6 +69,8 @@ enum Cmd {
     Say(SayArgs),
     /// List the installed voices.
     Voices,
+    /// Ask Panda something in text: one turn per question, answer streamed to stdout.
+    Ask(AskArgs),
     /// Benchmarks that print figures (never pass/fail).
     Bench {
         #[command(subcommand)]
@@ -133,6 +135,25 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_values_t = [0.45f32, 0.5, 0.55, 0.6])]
         thresholds: Vec<f32>,
     },
+}
+
+#[derive(Args)]
+struct AskArgs {
+    /// Questions (one turn each, as one conversation), or - to read one per line from stdin.
+    #[arg(required = true)]
+    questions: Vec<String>,
+    /// Print only; do not speak.
+    #[arg(long)]
+    no_speak: bool,
+    /// Speak into a WAV file instead of the speaker.
+    #[arg(short, long, value_name = "WAV")]
+    output: Option<PathBuf>,
+    /// Voice (default: `[tts] voice`).
+    #[arg(long)]
+    voice: Option<String>,
+    /// Print pipeline events as JSON lines on stdout instead of the answer text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -215,6 +236,7 @@ fn code_for(e: &anyhow::Error) -> i32 {
             AppError::Stt(_) | AppError::Wake(_) => return exit::SOFTWARE,
             AppError::Tts(k) => return tts_code(k),
             AppError::NothingToSay => return exit::DATA_ERR,
+            AppError::Timers(_) => return exit::CANT_CREATE,
         }
     }
     for cause in e.chain() {
@@ -304,6 +326,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Cmd::Enroll { name, out, files } => enroll(&cfg, &name, out, &files),
         Cmd::Say(args) => say(&cfg, args),
         Cmd::Voices => voices(&cfg),
+        Cmd::Ask(args) => ask(&cfg, args),
         Cmd::Bench { cmd } => bench(&cfg, cmd),
     }
 }
@@ -572,5 +595,84 @@ fn voices(cfg: &Config) -> Result<(), Exit> {
         };
         println!("{v:<14} {lang:<22} {gender}{mark}");
     }
+    Ok(())
+}
+
+fn ask(cfg: &Config, a: AskArgs) -> Result<(), Exit> {
+    let questions: Vec<String> = if a.questions == ["-"] {
+        use std::io::BufRead;
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Exit(
+                    exit::DATA_ERR,
+                    anyhow::anyhow!("stdin: {e} (questions must be UTF-8 text)"),
+                )
+            })?
+            .into_iter()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    } else {
+        a.questions
+    };
+    if questions.iter().all(|q| q.trim().is_empty()) {
+        return Err(Exit(
+            exit::USAGE,
+            anyhow::anyhow!("nothing to ask: the question is empty"),
+        ));
+    }
+    let speak = if a.no_speak {
+        None
+    } else {
+        Some(match a.output {
+            Some(path) => Output::Wav {
+                path,
+                rate_hz: 24_000,
+                paced: None,
+                log: None,
+            },
+            None => Output::Device {
+                name: cfg.playback.output_device.clone(),
+                buffer_ms: cfg.playback.buffer_ms,
+            },
+        })
+    };
+    let json = a.json;
+    let opts = app::AskOptions {
+        questions,
+        speak,
+        voice: a.voice,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let root = CancellationToken::new();
+        cancel_on_signals(&root);
+        let on_text: Box<dyn FnMut(&str) + Send> = if json {
+            Box::new(|_| {})
+        } else {
+            Box::new(|t| {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(t.as_bytes());
+                let _ = out.flush();
+            })
+        };
+        app::ask(
+            cfg,
+            opts,
+            root,
+            |ev| {
+                if json {
+                    let mut out = std::io::stdout().lock();
+                    let _ = serde_json::to_writer(&mut out, ev);
+                    let _ = out.write_all(b"\n");
+                    let _ = out.flush();
+                }
+            },
+            on_text,
+        )
+        .await
+    })?;
     Ok(())
 }

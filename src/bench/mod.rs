@@ -70,13 +70,13 @@ pub struct TtsRun {
 pub fn tts_runs(
     cfg: &Config,
     voice: &str,
-    first_clause_min_words: usize,
+    first_fragment_words: usize,
     sentences: &[String],
 ) -> Result<(Vec<TtsRun>, u64), BenchError> {
     use crate::event::{PcmChunk, Sentence, Turn};
     use tokio::sync::mpsc;
     let mut opts = crate::app::tts_options(cfg, voice);
-    opts.first_clause_min_words = first_clause_min_words;
+    opts.first_fragment_words = first_fragment_words;
     let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(crate::app::SENTENCE_EDGE);
     let (pcm_tx, mut pcm_rx) = mpsc::channel::<PcmChunk>(crate::app::PCM_EDGE);
     let (ev_tx, mut ev_rx) = mpsc::channel(crate::app::EVENT_EDGE);
@@ -130,7 +130,7 @@ pub fn tts_runs(
 }
 
 /// `panda bench tts`: time to first audio and real-time factor, whole sentences vs the
-/// first clause spoken on its own. With `json`, one summary object per line instead.
+/// first fragment spoken on its own. With `json`, one summary object per line instead.
 pub fn tts(
     cfg: &Config,
     voice: &str,
@@ -154,8 +154,8 @@ pub fn tts(
     for (label, words) in [
         ("whole sentences", 0usize),
         (
-            "first clause first",
-            cfg.tts.first_clause_min_words as usize,
+            "short first fragment",
+            cfg.tts.first_fragment_words as usize,
         ),
     ] {
         let t = Instant::now();

@@ -207,27 +207,64 @@ pub fn split_all(text: &str, max_chars: usize) -> Vec<String> {
     out
 }
 
-/// Splits off the first clause of a sentence when it is long enough to stand alone
-/// (`min_words`), so the first audio of a turn is short and comes early. Returns the
-/// sentence whole when there is no such clause.
-pub fn first_clause(sentence: &str, min_words: usize) -> (String, Option<String>) {
-    for (i, c) in sentence.char_indices() {
-        if matches!(c, ',' | ';' | ':' | '—') {
-            let end = i + c.len_utf8();
-            let (head, tail) = sentence.split_at(end);
-            if !tail.starts_with(char::is_whitespace) {
-                continue; // "1,000"
-            }
-            let words = head.split_whitespace().count();
-            if words >= min_words && tail.split_whitespace().count() >= min_words {
-                return (head.trim().to_string(), Some(tail.trim().to_string()));
-            }
-            if words >= min_words {
-                break;
-            }
+/// Words a natural phrase break can come before (a split there keeps the prosody of both
+/// halves): conjunctions, prepositions, relative pronouns.
+const BREAK_WORDS: &[&str] = &[
+    "and", "but", "or", "so", "because", "while", "when", "which", "that", "who", "where", "with",
+    "without", "in", "on", "at", "to", "for", "from", "of", "by", "about", "after", "before",
+    "until", "than", "then", "if", "as", "into", "over", "under", "through",
+];
+
+/// Splits the first sentence of an answer into a short first fragment and the rest, so
+/// the first audio is short and comes early while the rest is synthesised behind it.
+///
+/// The fragment aims at `target_words` words (at least 3, at most `target_words + 2`)
+/// and ends where a speaker could pause: at a clause mark, else before a conjunction or
+/// preposition. A sentence too short to leave two real phrases, or with no natural break
+/// in range (up to 12 words), is returned whole; a longer one is cut at the target.
+/// `target_words = 0` disables the split.
+pub fn first_fragment(sentence: &str, target_words: usize) -> (String, Option<String>) {
+    let whole = (sentence.trim().to_string(), None);
+    if target_words == 0 {
+        return whole;
+    }
+    let words: Vec<&str> = sentence.split_whitespace().collect();
+    let min = target_words.clamp(1, 3);
+    let max = target_words + 2;
+    if words.len() < 2 * min {
+        return whole;
+    }
+    let upper = max.min(words.len() - min);
+    let mut best: Option<(u8, usize, usize)> = None; // (score, distance, p)
+    // A clause mark may end a fragment as short as two words ("Sure thing,").
+    for p in 2.min(min)..=upper {
+        let prev = words[p - 1];
+        let next: String = words[p]
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .collect::<String>()
+            .to_lowercase();
+        let score = if prev.ends_with([',', ';', ':', '—']) {
+            0
+        } else if p < min {
+            continue;
+        } else if BREAK_WORDS.contains(&next.as_str()) {
+            1
+        } else {
+            2
+        };
+        let cand = (score, p.abs_diff(target_words), p);
+        if best.is_none_or(|b| (cand.0, cand.1) < (b.0, b.1)) {
+            best = Some(cand);
         }
     }
-    (sentence.trim().to_string(), None)
+    let Some((score, _, p)) = best else {
+        return whole;
+    };
+    if score == 2 && words.len() <= 12 {
+        return whole;
+    }
+    (words[..p].join(" "), Some(words[p..].join(" ")))
 }
 
 #[cfg(test)]
@@ -334,16 +371,38 @@ mod tests {
         assert_eq!(all("你好。今天很好！"), ["你好。", "今天很好！"]);
     }
 
+    fn frag(s: &str) -> (String, Option<String>) {
+        first_fragment(s, 4)
+    }
+
     #[test]
-    fn first_clause_splits_only_when_both_parts_stand() {
+    fn first_fragment_breaks_where_a_speaker_would_pause() {
         assert_eq!(
-            first_clause("Sure thing, the weather today is sunny and warm.", 2),
+            frag("Sure thing, the weather today is sunny and warm."),
             (
                 "Sure thing,".to_string(),
                 Some("the weather today is sunny and warm.".to_string())
             )
         );
-        assert_eq!(first_clause("Yes, it is.", 3).1, None);
-        assert_eq!(first_clause("About 1,000 people came.", 2).1, None);
+        // A clause mark in range wins.
+        assert_eq!(
+            frag("Here are the headlines: markets rose this morning.").0,
+            "Here are the headlines:"
+        );
+        // Else a break word near the target.
+        assert_eq!(
+            frag("The weather today is sunny with a high of 22 degrees and a light breeze.").0,
+            "The weather today is sunny"
+        );
+        // Short sentences, or no natural break within 12 words, stay whole.
+        assert_eq!(frag("Paris is the capital of France.").1, None);
+        assert_eq!(frag("Yes, it is.").1, None);
+        // Long without a break: cut at the target.
+        let long = "Photosynthesis lets green plants turn sunlight water carbon dioxide nutrients minerals energy sugar oxygen everywhere.";
+        assert_eq!(frag(long).0.split_whitespace().count(), 4);
+        assert_eq!(
+            first_fragment("one two three four five six seven", 0).1,
+            None
+        );
     }
 }

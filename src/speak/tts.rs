@@ -6,9 +6,11 @@
 //! Synthesis is CPU-bound for up to a second per sentence, so it never runs on the async
 //! runtime; the turn task reaches it through the bounded sentence edge.
 //!
-//! Latency: the first sentence of a turn is split at its first clause mark when both parts
-//! stand alone ([`first_clause`]), so the first audio is short and comes early while the
-//! rest is synthesised behind it. Every piece of audio goes to playback as soon as it is
+//! Latency: Kokoro is no faster than its Python peer (same ONNX Runtime), so time to first
+//! audio comes from what is synthesised first. The first sentence of a turn is split into
+//! a short first fragment (about `first_fragment_words` words, ending at a clause mark or
+//! before a conjunction/preposition — [`first_fragment`]) and the rest, which is
+//! synthesised while the fragment plays. Every piece of audio goes to playback as soon as it is
 //! made; the PCM edge's capacity bounds how far synthesis runs ahead.
 //!
 //! Cancellation: the turn's token is checked before each model call (a call is at most
@@ -20,7 +22,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::kokoro::{self, Kokoro, KokoroError, KokoroOptions, SAMPLE_RATE_HZ};
-use super::sentences::first_clause;
+use super::sentences::first_fragment;
 use crate::event::{Event, PcmChunk, Sentence};
 
 /// What the TTS thread needs to start.
@@ -36,9 +38,8 @@ pub struct TtsOptions {
     pub gpu: bool,
     /// Voice loaded and warmed up at start (and checked to exist).
     pub voice: String,
-    /// Split the first sentence of a turn at a clause mark when both parts have at least
-    /// this many words (0 disables).
-    pub first_clause_min_words: usize,
+    /// Aim for a first fragment of about this many words (0: whole first sentence).
+    pub first_fragment_words: usize,
 }
 
 /// What start-up measured.
@@ -186,8 +187,8 @@ fn synthesize_sentence(
         error(e.to_string());
         return false;
     }
-    let pieces: Vec<String> = if s.index == 0 && opts.first_clause_min_words > 0 {
-        let (head, tail) = first_clause(&s.text, opts.first_clause_min_words);
+    let pieces: Vec<String> = if s.index == 0 && opts.first_fragment_words > 0 {
+        let (head, tail) = first_fragment(&s.text, opts.first_fragment_words);
         std::iter::once(head).chain(tail).collect()
     } else {
         vec![s.text.clone()]

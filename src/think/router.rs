@@ -1,0 +1,532 @@
+//! Intent routing: utterance → built-in skill, helper agent(s), or the language model.
+//!
+//! Matchers are compiled once at start from example phrases (the skills' own and those
+//! in each `[[agents]]` entry): an example with `{slots}` becomes an anchored regex that
+//! captures them; one without becomes a word set scored by overlap — the share of the
+//! example's words present, lightly penalised by extra words, so "what time is it please"
+//! still routes to the clock while "what time does the shop close" does not. Below
+//! `[router] min_confidence` the utterance goes to the LLM. Routes are cached in an LRU
+//! keyed by the normalised utterance: a repeated question costs a hash lookup.
+//!
+//! Runs on the turn task (pure CPU, microseconds); no I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use regex::Regex;
+
+use crate::config::{AgentConfig, RouterConfig};
+
+/// Built-in skills (no LLM needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skill {
+    /// Current time.
+    Time,
+    /// Today's date.
+    Date,
+    /// Start a timer (`duration` slot).
+    Timer,
+    /// Set an alarm (`time` slot).
+    Alarm,
+    /// Cancel timers and alarms.
+    CancelTimers,
+    /// Stop speaking / cancel the turn.
+    Stop,
+    /// Switch language (`language` slot).
+    Language,
+    /// What Panda can do.
+    Help,
+    /// Health of Panda's own services.
+    Status,
+}
+
+impl Skill {
+    /// Name for events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Skill::Time => "time",
+            Skill::Date => "date",
+            Skill::Timer => "timer",
+            Skill::Alarm => "alarm",
+            Skill::CancelTimers => "cancel_timers",
+            Skill::Stop => "stop",
+            Skill::Language => "language",
+            Skill::Help => "help",
+            Skill::Status => "status",
+        }
+    }
+}
+
+const SKILL_EXAMPLES: &[(Skill, &[&str])] = &[
+    (
+        Skill::Time,
+        &[
+            "what time is it",
+            "what is the time",
+            "tell me the time",
+            "do you have the time",
+            "what time is it now",
+            "current time",
+        ],
+    ),
+    (
+        Skill::Date,
+        &[
+            "what is the date",
+            "what is the date today",
+            "what day is it",
+            "what day is it today",
+            "what is today's date",
+            "today's date",
+        ],
+    ),
+    (
+        Skill::Timer,
+        &[
+            "set a timer for {duration}",
+            "set timer for {duration}",
+            "start a timer for {duration}",
+            "timer for {duration}",
+            "set a {duration} timer",
+            "start a {duration} timer",
+            "remind me in {duration}",
+        ],
+    ),
+    (
+        Skill::Alarm,
+        &[
+            "set an alarm for {time}",
+            "set alarm for {time}",
+            "wake me up at {time}",
+            "wake me at {time}",
+            "alarm at {time}",
+        ],
+    ),
+    (
+        Skill::CancelTimers,
+        &[
+            "cancel the timer",
+            "cancel my timer",
+            "cancel the alarm",
+            "cancel all timers",
+            "delete the timer",
+            "turn off the alarm",
+        ],
+    ),
+    (
+        Skill::Stop,
+        &[
+            "stop",
+            "cancel",
+            "be quiet",
+            "never mind",
+            "stop talking",
+            "that is enough",
+            "shut up",
+        ],
+    ),
+    (
+        Skill::Language,
+        &[
+            "speak {language}",
+            "switch to {language}",
+            "talk to me in {language}",
+            "speak in {language}",
+            "change the language to {language}",
+            "change language to {language}",
+            "can you speak {language}",
+            "answer in {language}",
+        ],
+    ),
+    (
+        Skill::Help,
+        &[
+            "what can you do",
+            "help",
+            "what are your skills",
+            "what do you do",
+            "how can you help me",
+        ],
+    ),
+    (
+        Skill::Status,
+        &[
+            "status",
+            "system status",
+            "how are your services",
+            "are your services working",
+            "are you working",
+            "service status",
+        ],
+    ),
+];
+
+/// Where an utterance goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// A built-in skill with its slots.
+    Skill {
+        /// Which.
+        skill: Skill,
+        /// Captured slots.
+        slots: HashMap<String, String>,
+    },
+    /// One or more agents (called concurrently).
+    Agents(Vec<AgentCall>),
+    /// The language model.
+    Llm,
+}
+
+impl Route {
+    /// Short label for events: `skill:time`, `agent:scott+penny`, `llm`.
+    pub fn label(&self) -> String {
+        match self {
+            Route::Skill { skill, .. } => format!("skill:{}", skill.name()),
+            Route::Agents(calls) => format!(
+                "agent:{}",
+                calls
+                    .iter()
+                    .map(|c| c.agent.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            ),
+            Route::Llm => "llm".into(),
+        }
+    }
+}
+
+/// One agent call a route asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentCall {
+    /// Agent name.
+    pub agent: String,
+    /// Intent name.
+    pub intent: String,
+    /// Slots, plus `utterance`.
+    pub slots: HashMap<String, String>,
+}
+
+/// The router's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// Destination.
+    pub route: Route,
+    /// Match score (0–1).
+    pub confidence: f32,
+    /// Came from the cache.
+    pub cached: bool,
+}
+
+/// A pattern's destination and the slots it captured.
+type Match = (Target, HashMap<String, String>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Skill(Skill),
+    Agent { agent: String, intent: String },
+}
+
+struct Pattern {
+    target: Target,
+    /// Examples with slots.
+    regex: Option<Regex>,
+    /// Examples without: their (non-filler) words.
+    words: Vec<String>,
+}
+
+/// The compiled router.
+pub struct Router {
+    patterns: Vec<Pattern>,
+    min_confidence: f32,
+    cache: Mutex<lru::LruCache<String, (Route, f32)>>,
+}
+
+/// Words that carry no intent: the wake phrase and politeness.
+const FILLER: &[&str] = &[
+    "hey", "panda", "please", "ok", "okay", "um", "uh", "so", "just", "now", "oh", "well",
+];
+
+/// Lower-cases, expands contractions, drops punctuation and the wake phrase.
+pub fn normalize(text: &str) -> String {
+    let lower = text.to_lowercase().replace(['’', '‘'], "'");
+    let mut words = Vec::new();
+    for raw in lower.split(|c: char| c.is_whitespace() || c == ',' || c == '-') {
+        let w: String = raw
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '\'' || *c == ':' || *c == '.')
+            .collect();
+        let w = w.trim_matches(|c| c == '.' || c == '\'' || c == ':');
+        let expanded = match w {
+            "what's" => "what is",
+            "it's" => "it is",
+            "that's" => "that is",
+            "i'm" => "i am",
+            "don't" => "do not",
+            "can't" => "can not",
+            "how's" => "how is",
+            "where's" => "where is",
+            "who's" => "who is",
+            "let's" => "let us",
+            "i'd" => "i would",
+            "you're" => "you are",
+            w => w,
+        };
+        words.extend(
+            expanded
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
+    }
+    // The wake phrase often leads the transcript: "hey panda, what time is it".
+    while matches!(
+        words.first().map(String::as_str),
+        Some("hey" | "hi" | "ok" | "okay" | "panda")
+    ) {
+        words.remove(0);
+    }
+    words.join(" ")
+}
+
+fn content_words(s: &str) -> Vec<String> {
+    s.split_whitespace()
+        .filter(|w| !FILLER.contains(w))
+        .map(String::from)
+        .collect()
+}
+
+fn compile(example: &str) -> (Option<Regex>, Vec<String>) {
+    if !example.contains('{') {
+        return (None, content_words(&normalize(example)));
+    }
+    let mut re = String::from(
+        r"^(?:(?:please|can you|could you|would you|will you|i want you to|i'd like you to)\s+)*",
+    );
+    let mut first = true;
+    for tok in example.split_whitespace() {
+        if !first {
+            re.push_str(r"\s+");
+        }
+        first = false;
+        if let Some(name) = tok.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+            re.push_str(&format!("(?P<{name}>.+?)"));
+        } else {
+            re.push_str(&regex::escape(&normalize(tok)));
+        }
+    }
+    re.push_str(r"(?:\s+please)?$");
+    (Regex::new(&re).ok(), Vec::new())
+}
+
+impl Router {
+    /// Compiles the skills' and agents' examples.
+    pub fn new(cfg: &RouterConfig, agents: &[AgentConfig]) -> Self {
+        let mut patterns = Vec::new();
+        for (skill, examples) in SKILL_EXAMPLES {
+            for e in *examples {
+                let (regex, words) = compile(e);
+                patterns.push(Pattern {
+                    target: Target::Skill(*skill),
+                    regex,
+                    words,
+                });
+            }
+        }
+        for a in agents {
+            for intent in &a.intents {
+                for e in &intent.examples {
+                    let (regex, words) = compile(e);
+                    patterns.push(Pattern {
+                        target: Target::Agent {
+                            agent: a.name.clone(),
+                            intent: intent.name.clone(),
+                        },
+                        regex,
+                        words,
+                    });
+                }
+            }
+        }
+        Self {
+            patterns,
+            min_confidence: cfg.min_confidence,
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(cfg.cache_entries.max(1)).expect("max(1) is not zero"),
+            )),
+        }
+    }
+
+    /// Routes `text`.
+    pub fn route(&self, text: &str) -> Routed {
+        let key = normalize(text);
+        if let Some((route, confidence)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+        {
+            return Routed {
+                route,
+                confidence,
+                cached: true,
+            };
+        }
+        let (route, confidence) = self.route_uncached(&key, text);
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(key, (route.clone(), confidence));
+        Routed {
+            route,
+            confidence,
+            cached: false,
+        }
+    }
+
+    /// Routing without the cache (benchmarks compare both).
+    pub fn route_uncached(&self, key: &str, original: &str) -> (Route, f32) {
+        let (best, score) = self.best(key, original);
+        match best {
+            Some((Target::Skill(skill), slots)) if score >= self.min_confidence => {
+                return (Route::Skill { skill, slots }, score);
+            }
+            _ => {}
+        }
+        // Agents: the whole utterance, and each part of "… and …" (several agents at once).
+        let mut calls: Vec<AgentCall> = Vec::new();
+        let mut conf = 0.0f32;
+        // Parts first, in the order spoken; the whole utterance when it has no parts.
+        let mut parts: Vec<String> = key.split(" and ").map(str::to_string).collect();
+        if parts.len() > 1 {
+            parts.push(key.to_string());
+        }
+        for part in &parts {
+            if let (Some((Target::Agent { agent, intent }, mut slots)), s) =
+                self.best(part, original)
+                && s >= self.min_confidence
+                && !calls.iter().any(|c| c.agent == agent)
+            {
+                slots.insert("utterance".into(), original.trim().to_string());
+                conf = conf.max(s);
+                calls.push(AgentCall {
+                    agent,
+                    intent,
+                    slots,
+                });
+            }
+        }
+        if !calls.is_empty() {
+            return (Route::Agents(calls), conf);
+        }
+        (Route::Llm, score)
+    }
+
+    fn best(&self, key: &str, _original: &str) -> (Option<Match>, f32) {
+        let words: Vec<String> = content_words(key);
+        let set: HashSet<&str> = words.iter().map(String::as_str).collect();
+        let mut best: Option<Match> = None;
+        let mut best_score = 0.0f32;
+        for p in &self.patterns {
+            let (score, slots) = if let Some(re) = &p.regex {
+                match re.captures(key) {
+                    Some(c) => {
+                        let slots: HashMap<String, String> = re
+                            .capture_names()
+                            .flatten()
+                            .filter_map(|n| {
+                                c.name(n)
+                                    .map(|m| (n.to_string(), m.as_str().trim().to_string()))
+                            })
+                            .filter(|(_, v)| !v.is_empty())
+                            .collect();
+                        (1.0, slots)
+                    }
+                    None => continue,
+                }
+            } else {
+                if p.words.is_empty() || words.is_empty() {
+                    continue;
+                }
+                let hit = p.words.iter().filter(|w| set.contains(w.as_str())).count();
+                if hit == 0 {
+                    continue;
+                }
+                let coverage = hit as f32 / p.words.len() as f32;
+                let precision = hit as f32 / words.len() as f32;
+                (coverage * precision.powf(0.25), HashMap::new())
+            };
+            if score > best_score {
+                best_score = score;
+                best = Some((p.target.clone(), slots));
+            }
+        }
+        (best, best_score)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::new(&RouterConfig::default(), &crate::config::default_agents())
+    }
+
+    fn target(text: &str) -> String {
+        router().route(text).route.label()
+    }
+
+    #[test]
+    fn skills() {
+        assert_eq!(target("What time is it?"), "skill:time");
+        assert_eq!(target("Hey Panda, what's the time?"), "skill:time");
+        assert_eq!(target("what time is it please"), "skill:time");
+        assert_eq!(target("What's the date today?"), "skill:date");
+        assert_eq!(target("Set a timer for 2 seconds."), "skill:timer");
+        assert_eq!(target("Wake me up at 7 am"), "skill:alarm");
+        assert_eq!(target("Stop."), "skill:stop");
+        assert_eq!(target("Speak Korean."), "skill:language");
+        assert_eq!(target("What can you do?"), "skill:help");
+    }
+
+    #[test]
+    fn slots_are_captured() {
+        let r = router().route("Please set a timer for 10 minutes");
+        match r.route {
+            Route::Skill { skill, slots } => {
+                assert_eq!(skill, Skill::Timer);
+                assert_eq!(slots["duration"], "10 minutes");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_questions_go_to_the_llm() {
+        assert_eq!(target("What time does the bakery close on Sundays?"), "llm");
+        assert_eq!(target("What is the capital of France?"), "llm");
+        assert_eq!(target("I saw a stop sign yesterday"), "llm");
+    }
+
+    #[test]
+    fn agents_and_several_at_once() {
+        assert_eq!(target("What's the news?"), "agent:scott");
+        assert_eq!(target("news about space"), "agent:scott");
+        assert_eq!(target("What's the price of Apple stock?"), "agent:penny");
+        assert_eq!(target("Explain photosynthesis"), "agent:sensei");
+        assert_eq!(
+            target("What's the news and how is the stock market doing"),
+            "agent:scott+penny"
+        );
+    }
+
+    #[test]
+    fn cache_hits_on_the_normalised_text() {
+        let r = router();
+        assert!(!r.route("What time is it?").cached);
+        assert!(r.route("what time is it").cached);
+        assert!(r.route("Hey Panda, what time is it").cached);
+    }
+}

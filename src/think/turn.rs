@@ -1,0 +1,706 @@
+//! One turn, end to end between a transcript and the sentences it speaks.
+//!
+//! The [`Thinker`] lives on the turn task (async). Per utterance it routes (cached), then:
+//! a built-in skill answers at once; agents are called concurrently, each under its own
+//! timeout and breaker, and their JSON is phrased by the LLM (or read through the agent's
+//! reply template when the LLM is down); anything else streams from the LLM. Text is split
+//! into sentences as it arrives and each sentence goes to TTS immediately, so speech
+//! starts while the model is still generating. If nothing has been said after
+//! `[conversation] filler_after_ms`, a short filler is spoken. Errors end the turn with a
+//! short apology, never a crash; the next turn starts clean.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+
+use super::agents::{AgentError, Agents, render};
+use super::conversation::{Conversation, LANGUAGES, UNSUPPORTED_LANGUAGES, find_language};
+use super::llm::{LlmClient, LlmError};
+use super::router::{Route, Router, Skill};
+use super::timers::{Timers, parse_clock, parse_duration};
+use crate::config::Config;
+use crate::event::{Event, Sentence, Turn};
+use crate::speak::sentences::SentenceSplitter;
+
+/// Where a turn's answer goes.
+pub struct TurnIo<'a> {
+    /// Sentences for TTS (absent with `--no-speak`).
+    pub sentences: Option<&'a mpsc::Sender<Sentence>>,
+    /// Answer text as it is produced (CLI streaming); called with every piece.
+    pub on_text: &'a mut (dyn FnMut(&str) + Send),
+}
+
+/// What a turn produced.
+#[derive(Debug, Clone)]
+pub struct TurnOutcome {
+    /// The whole answer text.
+    pub answer: String,
+    /// `skill`, `agent`, `llm`, `template`, `apology`, `none`.
+    pub source: &'static str,
+    /// The route label.
+    pub route: String,
+    /// The utterance asked Panda to stop talking.
+    pub stop: bool,
+}
+
+/// Speaks a turn's answer: splits text into sentences and queues them.
+struct Speaker<'a, 'b> {
+    io: &'a mut TurnIo<'b>,
+    events: &'a mpsc::Sender<Event>,
+    turn: &'a Turn,
+    splitter: SentenceSplitter,
+    index: u32,
+    voice: String,
+    speed: f32,
+    text: String,
+    said_anything: bool,
+}
+
+impl Speaker<'_, '_> {
+    async fn push(&mut self, delta: &str) {
+        if delta.is_empty() {
+            return;
+        }
+        (self.io.on_text)(delta);
+        self.text.push_str(delta);
+        self.said_anything = true;
+        for s in self.splitter.push(delta) {
+            self.queue(s).await;
+        }
+    }
+
+    /// A whole sentence (or more) at once: a skill's answer, a filler, an apology.
+    async fn say(&mut self, text: &str) {
+        let sep = if self.text.is_empty() || self.text.ends_with(' ') {
+            ""
+        } else {
+            " "
+        };
+        self.push(&format!("{sep}{text} ")).await;
+    }
+
+    async fn queue(&mut self, text: String) {
+        let _ = self
+            .events
+            .send(Event::Sentence {
+                turn: self.turn.id,
+                index: self.index,
+                text: text.clone(),
+            })
+            .await;
+        if let Some(tx) = self.io.sentences {
+            let _ = tx
+                .send(Sentence {
+                    turn: self.turn.clone(),
+                    index: self.index,
+                    text,
+                    voice: self.voice.clone(),
+                    speed: self.speed,
+                    last: false,
+                })
+                .await;
+        }
+        self.index += 1;
+    }
+
+    async fn finish(&mut self) {
+        if let Some(s) = self.splitter.finish() {
+            self.queue(s).await;
+        }
+        if let Some(tx) = self.io.sentences {
+            let _ = tx
+                .send(Sentence {
+                    turn: self.turn.clone(),
+                    index: self.index,
+                    text: String::new(),
+                    voice: self.voice.clone(),
+                    speed: self.speed,
+                    last: true,
+                })
+                .await;
+        }
+    }
+}
+
+/// The thinking stage.
+pub struct Thinker {
+    cfg: Config,
+    router: Router,
+    agents: Arc<Agents>,
+    llm: LlmClient,
+    conv: Conversation,
+    timers: Timers,
+    events: mpsc::Sender<Event>,
+    /// The LLM failed to connect recently: skip it until then (no waiting on a dead
+    /// server on the hot path).
+    llm_down_until: Option<Instant>,
+    /// Questions whose answers are being played, by turn id (recorded when heard).
+    pending: HashMap<u64, String>,
+    summaries: (mpsc::Sender<String>, mpsc::Receiver<String>),
+    voice_override: Option<String>,
+}
+
+/// Summary edge, background summariser → thinker: at most one summary is useful at a
+/// time; when full, the newer one is dropped (the next fold makes another).
+const SUMMARY_EDGE: usize = 1;
+
+impl Thinker {
+    /// A thinker over the shared clients and the timer service.
+    pub fn new(
+        cfg: &Config,
+        http: reqwest::Client,
+        agents: Arc<Agents>,
+        timers: Timers,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            router: Router::new(&cfg.router, &cfg.agents),
+            agents,
+            llm: LlmClient::new(&cfg.llm, http),
+            conv: Conversation::new(&cfg.conversation),
+            timers,
+            events,
+            llm_down_until: None,
+            pending: HashMap::new(),
+            summaries: mpsc::channel(SUMMARY_EDGE),
+            voice_override: None,
+        }
+    }
+
+    /// The shared LLM client (its counters).
+    pub fn llm(&self) -> &LlmClient {
+        &self.llm
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Uses `voice` for every language (`panda ask --voice`).
+    pub fn set_voice(&mut self, voice: Option<String>) {
+        self.voice_override = voice;
+    }
+
+    /// Current language code.
+    pub fn language(&self) -> &str {
+        &self.conv.language
+    }
+
+    fn voice(&self) -> String {
+        match (&self.voice_override, self.conv.language.as_str()) {
+            (Some(v), "en") => v.clone(),
+            (Some(v), _) if v.starts_with(self.conv.voice().chars().next().unwrap_or('a')) => {
+                v.clone()
+            }
+            _ if self.conv.language == "en" => self.cfg.tts.voice.clone(),
+            _ => self.conv.voice().to_string(),
+        }
+    }
+
+    /// Records what the listener heard of `turn`'s answer (from playback progress).
+    pub fn heard(&mut self, turn: u64, heard: &str) {
+        if let Some(q) = self.pending.remove(&turn) {
+            let folded = self.conv.record(&q, heard.trim());
+            if !folded.is_empty() && self.cfg.llm.enabled && !self.llm_is_down() {
+                self.summarise_in_background();
+            }
+        }
+    }
+
+    fn llm_is_down(&self) -> bool {
+        self.llm_down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Asks the LLM for a fresh summary off the hot path; it arrives on the summary edge
+    /// and replaces the extract at the start of a later turn.
+    fn summarise_in_background(&self) {
+        let llm = self.llm.clone();
+        let tx = self.summaries.0.clone();
+        let mut text = self.conv.summary().to_string();
+        for e in self.conv.history() {
+            text.push_str(&format!("\nUser: {}\nPanda: {}", e.user, e.assistant));
+        }
+        tokio::spawn(async move {
+            let msgs = [
+                super::llm::Message::new(
+                    "system",
+                    "Summarise this conversation in at most three short sentences, keeping names, numbers and what the user wants.",
+                ),
+                super::llm::Message::new("user", text),
+            ];
+            let token = tokio_util::sync::CancellationToken::new();
+            if let Ok(a) = llm.stream(&msgs, &token, |_| {}).await
+                && !a.text.trim().is_empty()
+            {
+                let _ = tx.try_send(a.text.trim().to_string());
+            }
+        });
+    }
+
+    /// Handles one utterance as `turn`.
+    pub async fn turn(&mut self, turn: &Turn, text: &str, io: &mut TurnIo<'_>) -> TurnOutcome {
+        if let Ok(s) = self.summaries.1.try_recv() {
+            self.conv.set_summary(s);
+        }
+        let t0 = Instant::now();
+        let routed = self.router.route(text);
+        let label = routed.route.label();
+        tracing::debug!(turn = turn.id, route = %label, confidence = routed.confidence, cached = routed.cached, routing_us = t0.elapsed().as_micros() as u64, "routed");
+        let _ = self
+            .events
+            .send(Event::Route {
+                turn: turn.id,
+                target: label.clone(),
+                confidence: routed.confidence,
+                cached: routed.cached,
+            })
+            .await;
+        let events = self.events.clone();
+        let mut sp = Speaker {
+            io,
+            events: &events,
+            turn,
+            splitter: SentenceSplitter::new(self.cfg.tts.max_sentence_chars as usize),
+            index: 0,
+            voice: self.voice(),
+            speed: self.cfg.tts.speed,
+            text: String::new(),
+            said_anything: false,
+        };
+        let mut stop = false;
+        let source = match routed.route {
+            Route::Skill { skill, slots } => {
+                if skill == Skill::Stop {
+                    stop = true;
+                    "none"
+                } else {
+                    let answer = self.skill(skill, &slots).await;
+                    // A language switch speaks its confirmation in the new voice.
+                    sp.voice = self.voice();
+                    sp.say(&answer).await;
+                    "skill"
+                }
+            }
+            Route::Agents(calls) => self.agents_turn(turn, text, &calls, &mut sp).await,
+            Route::Llm => self.llm_turn(turn, text, None, &mut sp).await,
+        };
+        sp.finish().await;
+        let answer = sp.text.trim().to_string();
+        if !answer.is_empty() {
+            let _ = self
+                .events
+                .send(Event::Answer {
+                    turn: turn.id,
+                    text: answer.clone(),
+                    source,
+                })
+                .await;
+            self.pending.insert(turn.id, text.to_string());
+        }
+        TurnOutcome {
+            answer,
+            source,
+            route: label,
+            stop,
+        }
+    }
+
+    async fn skill(&mut self, skill: Skill, slots: &HashMap<String, String>) -> String {
+        match skill {
+            Skill::Time => {
+                let now = chrono::Local::now();
+                format!("It's {}.", now.format("%-I:%M %p"))
+            }
+            Skill::Date => {
+                let now = chrono::Local::now();
+                let day = now.format("%-d").to_string();
+                let suffix = match day.as_str() {
+                    "1" | "21" | "31" => "st",
+                    "2" | "22" => "nd",
+                    "3" | "23" => "rd",
+                    _ => "th",
+                };
+                format!(
+                    "Today is {}, {} {day}{suffix}, {}.",
+                    now.format("%A"),
+                    now.format("%B"),
+                    now.format("%Y")
+                )
+            }
+            Skill::Timer => {
+                let Some((d, label)) = slots.get("duration").and_then(|s| parse_duration(s)) else {
+                    return "For how long? For example, say: set a timer for five minutes.".into();
+                };
+                match self.timers.add(format!("{label} timer"), d).await {
+                    Ok(_) => format!("Okay, a {label} timer starts now."),
+                    Err(e) => {
+                        tracing::error!(error = %e, "timer not saved");
+                        "Sorry, I couldn't save that timer.".into()
+                    }
+                }
+            }
+            Skill::Alarm => {
+                let Some((h, m)) = slots.get("time").and_then(|s| parse_clock(s)) else {
+                    return "For what time? For example, say: set an alarm for seven a m.".into();
+                };
+                let now = chrono::Local::now();
+                let today = now.date_naive().and_hms_opt(h, m, 0);
+                let Some(mut at) =
+                    today.and_then(|t| t.and_local_timezone(chrono::Local).earliest())
+                else {
+                    return "Sorry, I couldn't work out that time.".into();
+                };
+                if at <= now {
+                    at += chrono::Duration::days(1);
+                }
+                let after = (at - now).to_std().unwrap_or_default();
+                let spoken = at.format("%-I:%M %p").to_string();
+                match self.timers.add(format!("alarm for {spoken}"), after).await {
+                    Ok(_) => format!("Okay, your alarm is set for {spoken}."),
+                    Err(_) => "Sorry, I couldn't save that alarm.".into(),
+                }
+            }
+            Skill::CancelTimers => match self.timers.cancel_all().await {
+                Ok(0) => "There are no timers to cancel.".into(),
+                Ok(1) => "Okay, I cancelled your timer.".into(),
+                Ok(n) => format!("Okay, I cancelled {n} timers."),
+                Err(_) => "Sorry, I couldn't cancel the timers.".into(),
+            },
+            Skill::Stop => String::new(),
+            Skill::Language => {
+                let asked = slots.get("language").map(String::as_str).unwrap_or("");
+                match find_language(asked) {
+                    Some((code, english, _)) => {
+                        self.conv.language = code.to_string();
+                        if code != &"en" && self.cfg.stt.model.to_string_lossy().contains(".en") {
+                            tracing::warn!(
+                                language = english,
+                                "speaking {english}; understanding it needs a multilingual Whisper model ([stt] model)"
+                            );
+                        }
+                        confirmation(code)
+                    }
+                    None => {
+                        let name = asked.trim().trim_end_matches(['.', '!', '?']);
+                        let known: Vec<&str> = LANGUAGES.iter().map(|l| l.1).collect();
+                        let list = format!(
+                            "{} and {}",
+                            known[..known.len() - 1].join(", "),
+                            known[known.len() - 1]
+                        );
+                        if UNSUPPORTED_LANGUAGES.contains(&name.to_lowercase().as_str()) {
+                            let mut n = name.to_string();
+                            if let Some(f) = n.get_mut(0..1) {
+                                f.make_ascii_uppercase();
+                            }
+                            format!("Sorry, I can't speak {n} yet. I can speak {list}.")
+                        } else {
+                            format!("Sorry, I don't know that language. I can speak {list}.")
+                        }
+                    }
+                }
+            }
+            Skill::Help => {
+                let agents: Vec<String> = self
+                    .agents
+                    .configs()
+                    .map(|a| a.description.clone())
+                    .collect();
+                let mut s = "I can tell you the time and the date, set timers and alarms, switch languages, and answer questions".to_string();
+                if !agents.is_empty() {
+                    s.push_str(&format!(". My helpers can also {}", agents.join(", ")));
+                }
+                s.push('.');
+                s
+            }
+            Skill::Status => {
+                let llm = if !self.cfg.llm.enabled {
+                    "No language model is configured".to_string()
+                } else if self.llm_is_down() {
+                    "My language model is not reachable right now".to_string()
+                } else {
+                    "My language model is set up".to_string()
+                };
+                let parts: Vec<String> = self
+                    .agents
+                    .health()
+                    .iter()
+                    .map(|h| {
+                        let state = match (h.breaker, h.healthy) {
+                            (crate::event::BreakerState::Open, _) => "unavailable",
+                            (_, Some(true)) => "working",
+                            (_, Some(false)) => "not answering",
+                            (_, None) => "not checked yet",
+                        };
+                        format!("{} is {state}", capitalise(&h.name))
+                    })
+                    .collect();
+                let timers = self.timers.list().await.len();
+                format!(
+                    "{llm}. {}. {} timer{} pending.",
+                    parts.join(", "),
+                    if timers == 0 {
+                        "No".to_string()
+                    } else {
+                        timers.to_string()
+                    },
+                    if timers == 1 { " is" } else { "s are" }
+                )
+            }
+        }
+    }
+
+    async fn agents_turn(
+        &mut self,
+        turn: &Turn,
+        text: &str,
+        calls: &[super::router::AgentCall],
+        sp: &mut Speaker<'_, '_>,
+    ) -> &'static str {
+        let asks: Vec<(String, HashMap<String, String>)> = calls
+            .iter()
+            .map(|c| (c.agent.clone(), c.slots.clone()))
+            .collect();
+        let filler = self
+            .agents
+            .configs()
+            .find(|a| a.name == calls[0].agent)
+            .map(|a| a.filler.clone())
+            .unwrap_or_else(|| "One moment.".into());
+        let agents = self.agents.clone();
+        let fut = agents.call_many(&asks, &turn.token);
+        tokio::pin!(fut);
+        let wait = tokio::time::sleep(Duration::from_millis(self.cfg.conversation.filler_after_ms));
+        tokio::pin!(wait);
+        let mut filled = false;
+        let results = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                _ = &mut wait, if !filled => {
+                    filled = true;
+                    sp.say(&filler).await;
+                }
+            }
+        };
+        let mut context = Vec::new();
+        let mut spoken_fallback = Vec::new();
+        for (call, r) in calls.iter().zip(results) {
+            let cfg = self
+                .agents
+                .configs()
+                .find(|a| a.name == call.agent)
+                .cloned();
+            let (ok, ms, error) = match &r {
+                Ok(rep) => (true, rep.ms, None),
+                Err(e) => (false, 0, Some(e.to_string())),
+            };
+            let _ = self
+                .events
+                .send(Event::Agent {
+                    turn: turn.id,
+                    agent: call.agent.clone(),
+                    ok,
+                    ms,
+                    error,
+                })
+                .await;
+            match r {
+                Ok(rep) => {
+                    let mut json = rep.json.to_string();
+                    if json.len() > 4000 {
+                        json = json.chars().take(4000).collect();
+                    }
+                    context.push(format!("{} ({}): {json}", call.agent, call.intent));
+                    let rendered = cfg
+                        .as_ref()
+                        .and_then(|c| render(&c.reply_template, &rep.json))
+                        .unwrap_or_else(|| {
+                            format!(
+                                "{} answered, but I couldn't read the reply.",
+                                capitalise(&call.agent)
+                            )
+                        });
+                    spoken_fallback.push(rendered);
+                }
+                Err(AgentError::Cancelled) => return "none",
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent call failed");
+                    let what = cfg.map(|c| c.description).unwrap_or_default();
+                    spoken_fallback.push(format!(
+                        "Sorry, I can't reach {} right now, so I can't {what}.",
+                        capitalise(&call.agent)
+                    ));
+                }
+            }
+        }
+        if context.is_empty() {
+            for s in &spoken_fallback {
+                sp.say(s).await;
+            }
+            return "apology";
+        }
+        if self.cfg.llm.enabled && !self.llm_is_down() {
+            let ctx = context.join("\n");
+            let src = self.llm_turn(turn, text, Some(&ctx), sp).await;
+            if src == "llm" {
+                return "agent";
+            }
+            if sp.said_anything && src != "unreachable" {
+                return src;
+            }
+        }
+        for s in &spoken_fallback {
+            sp.say(s).await;
+        }
+        "template"
+    }
+
+    /// Streams an LLM answer into the speaker. Returns `llm`, `apology`, or
+    /// `unreachable` (nothing said; the caller may fall back).
+    async fn llm_turn(
+        &mut self,
+        turn: &Turn,
+        text: &str,
+        context: Option<&str>,
+        sp: &mut Speaker<'_, '_>,
+    ) -> &'static str {
+        if !self.cfg.llm.enabled {
+            if context.is_none() {
+                sp.say("I can't answer that without a language model, and none is configured. I can tell you the time, set timers, and more: ask me what I can do.").await;
+            }
+            return "unreachable";
+        }
+        if self.llm_is_down() {
+            if context.is_none() {
+                sp.say(
+                    "Sorry, my language model is not reachable right now, so I can't answer that.",
+                )
+                .await;
+                return "apology";
+            }
+            return "unreachable";
+        }
+        let messages = self.conv.messages(text, context);
+        let buf = Arc::new(Mutex::new(String::new()));
+        let notify = Arc::new(Notify::new());
+        let (b2, n2) = (buf.clone(), notify.clone());
+        let llm = self.llm.clone();
+        let token = turn.token.clone();
+        let fut = async move {
+            llm.stream(&messages, &token, move |d| {
+                b2.lock().unwrap_or_else(|e| e.into_inner()).push_str(d);
+                n2.notify_one();
+            })
+            .await
+        };
+        tokio::pin!(fut);
+        let wait = tokio::time::sleep(Duration::from_millis(self.cfg.conversation.filler_after_ms));
+        tokio::pin!(wait);
+        let mut filled = sp.said_anything;
+        let take = |buf: &Arc<Mutex<String>>| {
+            std::mem::take(&mut *buf.lock().unwrap_or_else(|e| e.into_inner()))
+        };
+        let result = loop {
+            tokio::select! {
+                biased;
+                r = &mut fut => break r,
+                _ = notify.notified() => {
+                    let d = take(&buf);
+                    sp.push(&d).await;
+                }
+                _ = &mut wait, if !filled => {
+                    filled = true;
+                    if !sp.said_anything {
+                        sp.say("One moment.").await;
+                    }
+                }
+            }
+        };
+        let rest = take(&buf);
+        sp.push(&rest).await;
+        let (first_token_ms, total_ms, malformed, error) = match &result {
+            Ok(a) => (Some(a.first_token_ms), a.total_ms, a.malformed, None),
+            Err(e) => (
+                None,
+                0,
+                self.llm
+                    .stats
+                    .malformed_lines
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                Some(e.to_string()),
+            ),
+        };
+        let _ = self
+            .events
+            .send(Event::Llm {
+                turn: turn.id,
+                first_token_ms,
+                total_ms,
+                malformed,
+                error,
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                self.llm_down_until = None;
+                "llm"
+            }
+            Err(LlmError::Cancelled) => "none",
+            Err(e) => {
+                tracing::warn!(error = %e, "LLM answer failed");
+                let got_text = sp.said_anything;
+                let apology = match &e {
+                    LlmError::Unreachable { .. }
+                    | LlmError::FirstTokenTimeout(_)
+                    | LlmError::Status { .. } => {
+                        self.llm_down_until = Some(Instant::now() + Duration::from_secs(10));
+                        if context.is_some() && !got_text {
+                            return "unreachable";
+                        }
+                        "Sorry, my language model is not reachable right now, so I can't answer that."
+                    }
+                    LlmError::Interrupted(_) | LlmError::AnswerTimeout(_) => {
+                        "Sorry, I lost my connection to the language model before I could finish."
+                    }
+                    LlmError::Oversize { .. } | LlmError::Server(_) => {
+                        "Sorry, something went wrong with that answer."
+                    }
+                    LlmError::Disabled | LlmError::Cancelled => return "none",
+                };
+                // End the broken sentence before apologising.
+                if let Some(s) = sp.splitter.finish() {
+                    sp.queue(s).await;
+                }
+                sp.say(apology).await;
+                "apology"
+            }
+        }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// "Okay, I'll speak X now", in X.
+fn confirmation(code: &str) -> String {
+    match code {
+        "es" => "De acuerdo, ahora hablo español.",
+        "fr" => "D'accord, je parle français maintenant.",
+        "hi" => "ठीक है, अब मैं हिंदी में बोलूँगा।",
+        "it" => "Va bene, ora parlo italiano.",
+        "ja" => "はい、これから日本語で話します。",
+        "pt" => "Tudo bem, agora falo português.",
+        "zh" => "好的，我现在说中文。",
+        _ => "Okay, I'll speak English now.",
+    }
+    .to_string()
+}
