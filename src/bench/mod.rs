@@ -4,6 +4,8 @@
 //! Also home to the shared evaluation helpers the integration tests use: the recorded
 //! speech corpus with its reference transcripts ([`corpus`]) and word error rate ([`wer`]).
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

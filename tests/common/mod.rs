@@ -100,3 +100,26 @@ pub fn panda(args: &[&str]) -> Run {
         .expect("running panda");
     Run::from_output(out)
 }
+
+/// The llama.cpp server `scripts/llm-server.sh` starts (or `LLM_TEST_URL`), if it answers.
+pub fn llm_server() -> Option<String> {
+    use std::io::{Read, Write};
+    let url = std::env::var("LLM_TEST_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
+    let hostport = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let addr: std::net::SocketAddr = hostport.parse().ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    write!(
+        s,
+        "GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200").then_some(url)
+}
