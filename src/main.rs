@@ -129,6 +129,17 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A local agent server through the pooled client vs a new connection per request.
+    Agents {
+        /// Requests per client.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Routing time per utterance, cold and cached.
+    Route,
     /// Wake word recall on unseen voices and false accepts on other speech.
     Wake {
         /// Thresholds to sweep.
@@ -507,6 +518,11 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         BenchCmd::Stt { clips } => panda::bench::stt(cfg, clips.as_deref())?,
         BenchCmd::Listen { minutes } => panda::bench::listen(cfg, minutes)?,
         BenchCmd::Wake { thresholds } => panda::bench::wake(cfg, &thresholds)?,
+        BenchCmd::Agents {
+            requests,
+            concurrency,
+        } => panda::bench::agents(requests, concurrency)?,
+        BenchCmd::Route => panda::bench::route(cfg)?,
         BenchCmd::Tts {
             voice,
             sentences,

@@ -661,3 +661,166 @@ mod tests {
         assert!(percentile(&[], 50.0).is_nan());
     }
 }
+
+/// `panda bench agents`: a local agent server driven through the pooled client vs a client
+/// that opens a new connection per request (the seed's fault), same run, same server.
+pub fn agents(requests: usize, concurrency: usize) -> Result<(), BenchError> {
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Synth(e.to_string()))?;
+    rt.block_on(async {
+        let server = server::serve(Arc::new(|_r: &server::Request| {
+            server::Reply::json(
+                serde_json::json!({"articles": [{"title": "Rain expected tomorrow"}]}),
+            )
+        }))
+        .await
+        .map_err(|e| BenchError::Synth(e.to_string()))?;
+        let mut cfg = crate::config::default_agents().remove(0);
+        cfg.url = server.url();
+        println!(
+            "== {requests} GET {}{} with {concurrency} in flight, 2 runtime threads",
+            cfg.url, cfg.request.path
+        );
+        println!(
+            "{:<28} {:>10} {:>9} {:>9} {:>9} {:>11}",
+            "client", "req/s", "p50_ms", "p99_ms", "max_ms", "connections"
+        );
+        let mut rates = Vec::new();
+        for (label, pooled) in [
+            ("pooled keep-alive (Panda)", true),
+            ("new connection per request", false),
+        ] {
+            let http = if pooled {
+                crate::think::http_client(1000)
+            } else {
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| BenchError::Synth(e.to_string()))?
+            };
+            let agents = crate::think::agents::Agents::new(std::slice::from_ref(&cfg), http, None);
+            let before = server
+                .stats
+                .accepts
+                .load(std::sync::atomic::Ordering::Relaxed);
+            // Warm-up.
+            let token = CancellationToken::new();
+            let slots = std::collections::HashMap::new();
+            for _ in 0..50 {
+                let _ = agents.call(&cfg.name, &slots, &token).await;
+            }
+            let start = Instant::now();
+            let per = requests / concurrency.max(1);
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency.max(1) {
+                let (agents, name) = (agents.clone(), cfg.name.clone());
+                tasks.push(tokio::spawn(async move {
+                    let token = CancellationToken::new();
+                    let slots = std::collections::HashMap::new();
+                    let mut lat = Vec::with_capacity(per);
+                    for _ in 0..per {
+                        let t = Instant::now();
+                        let ok = agents.call(&name, &slots, &token).await.is_ok();
+                        lat.push((t.elapsed().as_secs_f64() * 1e3, ok));
+                    }
+                    lat
+                }));
+            }
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await.unwrap_or_default());
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let failed = lat.iter().filter(|(_, ok)| !ok).count();
+            let ms: Vec<f64> = lat.iter().map(|(m, _)| *m).collect();
+            let rate = ms.len() as f64 / secs;
+            rates.push(rate);
+            let conns = server
+                .stats
+                .accepts
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - before;
+            println!(
+                "{label:<28} {rate:>10.0} {:>9.3} {:>9.3} {:>9.3} {conns:>11}{}",
+                percentile(&ms, 50.0),
+                percentile(&ms, 99.0),
+                percentile(&ms, 100.0),
+                if failed > 0 {
+                    format!("  ({failed} failed)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!(
+            "pooled / new-connection throughput: {:.2}x",
+            rates[0] / rates[1].max(1e-9)
+        );
+        Ok(())
+    })
+}
+
+/// `panda bench route`: routing time per utterance, cold (matchers only) and cached.
+pub fn route(cfg: &Config) -> Result<(), BenchError> {
+    let router = crate::think::router::Router::new(&cfg.router, &cfg.agents);
+    let utterances = [
+        "What time is it?",
+        "Hey Panda, what's the date today?",
+        "Set a timer for ten minutes.",
+        "Wake me up at 7 am",
+        "Stop.",
+        "Speak Spanish.",
+        "What can you do?",
+        "What's the news?",
+        "News about the elections",
+        "What's the price of Apple stock?",
+        "Explain photosynthesis to me",
+        "What's the news and how is the stock market doing",
+        "What is the capital of France?",
+        "Why is the sky blue?",
+        "Tell me a joke about penguins",
+        "How far away is the moon?",
+        "Can you recommend a good book about history?",
+        "What time does the bakery on Main Street close on Sundays?",
+        "I saw a stop sign yesterday",
+        "Cancel the timer",
+    ];
+    let n = 2000;
+    println!(
+        "{:<60} {:>8} {:>10} {:>10}",
+        "utterance", "route", "cold_us", "cached_us"
+    );
+    let (mut cold_all, mut warm_all) = (Vec::new(), Vec::new());
+    for u in utterances {
+        let key = crate::think::router::normalize(u);
+        let t = Instant::now();
+        let mut label = String::new();
+        for _ in 0..n {
+            label = router.route_uncached(&key, u).0.label();
+        }
+        let cold = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        let _ = router.route(u);
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(router.route(u));
+        }
+        let warm = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        cold_all.push(cold);
+        warm_all.push(warm);
+        println!("{u:<60} {label:>8} {cold:>10.1} {warm:>10.2}");
+    }
+    println!(
+        "cold p50 {:.1} us p95 {:.1} us | cached p50 {:.2} us p95 {:.2} us | speed-up {:.0}x",
+        percentile(&cold_all, 50.0),
+        percentile(&cold_all, 95.0),
+        percentile(&warm_all, 50.0),
+        percentile(&warm_all, 95.0),
+        percentile(&cold_all, 50.0) / percentile(&warm_all, 50.0).max(1e-9)
+    );
+    Ok(())
+}

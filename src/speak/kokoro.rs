@@ -74,21 +74,7 @@ pub enum KokoroError {
     UnknownLanguage(String),
 }
 
-/// espeak-ng voice for a Kokoro voice name, from the name's first letter.
-pub fn voice_language(voice: &str) -> Option<&'static str> {
-    Some(match voice.chars().next()? {
-        'a' => "en-us",
-        'b' => "en-gb",
-        'e' => "es",
-        'f' => "fr-fr",
-        'h' => "hi",
-        'i' => "it",
-        'j' => "ja",
-        'p' => "pt-br",
-        'z' => "cmn",
-        _ => return None,
-    })
-}
+pub use crate::config::voice_language;
 
 /// Human-readable language and gender of a voice (`panda voices`).
 pub fn describe_voice(voice: &str) -> (&'static str, &'static str) {
