@@ -642,26 +642,6 @@ pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wer_counts_edits_after_normalising() {
-        assert_eq!(wer("Go forward ten meters.", "go forward 10 meters"), 0.0);
-        assert_eq!(word_errors("a b c d", "a x c"), (2, 4));
-        assert_eq!(wer("", ""), 0.0);
-    }
-
-    #[test]
-    fn percentile_nearest_rank() {
-        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(percentile(&v, 50.0), 3.0);
-        assert_eq!(percentile(&v, 95.0), 5.0);
-        assert!(percentile(&[], 50.0).is_nan());
-    }
-}
-
 /// `panda bench agents`: a local agent server driven through the pooled client vs a client
 /// that opens a new connection per request (the seed's fault), same run, same server.
 pub fn agents(requests: usize, concurrency: usize) -> Result<(), BenchError> {
@@ -823,4 +803,24 @@ pub fn route(cfg: &Config) -> Result<(), BenchError> {
         percentile(&cold_all, 50.0) / percentile(&warm_all, 50.0).max(1e-9)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wer_counts_edits_after_normalising() {
+        assert_eq!(wer("Go forward ten meters.", "go forward 10 meters"), 0.0);
+        assert_eq!(word_errors("a b c d", "a x c"), (2, 4));
+        assert_eq!(wer("", ""), 0.0);
+    }
+
+    #[test]
+    fn percentile_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), 3.0);
+        assert_eq!(percentile(&v, 95.0), 5.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
 }
