@@ -14,26 +14,15 @@ VENV="$CACHE/peer-venv"
 "$VENV/bin/pip" install -q "kokoro-onnx==0.6.1" 2>/dev/null || "$VENV/bin/pip" install -q kokoro-onnx
 BIN=target/release/panda; [ -x "$BIN" ] || BIN=target/debug/panda
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
-# The built-in sentences, one per line, so both engines say exactly the same text.
-"$BIN" bench tts --json --voice "$VOICE" > "$WORK/panda.jsonl"
-"$BIN" bench tts --voice "$VOICE" 2>/dev/null | tail -n +1
-"$VENV/bin/python" - "$MODELS/kokoro" "$VOICE" "$WORK/panda.jsonl" <<'PY'
+# Panda's built-in sentences, one per line, so both engines say exactly the same text.
+"$BIN" bench tts --list-sentences > "$WORK/sentences.txt"
+"$BIN" bench tts --json --voice "$VOICE" --sentences "$WORK/sentences.txt" > "$WORK/panda.jsonl"
+"$VENV/bin/python" - "$MODELS/kokoro" "$VOICE" "$WORK/panda.jsonl" "$WORK/sentences.txt" <<'PY'
 import json, os, statistics, sys, time
 import numpy as np
 from kokoro_onnx import Kokoro
-kdir, voice, panda_file = sys.argv[1], sys.argv[2], sys.argv[3]
-SENTENCES = [
-    "It's 3:45 in the afternoon.",
-    "Sure, I've set a timer for ten minutes, and I'll let you know when it goes off.",
-    "The weather today is sunny with a high of 22 degrees and a light breeze from the west.",
-    "Here are the top headlines: markets rose 1.5% this morning, and a new bridge opened downtown.",
-    "Paris is the capital of France.",
-    "I couldn't reach the news service right now, so please try again in a minute.",
-    "Dr. Smith's appointment is on Tuesday, March 4th, at 10:30 a.m.",
-    "A kilogram of apples costs about $3.20 at the market on Main Street.",
-    "Photosynthesis is the process plants use to turn sunlight, water and carbon dioxide into sugar and oxygen.",
-    "Okay, stopping now.",
-]
+kdir, voice, panda_file, sentences_file = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+SENTENCES = [l for l in open(sentences_file).read().splitlines() if l.strip()]
 # kokoro-onnx reads voices from one .npz; build it from the same raw f32 [510,1,256] pack.
 pack = np.fromfile(os.path.join(kdir, "voices", voice + ".bin"), dtype="<f4").reshape(510, 1, 256)
 npz = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"panda-peer-voices-{os.getpid()}.npz")

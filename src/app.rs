@@ -271,6 +271,54 @@ async fn turns(
     }
 }
 
+/// A running speaking path: the sentence edge into it and its two threads.
+struct Speaking {
+    sentences: mpsc::Sender<Sentence>,
+    tts_thread: std::thread::JoinHandle<tts::TtsStats>,
+    player: std::thread::JoinHandle<Result<playback::PlaybackSummary, AudioError>>,
+    info: tts::TtsInfo,
+}
+
+/// Starts TTS (model loaded and warmed up) and playback (output opened), wired by the PCM
+/// edge; both report to `events`. Closing the returned sentence edge ends TTS, which
+/// closes the PCM edge, after which playback drains and ends.
+async fn start_speaking(
+    cfg: &Config,
+    voice: &str,
+    output: Output,
+    events: &mpsc::Sender<Event>,
+) -> Result<Speaking, AppError> {
+    let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(SENTENCE_EDGE);
+    let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
+    let topts = tts_options(cfg, voice);
+    let tts_io = TtsIo {
+        sentences: sent_rx,
+        pcm: pcm_tx,
+        events: events.clone(),
+    };
+    let (tts_thread, info) = tokio::task::spawn_blocking(move || tts::spawn(topts, tts_io))
+        .await
+        .expect("the TTS loader does not panic")?;
+    let pb_events = events.clone();
+    let player = tokio::task::spawn_blocking(move || {
+        playback::spawn(
+            output,
+            PlaybackIo {
+                chunks: pcm_rx,
+                events: pb_events,
+            },
+        )
+    })
+    .await
+    .expect("opening the output does not panic")?;
+    Ok(Speaking {
+        sentences: sent_tx,
+        tts_thread,
+        player,
+        info,
+    })
+}
+
 /// The TTS options `[tts]` and `[models]` describe, for `voice`.
 pub fn tts_options(cfg: &Config, voice: &str) -> TtsOptions {
     TtsOptions {
@@ -319,32 +367,13 @@ pub async fn say(
     {
         return Err(AppError::NothingToSay);
     }
-    let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(SENTENCE_EDGE);
-    let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
-
-    let topts = tts_options(cfg, &opts.voice);
-    let tts_io = TtsIo {
-        sentences: sent_rx,
-        pcm: pcm_tx,
-        events: ev_tx.clone(),
-    };
-    let (tts_thread, info) = tokio::task::spawn_blocking(move || tts::spawn(topts, tts_io))
-        .await
-        .expect("the TTS loader does not panic")?;
-    let output = opts.output.clone();
-    let pb_events = ev_tx.clone();
-    let player = tokio::task::spawn_blocking(move || {
-        playback::spawn(
-            output,
-            PlaybackIo {
-                chunks: pcm_rx,
-                events: pb_events,
-            },
-        )
-    })
-    .await
-    .expect("opening the output does not panic")?;
+    let Speaking {
+        sentences: sent_tx,
+        tts_thread,
+        player,
+        info,
+    } = start_speaking(cfg, &opts.voice, opts.output.clone(), &ev_tx).await?;
 
     let turn = Turn {
         id: 1,
@@ -469,6 +498,8 @@ pub struct AskOptions {
     pub speak: Option<Output>,
     /// Voice override (default: `[tts] voice` / the language's voice).
     pub voice: Option<String>,
+    /// After the questions, stay until every pending timer has gone off, announcing each.
+    pub wait_timers: bool,
 }
 
 /// What `panda ask` reports per turn.
@@ -512,40 +543,21 @@ pub async fn ask(
     if let Some(output) = opts.speak.clone() {
         let voice = opts.voice.clone().unwrap_or_else(|| cfg.tts.voice.clone());
         check_voice(cfg, &voice)?;
-        let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(SENTENCE_EDGE);
-        let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
-        let topts = tts_options(cfg, &voice);
-        let tts_io = TtsIo {
-            sentences: sent_rx,
-            pcm: pcm_tx,
-            events: ev_tx.clone(),
-        };
-        let (tts_thread, _) = tokio::task::spawn_blocking(move || tts::spawn(topts, tts_io))
-            .await
-            .expect("the TTS loader does not panic")?;
-        let pb_events = ev_tx.clone();
-        let player = tokio::task::spawn_blocking(move || {
-            playback::spawn(
-                output,
-                PlaybackIo {
-                    chunks: pcm_rx,
-                    events: pb_events,
-                },
-            )
-        })
-        .await
-        .expect("opening the output does not panic")?;
-        speaking = Some((sent_tx, tts_thread, player));
+        let sp = start_speaking(cfg, &voice, output, &ev_tx).await?;
+        speaking = Some((sp.sentences, sp.tts_thread, sp.player));
     }
     let sentences = speaking.as_ref().map(|s| s.0.clone());
     let speak = sentences.is_some();
     let (heard_tx, mut heard_rx) = mpsc::channel::<Event>(HEARD_EDGE);
     let questions = opts.questions;
+    let wait_timers = opts.wait_timers;
     let driver_root = root.clone();
     drop(ev_tx);
     let driver = tokio::spawn(async move {
         let mut on_text = on_text;
         let mut out = Vec::new();
+        // Timers that went off while a turn was being spoken, announced after it.
+        let mut fired = std::collections::VecDeque::new();
         for t in &missed {
             on_text(&format!("(While I was off, your {} went off.)\n", t.label));
         }
@@ -576,6 +588,7 @@ pub async fn ask(
                             thinker.heard(t, &heard);
                             break;
                         }
+                        Some(Event::TimerFired { label, .. }) => fired.push_back(label),
                         Some(_) => continue,
                         None => break,
                     }
@@ -587,6 +600,44 @@ pub async fn ask(
                 question: q.clone(),
                 answer: outcome.answer,
                 source: outcome.source,
+            });
+        }
+        // Timers that fire while we wait are announced like any answer.
+        let mut id = questions.len() as u64;
+        while wait_timers && (!fired.is_empty() || thinker.pending_timers().await > 0) {
+            let label = match fired.pop_front() {
+                Some(l) => l,
+                None => {
+                    let ev = tokio::select! {
+                        _ = driver_root.cancelled() => None,
+                        e = heard_rx.recv() => e,
+                    };
+                    match ev {
+                        Some(Event::TimerFired { label, .. }) => label,
+                        Some(_) => continue,
+                        None => break,
+                    }
+                }
+            };
+            id += 1;
+            let turn = Turn {
+                id,
+                token: driver_root.child_token(),
+            };
+            let mut io = TurnIo {
+                sentences: sentences.as_ref(),
+                on_text: &mut *on_text,
+            };
+            let mut text = format!("Your {label} is done.");
+            if let Some(l) = label.strip_prefix("alarm for ") {
+                text = format!("It's {l}. This is your alarm.");
+            }
+            let o = thinker.announce(&turn, &text, &mut io).await;
+            on_text("\n");
+            out.push(AskTurn {
+                question: String::new(),
+                answer: o.answer,
+                source: o.source,
             });
         }
         drop(sentences);
@@ -604,7 +655,7 @@ pub async fn ask(
         tokio::select! {
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { break };
-                if matches!(ev, Event::Spoken { .. }) {
+                if matches!(ev, Event::Spoken { .. } | Event::TimerFired { .. }) {
                     let _ = heard_tx.send(ev.clone()).await;
                 }
                 on_event(&ev);

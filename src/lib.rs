@@ -35,7 +35,8 @@
 //!   registries, checksums, and the CTranslate2 → ggml Whisper conversion.
 //! - [`app`]: the only place that wires stages together (channels, root token, tasks).
 //! - [`bench`]: `panda bench …` figures.
-//! - [`config`], [`event`]: the figment configuration tree and the types stages exchange.
+//! - [`config`], [`event`]: the figment configuration tree and the types stages exchange;
+//!   [`numbers`]: English number words shared by speech and parsing.
 //!
 //! Arrows run downward only: `main → app → {audio, listen, think, speak} → {models, config, event}`.
 //! Stages never import each other; they meet in [`event`] types and in [`app`]. One
@@ -50,6 +51,7 @@ pub mod config;
 pub mod event;
 pub mod listen;
 pub mod models;
+pub mod numbers;
 pub mod onnx;
 pub mod speak;
 pub mod think;

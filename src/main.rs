@@ -128,6 +128,9 @@ enum BenchCmd {
         /// Print one JSON summary per mode (for scripts/bench-tts-peer.sh).
         #[arg(long)]
         json: bool,
+        /// Print the built-in sentences, one per line, and exit.
+        #[arg(long)]
+        list_sentences: bool,
     },
     /// A local agent server through the pooled client vs a new connection per request.
     Agents {
@@ -165,6 +168,9 @@ struct AskArgs {
     /// Print pipeline events as JSON lines on stdout instead of the answer text.
     #[arg(long)]
     json: bool,
+    /// Stay until every pending timer or alarm has gone off, announcing each.
+    #[arg(long)]
+    wait_timers: bool,
 }
 
 #[derive(Args)]
@@ -524,9 +530,16 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         } => panda::bench::agents(requests, concurrency)?,
         BenchCmd::Route => panda::bench::route(cfg)?,
         BenchCmd::Tts {
+            list_sentences: true,
+            ..
+        } => panda::bench::TTS_SENTENCES
+            .iter()
+            .for_each(|s| println!("{s}")),
+        BenchCmd::Tts {
             voice,
             sentences,
             json,
+            ..
         } => panda::bench::tts(
             cfg,
             voice.as_deref().unwrap_or(&cfg.tts.voice),
@@ -660,6 +673,7 @@ fn ask(cfg: &Config, a: AskArgs) -> Result<(), Exit> {
         questions,
         speak,
         voice: a.voice,
+        wait_timers: a.wait_timers,
     };
     let rt = runtime()?;
     rt.block_on(async {

@@ -113,6 +113,19 @@ fn paced_say(
     (events, log, at, wav)
 }
 
+/// The heard text and the interrupted flag of the run's `spoken` event.
+fn spoken(events: &[Event]) -> (String, bool) {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Spoken {
+                heard, interrupted, ..
+            } => Some((heard.clone(), *interrupted)),
+            _ => None,
+        })
+        .expect("a spoken event")
+}
+
 #[test]
 fn first_audio_plays_before_the_second_sentence_is_synthesised() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,15 +152,7 @@ fn first_audio_plays_before_the_second_sentence_is_synthesised() {
         })
         .collect();
     assert_eq!(sentences, [0, 1, 2, 3, 4], "every sentence plays, in order");
-    let spoken = events
-        .iter()
-        .find_map(|e| match e {
-            Event::Spoken {
-                heard, interrupted, ..
-            } => Some((heard.clone(), *interrupted)),
-            _ => None,
-        })
-        .unwrap();
+    let spoken = spoken(&events);
     assert!(!spoken.1);
     assert!(
         spoken.0.ends_with("Expect rain again on Sunday."),
@@ -193,15 +198,7 @@ fn cancel_silences_playback_within_50_ms() {
         after_ms <= 50.0,
         "{after_ms:.1} ms of audio after the cancel"
     );
-    let (heard, interrupted) = events
-        .iter()
-        .find_map(|e| match e {
-            Event::Spoken {
-                heard, interrupted, ..
-            } => Some((heard.clone(), *interrupted)),
-            _ => None,
-        })
-        .unwrap();
+    let (heard, interrupted) = spoken(&events);
     assert!(interrupted);
     assert!(
         !heard.is_empty() && text.starts_with(heard.trim_end_matches('.')),

@@ -323,6 +323,12 @@ fn ask(llm_url: &str, agents_url: Option<&str>, args: &[&str]) -> common::Run {
     common::Run::from_output(cmd.output().unwrap())
 }
 
+/// A URL nobody listens on (the port was free a moment ago).
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
 fn answers(r: &common::Run) -> Vec<String> {
     r.of_type("answer")
         .iter()
@@ -454,11 +460,7 @@ async fn the_first_sentence_reaches_tts_before_the_stream_ends() {
 
 #[test]
 fn skills_work_with_the_llm_server_stopped() {
-    // A port nobody listens on.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    let dead = dead_url();
     let r = ask(
         &dead,
         None,
@@ -604,10 +606,7 @@ async fn agent_replies_go_through_the_llm_or_the_template_when_it_is_down() {
     .await
     .unwrap();
     let url = server.url();
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    let dead = dead_url();
     let (u1, u2, d) = (url.clone(), url.clone(), dead.clone());
     let r = tokio::task::spawn_blocking(move || {
         ask(
@@ -678,4 +677,40 @@ fn a_real_small_model_answers_through_the_openai_backend() {
     let a = answers(&r);
     println!("{a:?}");
     assert!(a[0].contains("Paris"), "{}", a[0]);
+}
+
+#[test]
+fn a_timer_fires_and_is_spoken_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("t.wav");
+    let t = Instant::now();
+    let r = ask(
+        &dead_url(),
+        None,
+        &[
+            "--json",
+            "--wait-timers",
+            "-o",
+            wav.to_str().unwrap(),
+            "Set a timer for 2 seconds.",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let fired = r.of_type("timer_fired");
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0]["label"], "2 second timer");
+    let heard: Vec<&str> = r
+        .of_type("spoken")
+        .iter()
+        .map(|e| e["heard"].as_str().unwrap())
+        .collect();
+    // What was heard, as spoken (numbers read out).
+    assert_eq!(
+        heard,
+        [
+            "Okay, a two second timer starts now.",
+            "Your two second timer is done."
+        ]
+    );
+    assert!(t.elapsed() >= Duration::from_secs(2));
 }

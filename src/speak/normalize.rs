@@ -579,31 +579,7 @@ fn cardinal(n: u64) -> String {
 
 /// 0–99 in words.
 fn small(n: u64) -> String {
-    const ONES: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const TENS: [&str; 10] = [
-        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
+    use crate::numbers::{ONES, TENS};
     match n {
         0..=19 => ONES[n as usize].to_string(),
         20..=99 if n.is_multiple_of(10) => TENS[(n / 10) as usize].to_string(),

@@ -286,36 +286,8 @@ fn number_word(w: &str) -> Option<f64> {
     if let Ok(n) = w.parse::<f64>() {
         return Some(n);
     }
-    const WORDS: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const TENS: [&str; 8] = [
-        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
-    if let Some(i) = WORDS.iter().position(|x| *x == w) {
-        return Some(i as f64);
-    }
-    if let Some(i) = TENS.iter().position(|x| *x == w) {
-        return Some((i as f64 + 2.0) * 10.0);
+    if let Some(n) = crate::numbers::word_value(w) {
+        return Some(n as f64);
     }
     match w {
         "a" | "an" => Some(1.0),

@@ -309,6 +309,44 @@ impl Thinker {
         }
     }
 
+    /// Speaks a fixed announcement as its own turn (a timer going off).
+    pub async fn announce(&mut self, turn: &Turn, text: &str, io: &mut TurnIo<'_>) -> TurnOutcome {
+        let events = self.events.clone();
+        let mut sp = Speaker {
+            io,
+            events: &events,
+            turn,
+            splitter: SentenceSplitter::new(self.cfg.tts.max_sentence_chars as usize),
+            index: 0,
+            voice: self.voice(),
+            speed: self.cfg.tts.speed,
+            text: String::new(),
+            said_anything: false,
+        };
+        sp.say(text).await;
+        sp.finish().await;
+        let answer = sp.text.trim().to_string();
+        let _ = self
+            .events
+            .send(Event::Answer {
+                turn: turn.id,
+                text: answer.clone(),
+                source: "timer",
+            })
+            .await;
+        TurnOutcome {
+            answer,
+            source: "timer",
+            route: "timer".into(),
+            stop: false,
+        }
+    }
+
+    /// Timers and alarms still pending.
+    pub async fn pending_timers(&self) -> usize {
+        self.timers.list().await.len()
+    }
+
     async fn skill(&mut self, skill: Skill, slots: &HashMap<String, String>) -> String {
         match skill {
             Skill::Time => {
