@@ -260,17 +260,7 @@ impl Thinker {
             })
             .await;
         let events = self.events.clone();
-        let mut sp = Speaker {
-            io,
-            events: &events,
-            turn,
-            splitter: SentenceSplitter::new(self.cfg.tts.max_sentence_chars as usize),
-            index: 0,
-            voice: self.voice(),
-            speed: self.cfg.tts.speed,
-            text: String::new(),
-            said_anything: false,
-        };
+        let mut sp = self.speaker(io, &events, turn);
         let mut stop = false;
         let source = match routed.route {
             Route::Skill { skill, slots } => {
@@ -309,12 +299,15 @@ impl Thinker {
         }
     }
 
-    /// Speaks a fixed announcement as its own turn (a timer going off).
-    pub async fn announce(&mut self, turn: &Turn, text: &str, io: &mut TurnIo<'_>) -> TurnOutcome {
-        let events = self.events.clone();
-        let mut sp = Speaker {
+    fn speaker<'a, 'b>(
+        &self,
+        io: &'a mut TurnIo<'b>,
+        events: &'a mpsc::Sender<Event>,
+        turn: &'a Turn,
+    ) -> Speaker<'a, 'b> {
+        Speaker {
             io,
-            events: &events,
+            events,
             turn,
             splitter: SentenceSplitter::new(self.cfg.tts.max_sentence_chars as usize),
             index: 0,
@@ -322,7 +315,13 @@ impl Thinker {
             speed: self.cfg.tts.speed,
             text: String::new(),
             said_anything: false,
-        };
+        }
+    }
+
+    /// Speaks a fixed announcement as its own turn (a timer going off).
+    pub async fn announce(&mut self, turn: &Turn, text: &str, io: &mut TurnIo<'_>) -> TurnOutcome {
+        let events = self.events.clone();
+        let mut sp = self.speaker(io, &events, turn);
         sp.say(text).await;
         sp.finish().await;
         let answer = sp.text.trim().to_string();
