@@ -709,3 +709,35 @@ fn a_timer_fires_and_is_spoken_when_due() {
     );
     assert!(t.elapsed() >= Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn cancelling_the_turn_drops_the_stream_at_once() {
+    let tokens: Vec<String> = (0..50).map(|i| format!(" word{i}")).collect();
+    let server = serve(Arc::new(move |_r: &Request| {
+        let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        Reply::Stream {
+            content_type: "application/x-ndjson",
+            pieces: ollama_stream(&t, Duration::from_millis(100)),
+            die: false,
+        }
+    }))
+    .await
+    .unwrap();
+    let client = LlmClient::new(
+        &llm_cfg(&server.url(), LlmBackend::Ollama),
+        panda::think::http_client(1000),
+    );
+    let token = CancellationToken::new();
+    let t2 = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        t2.cancel();
+    });
+    let t = Instant::now();
+    let mut got = 0;
+    let r = client.stream(&question(), &token, |_| got += 1).await;
+    let took = t.elapsed();
+    assert!(matches!(r, Err(LlmError::Cancelled)), "{r:?}");
+    assert!((3..=5).contains(&got), "{got} tokens before the cancel");
+    assert!(took < Duration::from_millis(550), "returned {took:?} after start");
+}
