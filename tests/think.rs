@@ -739,5 +739,50 @@ async fn cancelling_the_turn_drops_the_stream_at_once() {
     let took = t.elapsed();
     assert!(matches!(r, Err(LlmError::Cancelled)), "{r:?}");
     assert!((3..=5).contains(&got), "{got} tokens before the cancel");
-    assert!(took < Duration::from_millis(550), "returned {took:?} after start");
+    assert!(
+        took < Duration::from_millis(550),
+        "returned {took:?} after start"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_before_the_first_token_is_retried_once() {
+    let n = Arc::new(AtomicU64::new(0));
+    let n2 = n.clone();
+    let server = serve(Arc::new(move |_r: &Request| {
+        if n2.fetch_add(1, Ordering::Relaxed) == 0 {
+            Reply::Full {
+                status: 503,
+                content_type: "text/plain",
+                body: b"loading model".to_vec(),
+                delay: Duration::ZERO,
+            }
+        } else {
+            Reply::Stream {
+                content_type: "text/event-stream",
+                pieces: openai_stream(&["Paris."], Duration::ZERO),
+                die: false,
+            }
+        }
+    }))
+    .await
+    .unwrap();
+    let client = LlmClient::new(
+        &llm_cfg(&server.url(), LlmBackend::Openai),
+        panda::think::http_client(1000),
+    );
+    assert_eq!(stream(&client).await.0.unwrap(), "Paris.");
+    assert_eq!(n.load(Ordering::Relaxed), 2);
+    assert_eq!(client.stats.retries.load(Ordering::Relaxed), 1);
+    // Two failures in a row: one retry, then the error.
+    n.store(0, Ordering::Relaxed);
+    let dead = LlmClient::new(
+        &llm_cfg(&dead_url(), LlmBackend::Openai),
+        panda::think::http_client(1000),
+    );
+    assert!(matches!(
+        stream(&dead).await.0,
+        Err(LlmError::Unreachable { .. })
+    ));
+    assert_eq!(dead.stats.retries.load(Ordering::Relaxed), 1);
 }
