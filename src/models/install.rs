@@ -606,7 +606,11 @@ pub fn synthesize_wake_clips(
     let mut clips = Vec::new();
     for v in voices {
         for &s in speeds {
-            let audio = k.synthesize(text, v, s).map_err(|e| e.to_string())?;
+            // American phonemes for every voice, British ones included: the default
+            // templates and their recall/false-accept figures were measured this way.
+            let audio = k
+                .synthesize_in(text, v, "en-us", s)
+                .map_err(|e| e.to_string())?;
             let pcm =
                 crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
             clips.push((format!("{v}_{s}.wav"), pcm));

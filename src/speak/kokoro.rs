@@ -285,6 +285,11 @@ impl Kokoro {
     pub fn prepare(&mut self, text: &str, voice: &str) -> Result<Vec<Chunk>, KokoroError> {
         let lang =
             voice_language(voice).ok_or_else(|| KokoroError::UnknownLanguage(voice.to_string()))?;
+        self.prepare_in(text, lang)
+    }
+
+    /// [`Kokoro::prepare`] with the espeak language given instead of taken from the voice.
+    pub fn prepare_in(&mut self, text: &str, lang: &str) -> Result<Vec<Chunk>, KokoroError> {
         let norm = normalize(text, lang);
         if norm.skipped > 0 {
             self.skipped_chars += norm.skipped as u64;
@@ -395,9 +400,22 @@ impl Kokoro {
         voice: &str,
         speed: f32,
     ) -> Result<Vec<f32>, KokoroError> {
+        let lang =
+            voice_language(voice).ok_or_else(|| KokoroError::UnknownLanguage(voice.to_string()))?;
+        self.synthesize_in(text, voice, lang, speed)
+    }
+
+    /// [`Kokoro::synthesize`] with phonemes of espeak language `lang` whatever the voice.
+    pub fn synthesize_in(
+        &mut self,
+        text: &str,
+        voice: &str,
+        lang: &str,
+        speed: f32,
+    ) -> Result<Vec<f32>, KokoroError> {
         self.load_voice(voice)?;
         let mut audio = Vec::new();
-        for chunk in self.prepare(text, voice)? {
+        for chunk in self.prepare_in(text, lang)? {
             audio.extend(self.synthesize_chunk(&chunk, voice, speed)?);
         }
         Ok(audio)

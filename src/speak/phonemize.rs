@@ -21,11 +21,26 @@ unsafe extern "C" {
         options: c_int,
     ) -> c_int;
     fn espeak_SetVoiceByName(name: *const c_char) -> c_int;
+    fn espeak_SetVoiceByProperties(voice_spec: *mut EspeakVoice) -> c_int;
     fn espeak_TextToPhonemes(
         textptr: *mut *const c_void,
         textmode: c_int,
         phonememode: c_int,
     ) -> *const c_char;
+}
+
+/// `espeak_VOICE` from speak_lib.h, used as a search spec (language only).
+#[repr(C)]
+struct EspeakVoice {
+    name: *const c_char,
+    languages: *const c_char,
+    identifier: *const c_char,
+    gender: u8,
+    age: u8,
+    variant: u8,
+    xx1: u8,
+    score: c_int,
+    spare: *mut c_void,
 }
 
 const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
@@ -87,8 +102,26 @@ impl Phonemizer {
         if g.as_deref() != Some(self.voice.as_str()) {
             let name = CString::new(self.voice.clone())
                 .map_err(|_| PhonemizeError::Voice(self.voice.clone()))?;
-            // SAFETY: valid C string; under the lock.
-            if unsafe { espeak_SetVoiceByName(name.as_ptr()) } != 0 {
+            // A voice *name* ("en-us" is one) first; else a voice for the *language*
+            // ("en-gb", "fr-fr" and "cmn" are languages whose voice files have other
+            // names), as the espeak-ng command line does.
+            // SAFETY: valid C strings, alive across the calls; under the lock.
+            let by_name = unsafe { espeak_SetVoiceByName(name.as_ptr()) } == 0;
+            let found = by_name || {
+                let mut spec = EspeakVoice {
+                    name: std::ptr::null(),
+                    languages: name.as_ptr(),
+                    identifier: std::ptr::null(),
+                    gender: 0,
+                    age: 0,
+                    variant: 0,
+                    xx1: 0,
+                    score: 0,
+                    spare: std::ptr::null_mut(),
+                };
+                unsafe { espeak_SetVoiceByProperties(&mut spec) == 0 }
+            };
+            if !found {
                 return Err(PhonemizeError::Voice(self.voice.clone()));
             }
             *g = Some(self.voice.clone());
@@ -170,6 +203,26 @@ mod tests {
             .phonemize("one two three four five six seven eight nine ten eleven")
             .unwrap();
         assert!(ipa.contains("lˈɛvən"), "{ipa}");
+    }
+
+    #[test]
+    fn every_kokoro_language_has_a_voice() {
+        for lang in [
+            "en-us", "en-gb", "es", "fr-fr", "hi", "it", "ja", "pt-br", "cmn",
+        ] {
+            let p = Phonemizer::new(lang).unwrap_or_else(|e| panic!("{lang}: {e}"));
+            assert!(!p.phonemize("12").unwrap().is_empty(), "{lang}");
+        }
+        // British and American English differ, so the right voice was really selected.
+        let gb = Phonemizer::new("en-gb")
+            .unwrap()
+            .phonemize("tomato")
+            .unwrap();
+        let us = Phonemizer::new("en-us")
+            .unwrap()
+            .phonemize("tomato")
+            .unwrap();
+        assert_ne!(gb, us);
     }
 
     #[test]
