@@ -100,12 +100,12 @@ impl Conversation {
         let prompts = LANGUAGES
             .iter()
             .map(|(code, english, _)| {
-                let lang = if *code == "en" {
-                    String::new()
-                } else {
-                    format!(" Always answer in {english}.")
-                };
-                (*code, format!("{}{lang}", cfg.persona))
+                // Said for English too: small models drift into other languages otherwise
+                // (SmolLM2-135M answered in French without it).
+                (
+                    *code,
+                    format!("{} Always answer in {english}.", cfg.persona),
+                )
             })
             .collect();
         Self {
