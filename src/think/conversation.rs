@@ -245,9 +245,9 @@ mod tests {
     fn prompts_per_language() {
         let mut c = Conversation::new(&ConversationConfig::default());
         assert!(
-            !c.messages("hi", None)[0]
+            c.messages("hi", None)[0]
                 .content
-                .contains("Always answer in")
+                .contains("Always answer in English.")
         );
         c.language = "es".into();
         assert!(c.messages("hola", None)[0].content.contains("Spanish"));
