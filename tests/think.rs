@@ -223,8 +223,8 @@ async fn three_slow_agents_are_in_flight_at_the_same_time() {
         latest_start < earliest_end,
         "all three requests overlap in time on the server"
     );
+    // The overlap above is the proof; the time is reported, not asserted.
     println!("three 300 ms agents answered in {elapsed:?}");
-    assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -294,8 +294,19 @@ async fn the_breaker_stops_calls_until_its_backoff_then_probes_once() {
 
 /// Runs `panda ask --json` with the LLM at `llm_url` and agents at `agent_url`.
 fn ask(llm_url: &str, agents_url: Option<&str>, args: &[&str]) -> common::Run {
+    ask_env(llm_url, agents_url, &[], args)
+}
+
+/// [`ask`] with extra environment (configuration overrides).
+fn ask_env(
+    llm_url: &str,
+    agents_url: Option<&str>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> common::Run {
     let state = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_panda"));
+    cmd.envs(env.iter().copied());
     cmd.arg("ask")
         .args(args)
         .env("PANDA_MODELS__DIR", common::models_dir())
@@ -415,7 +426,9 @@ async fn the_first_sentence_reaches_tts_before_the_stream_ends() {
                 " a while",
                 " to arrive.",
             ],
-            Duration::from_millis(250),
+            // Slow enough (4 s in all) that synthesis of the first sentence, even on a
+            // loaded machine, finishes while the model is still "generating".
+            Duration::from_millis(600),
         ),
         die: false,
     }))
@@ -503,7 +516,7 @@ fn skills_work_with_the_llm_server_stopped() {
     );
 }
 
-/// Waits for `label` to fire, `secs` (+ up to 0.6 s) after `started`.
+/// Waits for `label` to fire, `secs` (+ up to 1 s) after `started`.
 async fn expect_fired(rx: &mut mpsc::Receiver<Event>, label: &str, started: Instant, secs: u64) {
     match tokio::time::timeout(Duration::from_secs(secs + 3), rx.recv())
         .await
@@ -514,7 +527,7 @@ async fn expect_fired(rx: &mut mpsc::Receiver<Event>, label: &str, started: Inst
     }
     let at = started.elapsed();
     assert!(
-        at >= Duration::from_secs(secs) && at < Duration::from_millis(secs * 1000 + 600),
+        at >= Duration::from_secs(secs) && at < Duration::from_millis(secs * 1000 + 1000),
         "{label} fired after {at:?}"
     );
 }
@@ -738,9 +751,10 @@ async fn cancelling_the_turn_drops_the_stream_at_once() {
     let r = client.stream(&question(), &token, |_| got += 1).await;
     let took = t.elapsed();
     assert!(matches!(r, Err(LlmError::Cancelled)), "{r:?}");
-    assert!((3..=5).contains(&got), "{got} tokens before the cancel");
+    // 50 tokens 100 ms apart: a stream that was not dropped would run for 5 s.
+    assert!(got < 20, "{got} tokens before the cancel");
     assert!(
-        took < Duration::from_millis(550),
+        took < Duration::from_secs(2),
         "returned {took:?} after start"
     );
 }
@@ -785,4 +799,56 @@ async fn a_failure_before_the_first_token_is_retried_once() {
         Err(LlmError::Unreachable { .. })
     ));
     assert_eq!(dead.stats.retries.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_agent_gets_a_spoken_filler_first() {
+    let server = serve(Arc::new(|r: &Request| match r.path() {
+        "/articles/top" => Reply::Full {
+            status: 200,
+            content_type: "application/json",
+            body: br#"{"articles": [{"title": "Rain expected tomorrow"}]}"#.to_vec(),
+            delay: Duration::from_millis(1200),
+        },
+        _ => Reply::json(serde_json::json!({"status": "ok"})),
+    }))
+    .await
+    .unwrap();
+    let url = server.url();
+    let r = tokio::task::spawn_blocking(move || {
+        ask_env(
+            &dead_url(),
+            Some(&url),
+            &[("PANDA_CONVERSATION__FILLER_AFTER_MS", "400")],
+            &["--no-speak", "--json", "What's the news?"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let types: Vec<String> = r
+        .events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["type"].as_str().unwrap(),
+                e["text"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    println!("{types:#?}");
+    let filler = types
+        .iter()
+        .position(|t| t == "sentence:Let me check the news.")
+        .expect("a filler sentence");
+    let agent = types.iter().position(|t| t.starts_with("agent:")).unwrap();
+    assert!(
+        filler < agent,
+        "the filler is queued while the agent is still working"
+    );
+    assert_eq!(
+        answers(&r)[0],
+        "Let me check the news. Here are the top stories: Rain expected tomorrow."
+    );
 }

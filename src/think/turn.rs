@@ -71,7 +71,8 @@ impl Speaker<'_, '_> {
         }
     }
 
-    /// A whole sentence (or more) at once: a skill's answer, a filler, an apology.
+    /// A whole sentence (or more) at once: a skill's answer, a filler, an apology. It is
+    /// queued now — a filler must not wait for the text that follows it.
     async fn say(&mut self, text: &str) {
         let sep = if self.text.is_empty() || self.text.ends_with(' ') {
             ""
@@ -79,6 +80,9 @@ impl Speaker<'_, '_> {
             " "
         };
         self.push(&format!("{sep}{text} ")).await;
+        if let Some(s) = self.splitter.finish() {
+            self.queue(s).await;
+        }
     }
 
     async fn queue(&mut self, text: String) {
@@ -638,6 +642,8 @@ impl Thinker {
         let wait = tokio::time::sleep(Duration::from_millis(self.cfg.conversation.filler_after_ms));
         tokio::pin!(wait);
         let mut filled = sp.said_anything;
+        // Whether the model itself has said anything (a filler does not count).
+        let mut llm_said = false;
         let take = |buf: &Arc<Mutex<String>>| {
             std::mem::take(&mut *buf.lock().unwrap_or_else(|e| e.into_inner()))
         };
@@ -647,6 +653,7 @@ impl Thinker {
                 r = &mut fut => break r,
                 _ = notify.notified() => {
                     let d = take(&buf);
+                    llm_said |= !d.is_empty();
                     sp.push(&d).await;
                 }
                 _ = &mut wait, if !filled => {
@@ -658,6 +665,7 @@ impl Thinker {
             }
         };
         let rest = take(&buf);
+        llm_said |= !rest.is_empty();
         sp.push(&rest).await;
         let (first_token_ms, total_ms, malformed, error) = match &result {
             Ok(a) => (Some(a.first_token_ms), a.total_ms, a.malformed, None),
@@ -689,7 +697,7 @@ impl Thinker {
             Err(LlmError::Cancelled) => "none",
             Err(e) => {
                 tracing::warn!(error = %e, "LLM answer failed");
-                let got_text = sp.said_anything;
+                let got_text = llm_said;
                 let apology = match &e {
                     LlmError::Unreachable { .. }
                     | LlmError::FirstTokenTimeout(_)
