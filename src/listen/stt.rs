@@ -403,12 +403,70 @@ pub fn clean_transcript(raw: &str) -> String {
             _ => {}
         }
     }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    collapse_repeats(&out.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Collapses Whisper's decoding loops: a phrase of two or more words repeated three or
+/// more times in a row ("at 9 and closes at 6 tonight. at 9 and closes …") is kept once.
+/// tiny.en falls into such loops on audio with long pauses (whisper's own guard, the
+/// temperature fallback, is off for latency); people do not say a whole phrase three
+/// times over, so real speech is left alone (and single words like "no, no, no" too).
+pub fn collapse_repeats(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let key = |w: &str| {
+        w.chars()
+            .filter(|c| c.is_alphanumeric())
+            .collect::<String>()
+            .to_lowercase()
+    };
+    let keys: Vec<String> = words.iter().map(|w| key(w)).collect();
+    let mut out: Vec<&str> = Vec::with_capacity(words.len());
+    let mut i = 0;
+    'outer: while i < words.len() {
+        for period in 2..=((words.len() - i) / 3) {
+            let same = |a: usize, b: usize| keys[a..a + period] == keys[b..b + period];
+            if same(i, i + period) && same(i, i + 2 * period) {
+                let mut end = i + 3 * period;
+                while end + period <= words.len() && same(i, end) {
+                    end += period;
+                }
+                out.extend_from_slice(&words[i..i + period]);
+                i = end;
+                continue 'outer;
+            }
+        }
+        out.push(words[i]);
+        i += 1;
+    }
+    out.join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_loops_collapse_but_speech_stays() {
+        assert_eq!(
+            collapse_repeats(
+                "the library opens. at 9 and closes at 6 tonight. at 9 and closes at 6 tonight. \
+                 at 9 and closes at 6 tonight. at 9 and closes at 6 tonight."
+            ),
+            "the library opens. at 9 and closes at 6 tonight."
+        );
+        assert_eq!(
+            collapse_repeats("10 of clubs 10 of clubs 10 of clubs 10 of clubs"),
+            "10 of clubs"
+        );
+        assert_eq!(
+            collapse_repeats("no, no, no, I said so"),
+            "no, no, no, I said so"
+        );
+        assert_eq!(
+            collapse_repeats("go forward ten meters, go forward ten meters"),
+            "go forward ten meters, go forward ten meters"
+        );
+    }
 
     #[test]
     fn clean_removes_annotations_and_spaces() {
