@@ -102,17 +102,37 @@ fn listen_on_a_virtual_microphone() {
         700,
     );
     let wav = resample_to_16k(&wav, dir.path());
-    let listener = pulse
+    let mut listener = pulse
         .cmd(env!("CARGO_BIN_EXE_panda"))
-        .args(["listen", "--device", "default", "--seconds", "20"])
+        .args(["listen", "--device", "default", "--seconds", "25"])
         .env("PANDA_MODELS__DIR", common::models_dir())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,panda::audio::capture=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Capture takes a moment to start: wait, then play the question into the microphone.
-    std::thread::sleep(Duration::from_secs(3));
+    // Play the question only once capture runs: loading the models can take seconds on a
+    // busy machine, and a fixed wait lost the question under load.
+    let stderr = listener.stderr.take().unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("capture started") {
+                let _ = started_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let started = started_rx.recv_timeout(Duration::from_secs(20));
+    assert!(started.is_ok(), "capture did not start within 20 s");
+    std::thread::sleep(Duration::from_millis(500));
     let played = pulse
         .cmd("paplay")
         .args(["-d", "micfeed"])
@@ -120,7 +140,8 @@ fn listen_on_a_virtual_microphone() {
         .status()
         .unwrap();
     assert!(played.success(), "paplay failed");
-    let r = common::Run::from_output(listener.wait_with_output().unwrap());
+    let mut r = common::Run::from_output(listener.wait_with_output().unwrap());
+    r.stderr = reader.join().unwrap();
     println!("{}{}", r.stdout, r.stderr);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.of_type("wake").len(), 1, "{}", r.stdout);
