@@ -340,6 +340,28 @@ fn dead_url() -> String {
     format!("http://{}", l.local_addr().unwrap())
 }
 
+/// [`ask_env`] on a blocking thread, so the test's runtime keeps serving its HTTP servers
+/// while `panda` talks to them.
+async fn ask_async(
+    llm_url: &str,
+    agents_url: Option<&str>,
+    env: &[(&'static str, &'static str)],
+    args: &[&str],
+) -> common::Run {
+    let (llm, agents, env) = (
+        llm_url.to_string(),
+        agents_url.map(String::from),
+        env.to_vec(),
+    );
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ask_env(&llm, agents.as_deref(), &env, &args)
+    })
+    .await
+    .expect("panda ask ran")
+}
+
 fn answers(r: &common::Run) -> Vec<String> {
     r.of_type("answer")
         .iter()
@@ -372,20 +394,18 @@ async fn after_a_mid_stream_death_the_turn_apologises_and_the_next_works() {
     .await
     .unwrap();
     let url = server.url();
-    let r = tokio::task::spawn_blocking(move || {
-        ask(
-            &url,
-            None,
-            &[
-                "--no-speak",
-                "--json",
-                "What is the capital of France?",
-                "And of Italy?",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let r = ask_async(
+        &url,
+        None,
+        &[],
+        &[
+            "--no-speak",
+            "--json",
+            "What is the capital of France?",
+            "And of Italy?",
+        ],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let a = answers(&r);
     println!("{a:#?}");
@@ -437,16 +457,13 @@ async fn the_first_sentence_reaches_tts_before_the_stream_ends() {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("a.wav");
     let url = server.url();
-    let w = wav.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        ask(
-            &url,
-            None,
-            &["--json", "-o", w.to_str().unwrap(), "Tell me something."],
-        )
-    })
-    .await
-    .unwrap();
+    let r = ask_async(
+        &url,
+        None,
+        &[],
+        &["--json", "-o", wav.to_str().unwrap(), "Tell me something."],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let types: Vec<&str> = r
         .events
@@ -615,21 +632,18 @@ async fn agent_replies_go_through_the_llm_or_the_template_when_it_is_down() {
     .unwrap();
     let url = server.url();
     let dead = dead_url();
-    let (u1, u2, d) = (url.clone(), url.clone(), dead.clone());
-    let r = tokio::task::spawn_blocking(move || {
-        ask(
-            &u1,
-            Some(&u2),
-            &[
-                "--no-speak",
-                "--json",
-                "What's the news?",
-                "What's the price of Apple stock?",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let r = ask_async(
+        &url,
+        Some(&url),
+        &[],
+        &[
+            "--no-speak",
+            "--json",
+            "What's the news?",
+            "What's the price of Apple stock?",
+        ],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let a = answers(&r);
     assert_eq!(
@@ -649,16 +663,13 @@ async fn agent_replies_go_through_the_llm_or_the_template_when_it_is_down() {
     );
 
     // LLM down: the agent's reply is read through its template.
-    let u = url.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        ask(
-            &d,
-            Some(&u),
-            &["--no-speak", "--json", "Read me the headlines"],
-        )
-    })
-    .await
-    .unwrap();
+    let r = ask_async(
+        &dead,
+        Some(&url),
+        &[],
+        &["--no-speak", "--json", "Read me the headlines"],
+    )
+    .await;
     let a = answers(&r);
     assert_eq!(
         a[0],
@@ -676,9 +687,11 @@ fn a_real_small_model_answers_through_the_openai_backend() {
         );
         return;
     };
-    let r = ask(
+    // Greedy decoding: a sampled 135M model answers differently each run.
+    let r = ask_env(
         &url,
         None,
+        &[("PANDA_LLM__TEMPERATURE", "0")],
         &["--no-speak", "--json", "What is the capital of France?"],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -815,16 +828,13 @@ async fn a_slow_agent_gets_a_spoken_filler_first() {
     .await
     .unwrap();
     let url = server.url();
-    let r = tokio::task::spawn_blocking(move || {
-        ask_env(
-            &dead_url(),
-            Some(&url),
-            &[("PANDA_CONVERSATION__FILLER_AFTER_MS", "400")],
-            &["--no-speak", "--json", "What's the news?"],
-        )
-    })
-    .await
-    .unwrap();
+    let r = ask_async(
+        &dead_url(),
+        Some(&url),
+        &[("PANDA_CONVERSATION__FILLER_AFTER_MS", "400")],
+        &["--no-speak", "--json", "What's the news?"],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let types: Vec<String> = r
         .events
