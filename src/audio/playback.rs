@@ -184,7 +184,6 @@ struct Active {
     written: u64,
     /// The last chunk has arrived.
     complete: bool,
-    total_chars: usize,
 }
 
 struct Player {
@@ -265,14 +264,10 @@ impl Player {
         if c.turn.token.is_cancelled() {
             return;
         }
-        if let Some(a) = &self.active
-            && a.turn.id != c.turn.id
-        {
+        if let Some(a) = self.active.as_mut().filter(|a| a.turn.id != c.turn.id) {
             // The previous turn never sent its last chunk: let it finish what it has.
-            if let Some(a) = &mut self.active {
-                a.complete = true;
-                flush_resampler(a, &mut self.queue);
-            }
+            a.complete = true;
+            flush_resampler(a, &mut self.queue);
             self.held = Some(c);
             return;
         }
@@ -285,7 +280,6 @@ impl Player {
             base: None,
             written: 0,
             complete: false,
-            total_chars: 0,
         });
         let mut out = Vec::with_capacity(
             c.samples.len() * out_rate as usize / c.rate_hz.max(1) as usize + 64,
@@ -297,7 +291,6 @@ impl Player {
         }
         let start = a.queued;
         a.queued += out.len() as u64;
-        a.total_chars += c.text.chars().count();
         if !c.text.is_empty() || !out.is_empty() {
             a.segments.push(Segment {
                 sentence: c.sentence,
@@ -319,10 +312,9 @@ impl Player {
             return Ok(());
         };
         while !self.queue.is_empty() {
-            let (head, _) = self.queue.as_slices();
-            let len = head.len();
             let before = a.base.is_none().then(|| self.sink.played());
             let (head, _) = self.queue.as_slices();
+            let len = head.len();
             let n = self.sink.write(head)?;
             if n > 0 && a.base.is_none() {
                 a.base = before;
@@ -397,7 +389,7 @@ impl Player {
             .send(Event::Spoken {
                 turn: a.turn.id,
                 heard,
-                total_chars: a.total_chars,
+                total_chars: a.segments.iter().map(|s| s.text.chars().count()).sum(),
                 played_ms: played * 1000 / rate,
                 interrupted,
             })

@@ -57,11 +57,6 @@ impl SentenceSplitter {
         (!s.is_empty()).then(|| s.to_string())
     }
 
-    /// Text held back, waiting for its end.
-    pub fn pending(&self) -> &str {
-        &self.buf
-    }
-
     /// Byte offset just past the first certain sentence end in the buffer, if any.
     fn next_boundary(&self) -> Option<usize> {
         let b = &self.buf;

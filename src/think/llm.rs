@@ -463,19 +463,6 @@ impl LlmClient {
             malformed,
         }
     }
-
-    /// Whether the server answers at all (for health and `panda doctor`): any HTTP
-    /// response within the connect timeout counts.
-    pub async fn reachable(&self) -> bool {
-        self.cfg.enabled
-            && self
-                .http
-                .get(self.cfg.url.trim_end_matches('/').to_string() + "/")
-                .timeout(Duration::from_millis(self.cfg.connect_timeout_ms.max(200)))
-                .send()
-                .await
-                .is_ok()
-    }
 }
 
 fn retryable(e: &LlmError) -> bool {

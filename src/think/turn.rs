@@ -174,24 +174,9 @@ impl Thinker {
         }
     }
 
-    /// The shared LLM client (its counters).
-    pub fn llm(&self) -> &LlmClient {
-        &self.llm
-    }
-
-    /// The router.
-    pub fn router(&self) -> &Router {
-        &self.router
-    }
-
     /// Uses `voice` for every language (`panda ask --voice`).
     pub fn set_voice(&mut self, voice: Option<String>) {
         self.voice_override = voice;
-    }
-
-    /// Current language code.
-    pub fn language(&self) -> &str {
-        &self.conv.language
     }
 
     fn voice(&self) -> String {
