@@ -10,6 +10,7 @@
 //! short apology, never a crash; the next turn starts clean.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -142,13 +143,17 @@ pub struct Thinker {
     llm_down_until: Option<Instant>,
     /// Questions whose answers are being played, by turn id (recorded when heard).
     pending: HashMap<u64, String>,
-    summaries: (mpsc::Sender<String>, mpsc::Receiver<String>),
+    /// (summary it was made from, condensed summary) from the background summariser.
+    summaries: (mpsc::Sender<Summary>, mpsc::Receiver<Summary>),
     voice_override: Option<String>,
 }
 
 /// Summary edge, background summariser → thinker: at most one summary is useful at a
 /// time; when full, the newer one is dropped (the next fold makes another).
 const SUMMARY_EDGE: usize = 1;
+
+/// A background summary: (the summary it condensed, the condensed text).
+type Summary = (String, String);
 
 impl Thinker {
     /// A thinker over the shared clients and the timer service.
@@ -209,10 +214,10 @@ impl Thinker {
     fn summarise_in_background(&self) {
         let llm = self.llm.clone();
         let tx = self.summaries.0.clone();
-        let mut text = self.conv.summary().to_string();
-        for e in self.conv.history() {
-            text.push_str(&format!("\nUser: {}\nPanda: {}", e.user, e.assistant));
-        }
+        // The summary already holds an extract of the exchanges that left the window; the
+        // window itself stays in the prompt, so only the summary is condensed.
+        let base = self.conv.summary().to_string();
+        let text = base.clone();
         tokio::spawn(async move {
             let msgs = [
                 super::llm::Message::new(
@@ -225,15 +230,18 @@ impl Thinker {
             if let Ok(a) = llm.stream(&msgs, &token, |_| {}).await
                 && !a.text.trim().is_empty()
             {
-                let _ = tx.try_send(a.text.trim().to_string());
+                let _ = tx.try_send((base, a.text.trim().to_string()));
             }
         });
     }
 
     /// Handles one utterance as `turn`.
     pub async fn turn(&mut self, turn: &Turn, text: &str, io: &mut TurnIo<'_>) -> TurnOutcome {
-        if let Ok(s) = self.summaries.1.try_recv() {
-            self.conv.set_summary(s);
+        if let Ok((base, s)) = self.summaries.1.try_recv() {
+            // A fold since the request extended the summary: keep that, drop this one.
+            if self.conv.summary() == base {
+                self.conv.set_summary(s);
+            }
         }
         let t0 = Instant::now();
         let routed = self.router.route(text);
@@ -611,6 +619,8 @@ impl Thinker {
             return "unreachable";
         }
         let messages = self.conv.messages(text, context);
+        // The counter is shared by every answer; this answer's share is the difference.
+        let malformed_before = self.llm.stats.malformed_lines.load(Ordering::Relaxed);
         let buf = Arc::new(Mutex::new(String::new()));
         let notify = Arc::new(Notify::new());
         let (b2, n2) = (buf.clone(), notify.clone());
@@ -657,10 +667,7 @@ impl Thinker {
             Err(e) => (
                 None,
                 0,
-                self.llm
-                    .stats
-                    .malformed_lines
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                self.llm.stats.malformed_lines.load(Ordering::Relaxed) - malformed_before,
                 Some(e.to_string()),
             ),
         };
