@@ -266,6 +266,9 @@ impl Default for SttConfig {
     }
 }
 
+/// Speaking rates Kokoro renders intelligibly (`[tts] speed`, `panda say --speed`).
+pub const SPEED_RANGE: std::ops::RangeInclusive<f32> = 0.5..=2.0;
+
 /// `[tts]`: Kokoro text-to-speech.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -756,10 +759,10 @@ impl Config {
                 ),
             ));
         }
-        if !(0.5..=2.0).contains(&self.tts.speed) {
+        if !SPEED_RANGE.contains(&self.tts.speed) {
             return Err(invalid(
                 "tts.speed",
-                format!("{} is not in 0.5..=2.0", self.tts.speed),
+                format!("{} is not in {SPEED_RANGE:?}", self.tts.speed),
             ));
         }
         if voice_language(&self.tts.voice).is_none() {

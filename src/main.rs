@@ -552,10 +552,10 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
 
 fn say(cfg: &Config, a: SayArgs) -> Result<(), Exit> {
     let speed = a.speed.unwrap_or(cfg.tts.speed);
-    if !(0.5..=2.0).contains(&speed) {
+    if !panda::config::SPEED_RANGE.contains(&speed) {
         return Err(Exit(
             exit::USAGE,
-            anyhow::anyhow!("--speed {speed} is not in 0.5..=2.0"),
+            anyhow::anyhow!("--speed {speed} is not in {:?}", panda::config::SPEED_RANGE),
         ));
     }
     let input = if a.text == "-" {

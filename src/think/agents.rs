@@ -153,6 +153,11 @@ impl Agents {
         self.agents.iter().find(|a| a.cfg.name == name)
     }
 
+    /// The configuration of agent `name`.
+    pub fn config(&self, name: &str) -> Option<&AgentConfig> {
+        self.find(name).map(|a| &a.cfg)
+    }
+
     /// Cached health of every agent (no network).
     pub fn health(&self) -> Vec<AgentHealth> {
         let now = Instant::now();

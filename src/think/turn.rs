@@ -501,8 +501,7 @@ impl Thinker {
             .collect();
         let filler = self
             .agents
-            .configs()
-            .find(|a| a.name == calls[0].agent)
+            .config(&calls[0].agent)
             .map(|a| a.filler.clone())
             .unwrap_or_else(|| "One moment.".into());
         let agents = self.agents.clone();
@@ -523,11 +522,7 @@ impl Thinker {
         let mut context = Vec::new();
         let mut spoken_fallback = Vec::new();
         for (call, r) in calls.iter().zip(results) {
-            let cfg = self
-                .agents
-                .configs()
-                .find(|a| a.name == call.agent)
-                .cloned();
+            let cfg = self.agents.config(&call.agent).cloned();
             let (ok, ms, error) = match &r {
                 Ok(rep) => (true, rep.ms, None),
                 Err(e) => (false, 0, Some(e.to_string())),
