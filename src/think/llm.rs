@@ -274,11 +274,6 @@ impl LlmClient {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &LlmConfig {
-        &self.cfg
-    }
-
     fn request(&self, messages: &[Message]) -> reqwest::RequestBuilder {
         let base = self.cfg.url.trim_end_matches('/');
         match self.cfg.backend {
