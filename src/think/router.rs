@@ -387,7 +387,7 @@ impl Router {
 
     /// Routing without the cache (benchmarks compare both).
     pub fn route_uncached(&self, key: &str, original: &str) -> (Route, f32) {
-        let (best, score) = self.best(key, original);
+        let (best, score) = self.best(key);
         match best {
             Some((Target::Skill(skill), slots)) if score >= self.min_confidence => {
                 return (Route::Skill { skill, slots }, score);
@@ -403,8 +403,7 @@ impl Router {
             parts.push(key.to_string());
         }
         for part in &parts {
-            if let (Some((Target::Agent { agent, intent }, mut slots)), s) =
-                self.best(part, original)
+            if let (Some((Target::Agent { agent, intent }, mut slots)), s) = self.best(part)
                 && s >= self.min_confidence
                 && !calls.iter().any(|c| c.agent == agent)
             {
@@ -423,7 +422,7 @@ impl Router {
         (Route::Llm, score)
     }
 
-    fn best(&self, key: &str, _original: &str) -> (Option<Match>, f32) {
+    fn best(&self, key: &str) -> (Option<Match>, f32) {
         let words: Vec<String> = content_words(key);
         let set: HashSet<&str> = words.iter().map(String::as_str).collect();
         let mut best: Option<Match> = None;
