@@ -78,6 +78,9 @@ pub enum AppError {
     /// The timer store could not be opened.
     #[error(transparent)]
     Timers(#[from] crate::think::timers::TimerError),
+    /// The memory database or embedding model could not be opened.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
     /// There is nothing to say.
     #[error("nothing to say: the text is empty once emoji and control characters are removed")]
     NothingToSay,
@@ -535,8 +538,14 @@ pub async fn ask(
     let agents = Agents::new(&cfg.agents, http.clone(), Some(ev_tx.clone()));
     agents.spawn_health(&root);
     let (timer_handle, missed) = timers::spawn(&cfg.state.dir, ev_tx.clone(), root.clone()).await?;
+    let memory = if cfg.memory.enabled {
+        Some(crate::memory::Memory::open(cfg).await?)
+    } else {
+        None
+    };
     let mut thinker = Thinker::new(cfg, http, agents, timer_handle, ev_tx.clone());
     thinker.set_voice(opts.voice.clone());
+    thinker.set_memory(memory.clone());
 
     // The speaking path, when asked for.
     let mut speaking = None;
@@ -584,8 +593,13 @@ pub async fn ask(
                         e = heard_rx.recv() => e,
                     };
                     match ev {
-                        Some(Event::Spoken { turn: t, heard, .. }) if t == turn.id => {
-                            thinker.heard(t, &heard);
+                        Some(Event::Spoken {
+                            turn: t,
+                            heard,
+                            interrupted,
+                            ..
+                        }) if t == turn.id => {
+                            thinker.heard(t, &heard, interrupted).await;
                             break;
                         }
                         Some(Event::TimerFired { label, .. }) => fired.push_back(label),
@@ -594,7 +608,7 @@ pub async fn ask(
                     }
                 }
             } else {
-                thinker.heard(turn.id, &outcome.answer);
+                thinker.heard(turn.id, &outcome.answer, false).await;
             }
             out.push(AskTurn {
                 question: q.clone(),
@@ -682,6 +696,12 @@ pub async fn ask(
                 root.cancel();
             }
         }
+    }
+    // Memory flushes last, after every stage that could still write to it has ended.
+    if let Some(m) = memory
+        && let Err(e) = m.close().await
+    {
+        tracing::warn!(error = %e, "memory: closing failed");
     }
     Ok(turns)
 }

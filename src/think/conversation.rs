@@ -121,7 +121,12 @@ impl Conversation {
 
     /// The messages for a new question: system prompt (with summary and any agent
     /// context), the history that fits the budget, the question.
-    pub fn messages(&self, question: &str, context: Option<&str>) -> Vec<Message> {
+    pub fn messages(
+        &self,
+        question: &str,
+        context: Option<&str>,
+        memories: &[String],
+    ) -> Vec<Message> {
         let mut system = self
             .prompts
             .get(self.language.as_str())
@@ -131,6 +136,13 @@ impl Conversation {
         if !self.summary.is_empty() {
             system.push_str("\nEarlier in this conversation: ");
             system.push_str(&self.summary);
+        }
+        if !memories.is_empty() {
+            system.push_str("\nWhat you remember (use it only where it helps the answer):");
+            for m in memories {
+                system.push_str("\n- ");
+                system.push_str(m);
+            }
         }
         if let Some(c) = context {
             system.push_str(
@@ -234,7 +246,7 @@ mod tests {
         let kept: Vec<_> = c.history().collect();
         assert!(kept.len() < 5 && !kept.is_empty());
         assert!(c.summary().contains("question number 0"));
-        let m = c.messages("next?", Some("{\"x\":1}"));
+        let m = c.messages("next?", Some("{\"x\":1}"), &[]);
         assert_eq!(m[0].role, "system");
         assert!(m[0].content.contains("Earlier in this conversation"));
         assert!(m[0].content.contains("{\"x\":1}"));
@@ -245,12 +257,12 @@ mod tests {
     fn prompts_per_language() {
         let mut c = Conversation::new(&ConversationConfig::default());
         assert!(
-            c.messages("hi", None)[0]
+            c.messages("hi", None, &[])[0]
                 .content
                 .contains("Always answer in English.")
         );
         c.language = "es".into();
-        assert!(c.messages("hola", None)[0].content.contains("Spanish"));
+        assert!(c.messages("hola", None, &[])[0].content.contains("Spanish"));
         assert_eq!(c.voice(), "ef_dora");
         assert_eq!(find_language("Español").unwrap().0, "es");
         assert_eq!(find_language("mandarin").unwrap().0, "zh");

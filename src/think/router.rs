@@ -39,6 +39,12 @@ pub enum Skill {
     Help,
     /// Health of Panda's own services.
     Status,
+    /// Store a fact (`fact` slot).
+    Remember,
+    /// Say what Panda remembers (`topic` slot; none: the latest facts).
+    Recall,
+    /// Delete the memory that best matches (`topic` slot).
+    Forget,
 }
 
 impl Skill {
@@ -54,6 +60,9 @@ impl Skill {
             Skill::Language => "language",
             Skill::Help => "help",
             Skill::Status => "status",
+            Skill::Remember => "remember",
+            Skill::Recall => "recall",
+            Skill::Forget => "forget",
         }
     }
 }
@@ -124,6 +133,7 @@ const SKILL_EXAMPLES: &[(Skill, &[&str])] = &[
             "stop talking",
             "that is enough",
             "shut up",
+            "forget it",
         ],
     ),
     (
@@ -158,6 +168,39 @@ const SKILL_EXAMPLES: &[(Skill, &[&str])] = &[
             "are your services working",
             "are you working",
             "service status",
+        ],
+    ),
+    (
+        Skill::Remember,
+        &[
+            "remember that {fact}",
+            "remember {fact}",
+            "do not forget that {fact}",
+            "make a note that {fact}",
+            "note that {fact}",
+            "keep in mind that {fact}",
+        ],
+    ),
+    (
+        Skill::Recall,
+        &[
+            "what do you remember about {topic}",
+            "do you remember {topic}",
+            "what did i tell you about {topic}",
+            "what have i told you about {topic}",
+            "what do you remember",
+            "what have you remembered",
+        ],
+    ),
+    (
+        Skill::Forget,
+        &[
+            "forget that {topic}",
+            "forget about {topic}",
+            "forget what i said about {topic}",
+            "forget what i told you about {topic}",
+            "delete the memory about {topic}",
+            "forget {topic}",
         ],
     ),
 ];
@@ -488,6 +531,18 @@ mod tests {
         assert_eq!(target("Stop."), "skill:stop");
         assert_eq!(target("Speak Korean."), "skill:language");
         assert_eq!(target("What can you do?"), "skill:help");
+        assert_eq!(
+            target("Remember that my keys are in the drawer."),
+            "skill:remember"
+        );
+        assert_eq!(
+            target("Hey Panda, what do you remember about my keys?"),
+            "skill:recall"
+        );
+        assert_eq!(target("Do you remember my sister's name?"), "skill:recall");
+        assert_eq!(target("Forget my locker number."), "skill:forget");
+        assert_eq!(target("Oh, forget it."), "skill:stop");
+        assert_eq!(target("I always forget my keys"), "llm");
     }
 
     #[test]

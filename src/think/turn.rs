@@ -23,6 +23,7 @@ use super::router::{Route, Router, Skill};
 use super::timers::{Timers, parse_clock, parse_duration};
 use crate::config::Config;
 use crate::event::{Event, Sentence, Turn};
+use crate::memory::{Filter, Kind, Memory, NewMemory};
 use crate::speak::sentences::SentenceSplitter;
 
 /// Where a turn's answer goes.
@@ -146,7 +147,15 @@ pub struct Thinker {
     /// (summary it was made from, condensed summary) from the background summariser.
     summaries: (mpsc::Sender<Summary>, mpsc::Receiver<Summary>),
     voice_override: Option<String>,
+    /// Long-term memory (absent when `[memory] enabled = false`).
+    memory: Option<Memory>,
+    /// Memories to delete once the turn that named them has been heard in full.
+    forget_after: HashMap<u64, Vec<i64>>,
 }
+
+/// Longest the turn waits for memories before asking the LLM without them (the embedder
+/// may be busy storing a long text).
+const PROMPT_MEMORY_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Summary edge, background summariser → thinker: at most one summary is useful at a
 /// time; when full, the newer one is dropped (the next fold makes another).
@@ -176,7 +185,14 @@ impl Thinker {
             pending: HashMap::new(),
             summaries: mpsc::channel(SUMMARY_EDGE),
             voice_override: None,
+            memory: None,
+            forget_after: HashMap::new(),
         }
+    }
+
+    /// Gives the thinker its long-term memory.
+    pub fn set_memory(&mut self, memory: Option<Memory>) {
+        self.memory = memory;
     }
 
     /// Uses `voice` for every language (`panda ask --voice`).
@@ -195,12 +211,77 @@ impl Thinker {
         }
     }
 
-    /// Records what the listener heard of `turn`'s answer (from playback progress).
-    pub fn heard(&mut self, turn: u64, heard: &str) {
+    /// Records what the listener heard of `turn`'s answer (from playback progress):
+    /// into the conversation, and into memory as a `turn`. A memory the turn said it
+    /// would forget is deleted now, once its naming was heard uninterrupted.
+    pub async fn heard(&mut self, turn: u64, heard: &str, interrupted: bool) {
+        if let Some(ids) = self.forget_after.remove(&turn)
+            && let Some(m) = &self.memory
+        {
+            if interrupted {
+                tracing::info!(
+                    turn,
+                    "forget cancelled: the answer naming it was interrupted"
+                );
+            } else if let Err(e) = m.forget(ids).await {
+                tracing::error!(error = %e, "memory not deleted");
+            }
+        }
         if let Some(q) = self.pending.remove(&turn) {
             let folded = self.conv.record(&q, heard.trim());
             if !folded.is_empty() && self.cfg.llm.enabled && !self.llm_is_down() {
                 self.summarise_in_background();
+            }
+            if let Some(m) = &self.memory
+                && self.cfg.memory.store_turns
+                && !heard.trim().is_empty()
+            {
+                let mut item = NewMemory::new(
+                    Kind::Turn,
+                    format!(
+                        "The user asked: {} Panda answered: {}",
+                        q.trim(),
+                        heard.trim()
+                    ),
+                );
+                item.meta = serde_json::json!({ "turn": turn, "interrupted": interrupted });
+                if let Err(e) = m.add(item).await {
+                    tracing::warn!(error = %e, "turn not stored in memory");
+                }
+            }
+        }
+    }
+
+    /// The memories relevant to `question`, phrased for the system prompt.
+    async fn prompt_memories(&self, question: &str) -> Vec<String> {
+        let Some(m) = &self.memory else {
+            return Vec::new();
+        };
+        let k = self.cfg.memory.prompt_memories;
+        if k == 0 {
+            return Vec::new();
+        }
+        // Past turns are left out: the conversation window already carries the recent
+        // ones, and an old turn repeating the question would crowd out the facts.
+        let filter = Filter {
+            kinds: vec![Kind::Identity, Kind::Fact, Kind::Summary],
+            ..Default::default()
+        };
+        match tokio::time::timeout(PROMPT_MEMORY_TIMEOUT, m.recall(question, k, filter)).await {
+            Ok(Ok(hits)) => hits
+                .into_iter()
+                .map(|h| match h.memory.kind {
+                    Kind::Fact => format!("The user told you: {}", h.memory.text),
+                    _ => h.memory.text,
+                })
+                .collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "memory search failed; answering without memories");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!("memory search took too long; answering without memories");
+                Vec::new()
             }
         }
     }
@@ -264,6 +345,10 @@ impl Thinker {
                 if skill == Skill::Stop {
                     stop = true;
                     "none"
+                } else if matches!(skill, Skill::Remember | Skill::Recall | Skill::Forget) {
+                    let answer = self.memory_skill(skill, turn, text, &slots).await;
+                    sp.say(&answer).await;
+                    "skill"
                 } else {
                     let answer = self.skill(skill, &slots).await;
                     // A language switch speaks its confirmation in the new voice.
@@ -404,7 +489,7 @@ impl Thinker {
                 Ok(n) => format!("Okay, I cancelled {n} timers."),
                 Err(_) => "Sorry, I couldn't cancel the timers.".into(),
             },
-            Skill::Stop => String::new(),
+            Skill::Stop | Skill::Remember | Skill::Recall | Skill::Forget => String::new(),
             Skill::Language => {
                 let asked = slots.get("language").map(String::as_str).unwrap_or("");
                 match find_language(asked) {
@@ -485,6 +570,126 @@ impl Thinker {
                     if timers == 1 { " is" } else { "s are" }
                 )
             }
+        }
+    }
+
+    /// Remember, recall and forget. A fact is committed to disk before Panda says it will
+    /// remember it; a forget names the memory, and deletes it once that was heard.
+    async fn memory_skill(
+        &mut self,
+        skill: Skill,
+        turn: &Turn,
+        text: &str,
+        slots: &HashMap<String, String>,
+    ) -> String {
+        let Some(m) = self.memory.clone() else {
+            return "My memory is switched off, so I can't remember things between conversations."
+                .into();
+        };
+        match skill {
+            Skill::Remember => {
+                let fact = fact_from(text)
+                    .or_else(|| slots.get("fact").cloned())
+                    .unwrap_or_default();
+                if fact.trim().is_empty() {
+                    return "What should I remember? For example, say: remember that my keys are in the drawer.".into();
+                }
+                let mut item = NewMemory::new(Kind::Fact, fact.clone());
+                item.meta = serde_json::json!({ "source": "voice", "turn": turn.id });
+                match m.add(item).await {
+                    Ok(id) => {
+                        tracing::info!(id, "fact remembered");
+                        format!("Okay, I'll remember that {}.", spoken_fact(&fact))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "fact not stored");
+                        "Sorry, I couldn't save that, so I won't remember it.".into()
+                    }
+                }
+            }
+            Skill::Recall => {
+                let topic = slots.get("topic").map(String::as_str).unwrap_or("").trim();
+                let speakable = Filter {
+                    kinds: vec![Kind::Fact, Kind::Identity, Kind::Summary],
+                    ..Default::default()
+                };
+                let general = matches!(topic, "" | "me" | "us" | "anything" | "everything");
+                let memories: Vec<(Kind, String)> = if general {
+                    let facts = Filter {
+                        kinds: vec![Kind::Fact],
+                        ..Default::default()
+                    };
+                    match m.recent(facts, 3).await {
+                        Ok(v) => v.into_iter().map(|x| (x.kind, x.text)).collect(),
+                        Err(_) => return "Sorry, I couldn't read my memory just now.".into(),
+                    }
+                } else {
+                    match m.recall(topic, 3, speakable).await {
+                        Ok(v) => v
+                            .into_iter()
+                            .map(|h| (h.memory.kind, h.memory.text))
+                            .collect(),
+                        Err(_) => return "Sorry, I couldn't read my memory just now.".into(),
+                    }
+                };
+                if memories.is_empty() {
+                    return if general {
+                        "You haven't asked me to remember anything yet.".into()
+                    } else {
+                        format!("I don't remember anything about {}.", spoken_fact(topic))
+                    };
+                }
+                let told: Vec<String> = memories
+                    .iter()
+                    .filter(|(k, _)| *k == Kind::Fact)
+                    .map(|(_, t)| spoken_fact(t))
+                    .collect();
+                let known: Vec<String> = memories
+                    .iter()
+                    .filter(|(k, _)| *k != Kind::Fact)
+                    .map(|(_, t)| t.trim().trim_end_matches(['.', '!']).to_string())
+                    .collect();
+                let mut out = Vec::new();
+                if !told.is_empty() {
+                    out.push(format!("You told me that {}.", told.join(", and that ")));
+                }
+                if !known.is_empty() {
+                    out.push(format!("I know that {}.", known.join(", and that ")));
+                }
+                out.join(" ")
+            }
+            Skill::Forget => {
+                let topic = slots.get("topic").map(String::as_str).unwrap_or("").trim();
+                // What Panda would say back or put in a prompt; past turns are the
+                // owner's to prune (`panda memory forget --id`).
+                let forgettable = Filter {
+                    kinds: vec![Kind::Fact, Kind::Identity, Kind::Summary],
+                    ..Default::default()
+                };
+                let hits = match m.recall(topic, 1, forgettable).await {
+                    Ok(h) => h,
+                    Err(_) => return "Sorry, I couldn't read my memory just now.".into(),
+                };
+                match hits.into_iter().next() {
+                    None => format!(
+                        "I don't remember anything about {}, so there is nothing to forget.",
+                        spoken_fact(topic)
+                    ),
+                    Some(h) => {
+                        // Deleted in `heard`, once this answer was heard uninterrupted.
+                        self.forget_after.insert(turn.id, vec![h.memory.id]);
+                        let what = match h.memory.kind {
+                            Kind::Fact => format!("that {}", spoken_fact(&h.memory.text)),
+                            _ => format!(
+                                "this: {}",
+                                h.memory.text.trim().trim_end_matches(['.', '!'])
+                            ),
+                        };
+                        format!("Okay, I'll forget {what}.")
+                    }
+                }
+            }
+            _ => String::new(),
         }
     }
 
@@ -613,7 +818,8 @@ impl Thinker {
             }
             return "unreachable";
         }
-        let messages = self.conv.messages(text, context);
+        let memories = self.prompt_memories(text).await;
+        let messages = self.conv.messages(text, context, &memories);
         // The counter is shared by every answer; this answer's share is the difference.
         let malformed_before = self.llm.stats.malformed_lines.load(Ordering::Relaxed);
         let buf = Arc::new(Mutex::new(String::new()));
@@ -712,6 +918,65 @@ impl Thinker {
             }
         }
     }
+}
+
+/// The fact in "remember that my sister lives in Lisbon", with the user's own casing and
+/// punctuation (the router's slot is lower-cased).
+fn fact_from(text: &str) -> Option<String> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(
+            r"(?i)^[\s,.!]*(?:(?:hey|hi|ok|okay)[\s,.!]+)?(?:panda[\s,.!]+)?(?:(?:please|can you|could you)[\s,]+)*(?:remember|don'?t forget|do not forget|make a note|note|keep in mind)(?:\s+that)?[\s,:]+(.+?)[\s.!]*$",
+        )
+        .expect("a valid pattern")
+    });
+    re.captures(text.trim())
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A fact as Panda says it back: the user's first person becomes second person
+/// ("my sister lives in Lisbon" → "your sister lives in Lisbon"), no final full stop.
+pub fn spoken_fact(fact: &str) -> String {
+    let words: Vec<&str> = fact
+        .trim()
+        .trim_end_matches(['.', '!', '?'])
+        .split(' ')
+        .collect();
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    let mut after_i = false;
+    for w in words {
+        let core: String = w
+            .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'' && c != '’')
+            .to_string();
+        let lower = core.to_lowercase().replace('’', "'");
+        let swapped = match lower.as_str() {
+            "i" => Some("you"),
+            "i'm" => Some("you're"),
+            "i've" => Some("you've"),
+            "i'll" => Some("you'll"),
+            "i'd" => Some("you'd"),
+            "me" => Some("you"),
+            "my" => Some("your"),
+            "mine" => Some("yours"),
+            "myself" => Some("yourself"),
+            "our" => Some("your"),
+            "ours" => Some("yours"),
+            "us" => Some("you"),
+            "we" => Some("you"),
+            "we're" => Some("you're"),
+            "am" if after_i => Some("are"),
+            "was" if after_i => Some("were"),
+            _ => None,
+        };
+        after_i = lower == "i";
+        match swapped {
+            Some(s) if !core.is_empty() => out.push(w.replacen(&core, s, 1)),
+            _ => out.push(w.to_string()),
+        }
+    }
+    out.join(" ")
 }
 
 fn capitalise(s: &str) -> String {
