@@ -508,8 +508,8 @@ impl Default for MemoryConfig {
             store_turns: true,
             max_text_bytes: 4 * 1024 * 1024,
             identity: vec![
-                "Your name is Panda, a voice assistant that runs entirely on this device.".into(),
-                "What you hear and remember stays on this device.".into(),
+                "Panda is a voice assistant that runs entirely on this device.".into(),
+                "What Panda hears and remembers stays on this device.".into(),
             ],
         }
     }

@@ -289,7 +289,11 @@ fn damaged_or_foreign_databases_are_refused_and_left_alone() {
         );
     }
     assert_eq!(sha(&path), before);
-    assert_eq!(siblings(&path), [path.clone()], "no WAL or journal created");
+    assert_eq!(
+        siblings(&path),
+        std::slice::from_ref(&path),
+        "no WAL or journal created"
+    );
 
     // Another program's SQLite database.
     let state = tempfile::tempdir().unwrap();

@@ -49,6 +49,15 @@ const RRF_K: f64 = 60.0;
 /// How many of each list (vector, keyword) are fused.
 const FUSE_DEPTH: usize = 20;
 
+/// A keyword in more than this share of memories carries no topic (like a stop word) and
+/// is left out of the keyword search.
+const COMMON_SHARE: f64 = 0.05;
+
+/// bm25 scores every matching row before the LIMIT applies; above this many matches the
+/// keyword list is the newest matches instead (cheap: FTS5 walks its doclist by rowid), so
+/// a search never costs more than a bounded amount of ranking.
+const RANK_BUDGET: u64 = 3000;
+
 /// Schema migrations; migration `i` brings `user_version` from `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: memories, their keyword index kept in sync by triggers, seeds, settings.
@@ -355,6 +364,10 @@ struct Db {
     index: VectorIndex,
     candidates: usize,
     open_ms: u64,
+    /// Document frequency per keyword (FTS5 matches), refreshed as the store grows.
+    df: HashMap<String, u64>,
+    /// Store size when `df` was last cleared.
+    df_rows: usize,
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -380,9 +393,9 @@ fn seed_key(text: &str) -> String {
     hex::encode(Sha256::digest(text.trim().as_bytes()))
 }
 
-/// The FTS5 query for `text`: its topic words, each quoted, OR-ed (bm25 ranks documents
-/// with more and rarer matches first). `None` when only stop words remain.
-pub fn keyword_query(text: &str) -> Option<String> {
+/// The topic words of `text` for a keyword search: lower-cased, possessive `'s` dropped,
+/// stop words and single letters left out, at most 16, in order.
+pub fn keyword_terms(text: &str) -> Vec<String> {
     let mut terms: Vec<String> = Vec::new();
     for w in text
         .split(|c: char| !c.is_alphanumeric() && c != '\'')
@@ -400,13 +413,16 @@ pub fn keyword_query(text: &str) -> Option<String> {
             break;
         }
     }
-    (!terms.is_empty()).then(|| {
-        terms
-            .iter()
-            .map(|t| format!("\"{}\"", t.replace('"', "")))
-            .collect::<Vec<_>>()
-            .join(" OR ")
-    })
+    terms
+}
+
+/// An FTS5 query matching any of `terms` (each quoted, so no FTS syntax gets through).
+pub fn any_of(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "")))
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
 
 /// Reciprocal-rank fusion of ranked id lists; best first.
@@ -471,6 +487,8 @@ impl Db {
             index: VectorIndex::new(),
             candidates: candidates.max(1),
             open_ms: 0,
+            df: HashMap::new(),
+            df_rows: 0,
         };
         let _ = db.conn.busy_timeout(std::time::Duration::from_secs(5));
         let q = |db: &Db, sql: &str| -> Result<i64, MemoryError> {
@@ -781,16 +799,44 @@ impl Db {
         Ok(out)
     }
 
-    fn keyword_ids(&self, text: &str, filter: &Filter) -> Result<Vec<i64>, MemoryError> {
-        let Some(query) = keyword_query(text) else {
-            return Ok(Vec::new());
-        };
-        let mut st = self
+    /// How many memories contain `term` (cached; the cache is cleared when the store has
+    /// grown by a tenth, so frequencies stay close without a count per search).
+    fn doc_freq(&mut self, term: &str) -> Result<u64, MemoryError> {
+        if self.index.len() > self.df_rows + self.df_rows / 10 + 100 {
+            self.df.clear();
+            self.df_rows = self.index.len();
+        }
+        if let Some(n) = self.df.get(term) {
+            return Ok(*n);
+        }
+        let n: i64 = self
             .conn
-            .prepare_cached(
-                "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 ORDER BY rank LIMIT ?2",
-            )
+            .prepare_cached("SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?1")
+            .and_then(|mut st| st.query_row([any_of(&[term.to_string()])], |r| r.get(0)))
             .map_err(|e| self.sqlite(e))?;
+        self.df.insert(term.to_string(), n as u64);
+        Ok(n as u64)
+    }
+
+    fn keyword_ids(&mut self, text: &str, filter: &Filter) -> Result<Vec<i64>, MemoryError> {
+        let common = ((self.index.len() as f64 * COMMON_SHARE) as u64).max(200);
+        let mut terms = Vec::new();
+        let mut matches = 0u64;
+        for t in keyword_terms(text) {
+            let df = self.doc_freq(&t)?;
+            if df > 0 && df <= common {
+                matches += df;
+                terms.push(t);
+            }
+        }
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = if matches <= RANK_BUDGET {
+            "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 ORDER BY rank LIMIT ?2"
+        } else {
+            "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 ORDER BY rowid DESC LIMIT ?2"
+        };
         // Filtered searches look further down the list so the filter still leaves some.
         let filtered = *filter != Filter::default();
         let limit = if filtered {
@@ -798,9 +844,13 @@ impl Db {
         } else {
             FUSE_DEPTH
         };
-        let ids: Vec<i64> = st
-            .query_map(params![query, limit as i64], |r| r.get(0))
-            .and_then(|rows| rows.collect())
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut st| {
+                st.query_map(params![any_of(&terms), limit as i64], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+            })
             .map_err(|e| self.sqlite(e))?;
         Ok(ids
             .into_iter()
@@ -979,15 +1029,11 @@ mod tests {
 
     #[test]
     fn keyword_queries_keep_topic_words() {
-        assert_eq!(
-            keyword_query("What's my dog's name?").as_deref(),
-            Some("\"dog\" OR \"name\"")
-        );
-        assert_eq!(keyword_query("what is it"), None);
-        assert_eq!(
-            keyword_query("room 7 \"code\"").as_deref(),
-            Some("\"room\" OR \"7\" OR \"code\"")
-        );
+        assert_eq!(keyword_terms("What's my dog's name?"), ["dog", "name"]);
+        assert!(keyword_terms("what is it").is_empty());
+        let t = keyword_terms("room 7 \"code\" don't");
+        assert_eq!(t, ["room", "7", "code"]);
+        assert_eq!(any_of(&t), "\"room\" OR \"7\" OR \"code\"");
     }
 
     #[test]
