@@ -81,6 +81,9 @@ pub enum AppError {
     /// The memory database or embedding model could not be opened.
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
+    /// The status page could not start.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     /// There is nothing to say.
     #[error("nothing to say: the text is empty once emoji and control characters are removed")]
     NothingToSay,
@@ -704,4 +707,451 @@ pub async fn ask(
         tracing::warn!(error = %e, "memory: closing failed");
     }
     Ok(turns)
+}
+
+/// Text questions, status page API → turn driver. A control edge: when full, the API
+/// answers 503 (it never waits while holding a request).
+pub const ASK_EDGE: usize = 4;
+
+/// `panda run` options.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Microphone (device, retried) or a recording.
+    pub input: Input,
+    /// Speaker or a WAV file.
+    pub output: Output,
+    /// Require the wake word (otherwise every utterance is a question).
+    pub use_wake: bool,
+    /// Serve the status page (`[web]`).
+    pub web: bool,
+}
+
+/// What a `panda run` did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Turns answered.
+    pub turns: usize,
+    /// The status page's address, when served.
+    pub web_addr: Option<std::net::SocketAddr>,
+    /// Audio frames dropped on the audio edge.
+    pub frames_dropped: u64,
+}
+
+/// The turn in progress, for barge-in and `POST /api/stop`.
+#[derive(Default)]
+struct Active {
+    turn: Option<Turn>,
+}
+
+type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+fn cancel_active(active: &Shared<Active>, except: Option<u64>) -> bool {
+    let g = active.lock().unwrap_or_else(|e| e.into_inner());
+    match &g.turn {
+        Some(t) if Some(t.id) != except && !t.token.is_cancelled() => {
+            t.token.cancel();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `panda run`: the whole appliance in one process.
+///
+/// ```text
+///  source ──AUDIO_EDGE──▶ listener ──UTTERANCE_EDGE──▶ turn driver ──SENTENCE_EDGE──▶ tts ──PCM_EDGE──▶ playback
+///  (mic/file)        (wake, VAD, endpoint)     (stt → Thinker: skills,      (kokoro)           (speaker/WAV)
+///                                              agents, LLM, memory)
+///  status page API ──ASK_EDGE──▶ turn driver          every stage ──EVENT_EDGE──▶ consumer:
+///                                                      status hub + metrics, barge-in, heard → driver
+/// ```
+///
+/// Barge-in: a wake word while an answer plays cancels that turn's token — the LLM
+/// stream is dropped, TTS stops between chunks, playback flushes — and the new turn
+/// proceeds. While Panda speaks the listener takes no utterance without the wake word
+/// (the endpointer is armed only by a wake). Shutdown (SIGTERM, or the end of a
+/// recording): the source stops, the listener drains, the driver finishes or cancels its
+/// turn, TTS and playback drain, all under `[run] grace_ms`; memory is flushed last.
+pub async fn run(
+    cfg: &Config,
+    opts: RunOptions,
+    root: CancellationToken,
+    mut on_event: impl FnMut(&Event),
+) -> Result<RunSummary, AppError> {
+    use crate::think::{agents::Agents, timers, turn::Thinker, turn::TurnIo};
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let hub = crate::web::Hub::new(&cfg.web, metrics.clone());
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
+
+    // Models first (each on its owner thread), so a missing one fails before audio flows.
+    let model = cfg.model_path(&cfg.stt.model);
+    let stt_cfg = cfg.stt.clone();
+    let (stt, _stt_worker) = tokio::task::spawn_blocking(move || stt::spawn(&stt_cfg, &model))
+        .await
+        .expect("the STT loader does not panic")?;
+    let memory = if cfg.memory.enabled {
+        Some(crate::memory::Memory::open(cfg).await?)
+    } else {
+        None
+    };
+    let voice = cfg.tts.voice.clone();
+    check_voice(cfg, &voice)?;
+    let Speaking {
+        sentences,
+        tts_thread,
+        player,
+        ..
+    } = start_speaking(cfg, &voice, opts.output.clone(), &ev_tx).await?;
+
+    let http = crate::think::http_client(cfg.llm.connect_timeout_ms);
+    let agents = Agents::new(&cfg.agents, http.clone(), Some(ev_tx.clone()));
+    agents.spawn_health(&root);
+    let (timer_handle, missed) = timers::spawn(&cfg.state.dir, ev_tx.clone(), root.clone()).await?;
+    let mut thinker = Thinker::new(cfg, http, agents.clone(), timer_handle, ev_tx.clone());
+    thinker.set_memory(memory.clone());
+
+    // The status page.
+    let active: Shared<Active> = Arc::default();
+    let (ask_tx, mut ask_rx) = mpsc::channel::<String>(ASK_EDGE);
+    let mut summary = RunSummary::default();
+    let web_root = root.child_token();
+    let mut web_task = None;
+    if opts.web && cfg.web.enabled {
+        let a2 = active.clone();
+        let ag = agents.clone();
+        let handle = crate::web::WebHandle {
+            asks: ask_tx.clone(),
+            stop: Arc::new(move || cancel_active(&a2, None)),
+            agents: Arc::new(move || {
+                serde_json::Value::Array(
+                    ag.health()
+                        .into_iter()
+                        .map(|h| {
+                            serde_json::json!({
+                                "name": h.name,
+                                "healthy": h.healthy,
+                                "breaker": h.breaker,
+                                "calls": h.calls,
+                            })
+                        })
+                        .collect(),
+                )
+            }),
+            llm: serde_json::json!({
+                "enabled": cfg.llm.enabled,
+                "url": cfg.llm.url,
+                "model": cfg.llm.model,
+            }),
+        };
+        let (addr, task) =
+            crate::web::serve(&cfg.web, hub.clone(), handle, web_root.clone()).await?;
+        summary.web_addr = Some(addr);
+        web_task = Some(task);
+    }
+    drop(ask_tx);
+
+    // The listening path.
+    let verify = opts.use_wake && cfg.wake.verify;
+    let verifier =
+        verify.then(|| WakeVerifier::new(stt.clone(), &cfg.wake.phrase, cfg.wake.verify_window_ms));
+    let (frame_tx, frame_rx) = mpsc::channel::<AudioFrame>(AUDIO_EDGE);
+    let (utt_tx, mut utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
+    let source_stop = root.child_token();
+    let listener = listener::spawn(
+        cfg.clone(),
+        opts.use_wake,
+        verifier,
+        ListenerIo {
+            frames: frame_rx,
+            utterances: utt_tx,
+            events: ev_tx.clone(),
+            root: source_stop.clone(),
+        },
+    )?;
+    let file_stats = Arc::new(EdgeStats::default());
+    let cap_stats = Arc::new(CaptureStats::default());
+    let source = match opts.input.clone() {
+        Input::File(spec) => spawn_source(spec, frame_tx, source_stop.clone(), file_stats.clone()),
+        Input::Device { name, retry } => spawn_capture(
+            name,
+            cfg.audio.ring_capacity_ms,
+            retry,
+            frame_tx,
+            source_stop.clone(),
+            cap_stats.clone(),
+        ),
+    };
+    hub.set_state(crate::web::State::Listening);
+
+    // The turn driver: utterances and typed questions, one turn at a time; timers that
+    // go off are announced between turns.
+    let (heard_tx, mut heard_rx) = mpsc::channel::<Event>(HEARD_EDGE);
+    let driver_root = root.clone();
+    let driver_active = active.clone();
+    let driver_hub = hub.clone();
+    let driver_events = ev_tx.clone();
+    let file_mode = matches!(opts.input, Input::File(_));
+    let driver = tokio::spawn(async move {
+        let mut answered = 0usize;
+        let mut fired = std::collections::VecDeque::new();
+        for t in &missed {
+            fired.push_back(format!("While I was off, your {} went off.", t.label));
+        }
+        let mut utterances_open = true;
+        let mut asks_open = true;
+        loop {
+            // A question: spoken (utterance) or typed (API); or a timer announcement.
+            enum Job {
+                Spoken(Utterance),
+                Typed(String),
+                Announce(String),
+            }
+            let job = if let Some(text) = fired.pop_front() {
+                Job::Announce(text)
+            } else {
+                // A recording ends the run when its last question is answered.
+                if !utterances_open && (!asks_open || file_mode) {
+                    break;
+                }
+                tokio::select! {
+                    _ = driver_root.cancelled() => break,
+                    u = utt_rx.recv(), if utterances_open => match u {
+                        Some(u) => Job::Spoken(u),
+                        None => { utterances_open = false; continue; }
+                    },
+                    a = ask_rx.recv(), if asks_open => match a {
+                        Some(a) => Job::Typed(a),
+                        None => { asks_open = false; continue; }
+                    },
+                    e = heard_rx.recv() => match e {
+                        Some(Event::TimerFired { label, .. }) => {
+                            let text = match label.strip_prefix("alarm for ") {
+                                Some(l) => format!("It's {l}. This is your alarm."),
+                                None => format!("Your {label} is done."),
+                            };
+                            Job::Announce(text)
+                        }
+                        _ => continue,
+                    },
+                }
+            };
+            let (turn, text, announce) = match job {
+                Job::Spoken(u) => {
+                    if u.turn.token.is_cancelled() {
+                        continue;
+                    }
+                    let transcript = stt.transcribe(&u.samples, &u.turn.token).await;
+                    let ev = match &transcript {
+                        Ok(out) => Event::Transcript {
+                            turn: u.turn.id,
+                            text: out.text.clone(),
+                            audio_ms: out.audio_ms,
+                            stt_ms: out.stt_ms,
+                            confidence: out.confidence,
+                        },
+                        Err(SttError::Cancelled) => Event::Cancelled {
+                            turn: u.turn.id,
+                            stage: "stt",
+                        },
+                        Err(e) => Event::Error {
+                            stage: "stt",
+                            message: e.to_string(),
+                        },
+                    };
+                    let _ = driver_events.send(ev).await;
+                    match transcript {
+                        Ok(out) if !out.text.trim().is_empty() => (u.turn, out.text, false),
+                        _ => continue,
+                    }
+                }
+                Job::Typed(q) => {
+                    let t = Turn {
+                        id: listener::next_turn_id(),
+                        token: driver_root.child_token(),
+                    };
+                    driver_hub.asked(t.id, &q);
+                    (t, q, false)
+                }
+                Job::Announce(text) => (
+                    Turn {
+                        id: listener::next_turn_id(),
+                        token: driver_root.child_token(),
+                    },
+                    text,
+                    true,
+                ),
+            };
+            driver_active.lock().unwrap_or_else(|e| e.into_inner()).turn = Some(turn.clone());
+            let hub_text = driver_hub.clone();
+            let tid = turn.id;
+            let mut on_text = move |d: &str| hub_text.text(tid, d);
+            let mut io = TurnIo {
+                sentences: Some(&sentences),
+                on_text: &mut on_text,
+            };
+            let span = tracing::info_span!("turn", turn = turn.id);
+            let outcome = if announce {
+                thinker
+                    .announce(&turn, &text, &mut io)
+                    .instrument(span)
+                    .await
+            } else {
+                thinker.turn(&turn, &text, &mut io).instrument(span).await
+            };
+            driver_hub.flush_text(true);
+            if !outcome.answer.is_empty() {
+                // Until playback reports what was heard (or the run stops).
+                loop {
+                    let ev = tokio::select! {
+                        _ = driver_root.cancelled() => None,
+                        e = heard_rx.recv() => e,
+                    };
+                    match ev {
+                        Some(Event::Spoken {
+                            turn: t,
+                            heard,
+                            interrupted,
+                            ..
+                        }) if t == turn.id => {
+                            thinker.heard(t, &heard, interrupted).await;
+                            break;
+                        }
+                        Some(Event::TimerFired { label, .. }) => {
+                            fired.push_back(format!("Your {label} is done."));
+                        }
+                        Some(_) => continue,
+                        None => break,
+                    }
+                }
+            } else if driver_hub.state() == crate::web::State::Thinking {
+                driver_hub.set_state(crate::web::State::Listening);
+            }
+            driver_active.lock().unwrap_or_else(|e| e.into_inner()).turn = None;
+            answered += 1;
+        }
+        drop(sentences);
+        answered
+    });
+    drop(ev_tx);
+    sd_notify("READY=1");
+    let watchdog = watchdog_interval(cfg.run.watchdog_ms);
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+
+    // The event consumer: status and metrics, barge-in, and playback's reports to the
+    // driver. It ends when every event sender is gone (stages ended, root cancelled).
+    let mut driver = Some(driver);
+    let mut tail: Option<tokio::task::JoinHandle<_>> = None;
+    let mut speaking_threads = Some((tts_thread, player));
+    let mut stopping = false;
+    let grace = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break };
+                hub.observe(&ev);
+                if let Event::Wake { turn, .. } = &ev
+                    && cfg.run.barge_in
+                    && cancel_active(&active, Some(*turn))
+                {
+                    tracing::info!(turn, "barge-in: the answer in progress is cancelled");
+                }
+                if matches!(ev, Event::Spoken { .. } | Event::TimerFired { .. }) {
+                    let _ = heard_tx.send(ev.clone()).await;
+                }
+                on_event(&ev);
+            }
+            r = async { driver.as_mut().expect("guarded").await }, if driver.is_some() => {
+                driver = None;
+                summary.turns = r.unwrap_or_default();
+                // The sentence edge is closed: TTS ends, playback drains, then both end.
+                if let Some((t, p)) = speaking_threads.take() {
+                    tail = Some(tokio::task::spawn_blocking(move || {
+                        let _ = t.join();
+                        p.join()
+                    }));
+                }
+            }
+            r = async { tail.as_mut().expect("guarded").await }, if tail.is_some() => {
+                if let Ok(Ok(Err(e))) = r {
+                    tracing::warn!(error = %e, "playback ended with an error");
+                }
+                // Every stage of a turn is done; background tasks (health checks, timers)
+                // stop with the root token. Pass on what is still queued, then stop.
+                root.cancel();
+                while let Ok(ev) = ev_rx.try_recv() {
+                    hub.observe(&ev);
+                    on_event(&ev);
+                }
+                break;
+            }
+            _ = root.cancelled(), if !stopping => {
+                stopping = true;
+                sd_notify("STOPPING=1");
+                hub.set_state(crate::web::State::Idle);
+                grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(cfg.run.grace_ms));
+            }
+            _ = &mut grace => {
+                tracing::warn!(grace_ms = cfg.run.grace_ms, "stages did not finish within the grace period; exiting anyway");
+                break;
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => sd_notify("WATCHDOG=1"),
+        }
+    }
+    web_root.cancel();
+    if let Some(t) = web_task {
+        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
+    }
+    let joins = tokio::task::spawn_blocking(move || {
+        let _ = listener.join();
+        source.join()
+    });
+    match tokio::time::timeout(Duration::from_millis(cfg.run.grace_ms), joins).await {
+        Ok(Ok(Ok(Err(e)))) => tracing::warn!(error = %e, "audio source ended with an error"),
+        Err(_) => tracing::warn!("the audio source did not stop in time"),
+        _ => {}
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    summary.frames_dropped =
+        file_stats.frames_dropped.load(Relaxed) + cap_stats.edge.frames_dropped.load(Relaxed);
+    // Memory flushes last, whatever else happened.
+    if let Some(m) = memory
+        && let Err(e) = m.close().await
+    {
+        tracing::warn!(error = %e, "memory: closing failed");
+    }
+    Ok(summary)
+}
+
+/// Sends a state line to systemd when run as a `Type=notify` service (no-op otherwise).
+fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// The watchdog keep-alive interval: `[run] watchdog_ms`, or half of systemd's
+/// `WATCHDOG_USEC`; none when no watchdog is asked for.
+fn watchdog_interval(configured_ms: u64) -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    Some(if configured_ms > 0 {
+        Duration::from_millis(configured_ms)
+    } else {
+        Duration::from_micros(usec / 2)
+    })
 }

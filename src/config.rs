@@ -72,6 +72,10 @@ pub struct Config {
     pub state: StateConfig,
     /// Long-term memory: SQLite store, embeddings, search.
     pub memory: MemoryConfig,
+    /// The status page and its API (`panda run`).
+    pub web: WebConfig,
+    /// The daemon (`panda run`): shutdown and barge-in.
+    pub run: RunConfig,
     /// Helper agents (`[[agents]]`), called over HTTP for the intents they serve.
     pub agents: Vec<AgentConfig>,
     /// Logging.
@@ -103,6 +107,8 @@ impl Default for Config {
             conversation: ConversationConfig::default(),
             state: StateConfig::default(),
             memory: MemoryConfig::default(),
+            web: WebConfig::default(),
+            run: RunConfig::default(),
             agents: default_agents(),
             log: LogConfig::default(),
         }
@@ -515,6 +521,78 @@ impl Default for MemoryConfig {
     }
 }
 
+/// `[web]`: the status page (HTML, live events over SSE), its JSON API and `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the status page while `panda run` runs.
+    pub enabled: bool,
+    /// Address and port (keep it on localhost unless a reverse proxy adds TLS).
+    pub listen: String,
+    /// Bearer token for `POST /api/ask` and `POST /api/stop` (env `PANDA_WEB__TOKEN`);
+    /// empty: those endpoints answer 401 to everyone.
+    pub token: String,
+    /// Requests per second each client address may make to `/api/*` (steady rate).
+    pub rate_per_s: u32,
+    /// Requests a client may make at once before the rate applies.
+    pub burst: u32,
+    /// Largest request body, in bytes (bigger: 413).
+    pub max_body_bytes: usize,
+    /// Events buffered per live client; a client further behind skips ahead to the
+    /// newest events (it never slows the pipeline).
+    pub client_buffer: usize,
+    /// Most live clients at once (more: 503).
+    pub max_clients: usize,
+    /// Streaming answer text is sent when this many characters have gathered…
+    pub coalesce_chars: usize,
+    /// …or this long after the first of them, whichever comes first.
+    pub coalesce_ms: u64,
+    /// Turns kept for the page.
+    pub turns_kept: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            token: String::new(),
+            rate_per_s: 5,
+            burst: 10,
+            max_body_bytes: 16 * 1024,
+            client_buffer: 256,
+            max_clients: 10_000,
+            coalesce_chars: 48,
+            coalesce_ms: 150,
+            turns_kept: 20,
+        }
+    }
+}
+
+/// `[run]`: the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// On SIGTERM/SIGINT, how long stages get to finish before Panda exits anyway
+    /// (memory is flushed in any case).
+    pub grace_ms: u64,
+    /// A wake word while Panda speaks cancels the answer (barge-in).
+    pub barge_in: bool,
+    /// Tell systemd the daemon is alive this often when run under `Type=notify` with a
+    /// watchdog (0: half of `WATCHDOG_USEC`, as systemd suggests).
+    pub watchdog_ms: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: 1500,
+            barge_in: true,
+            watchdog_ms: 0,
+        }
+    }
+}
+
 /// One intent an agent serves, with example phrases. `{slot}` in an example captures
 /// words for the request template (`"news about {topic}"`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -801,6 +879,21 @@ impl Config {
             return Err(invalid(
                 "memory.batch_size",
                 "batch_size and candidates must be at least 1",
+            ));
+        }
+        if self.web.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "web.listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080",
+                    self.web.listen
+                ),
+            ));
+        }
+        if self.web.rate_per_s == 0 || self.web.burst == 0 || self.web.client_buffer == 0 {
+            return Err(invalid(
+                "web.rate_per_s",
+                "rate_per_s, burst and client_buffer must be at least 1",
             ));
         }
         if self.memory.path.as_os_str().is_empty() {

@@ -55,11 +55,13 @@ pub mod config;
 pub mod event;
 pub mod listen;
 pub mod memory;
+pub mod metrics;
 pub mod models;
 pub mod numbers;
 pub mod onnx;
 pub mod speak;
 pub mod think;
+pub mod web;
 
 /// sysexits-style process exit codes shared by the CLI and tests.
 pub mod exit {

@@ -73,6 +73,9 @@ enum Cmd {
     Voices,
     /// Ask Panda something in text: one turn per question, answer streamed to stdout.
     Ask(AskArgs),
+    /// The appliance: microphone → wake word → answer on the speaker, with the status
+    /// page; or one recording in, the spoken answer out (--input/--output).
+    Run(RunArgs),
     /// The owner's view of Panda's long-term memory.
     Memory {
         #[command(subcommand)]
@@ -243,6 +246,37 @@ struct AskArgs {
 }
 
 #[derive(Args)]
+struct RunArgs {
+    /// A recording to answer instead of the microphone (WAV, any rate; - for stdin).
+    #[arg(long, value_name = "WAV")]
+    input: Option<PathBuf>,
+    /// Write the spoken answers to this WAV file instead of the speaker.
+    #[arg(long, value_name = "WAV")]
+    output: Option<PathBuf>,
+    /// Capture device (default: `[audio] input_device`).
+    #[arg(long, conflicts_with = "input")]
+    device: Option<String>,
+    /// Output device (default: `[playback] output_device`).
+    #[arg(long, conflicts_with = "output")]
+    output_device: Option<String>,
+    /// Every utterance is a question (no wake word needed).
+    #[arg(long)]
+    no_wake: bool,
+    /// Pace the recording and the WAV output in real time, like a microphone and speaker.
+    #[arg(long)]
+    realtime: bool,
+    /// Do not serve the status page (the default with --input).
+    #[arg(long)]
+    no_web: bool,
+    /// Serve the status page even with --input.
+    #[arg(long, conflicts_with = "no_web")]
+    web: bool,
+    /// Print pipeline events as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct SayArgs {
     /// Text to speak, or - to speak stdin line by line as it arrives.
     text: String,
@@ -324,6 +358,7 @@ fn code_for(e: &anyhow::Error) -> i32 {
             AppError::NothingToSay => return exit::DATA_ERR,
             AppError::Timers(_) => return exit::CANT_CREATE,
             AppError::Memory(m) => return memory_code(m),
+            AppError::Web(_) => return exit::UNAVAILABLE,
         }
     }
     for cause in e.chain() {
@@ -431,6 +466,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Cmd::Say(args) => say(&cfg, args),
         Cmd::Voices => voices(&cfg),
         Cmd::Ask(args) => ask(&cfg, args),
+        Cmd::Run(args) => run_cmd(&cfg, args),
         Cmd::Memory { cmd } => memory_cmd(&cfg, cmd),
         Cmd::Bench { cmd } => bench(&cfg, cmd),
     }
@@ -1069,5 +1105,74 @@ async fn memory_run(memory: &Memory, cmd: MemoryCmd) -> Result<(), Exit> {
             job.await.map_err(|e| Exit(exit::SOFTWARE, e.into()))??;
         }
     }
+    Ok(())
+}
+
+fn run_cmd(cfg: &Config, a: RunArgs) -> Result<(), Exit> {
+    let file_mode = a.input.is_some();
+    let input = match a.input {
+        Some(path) => Input::File(file_spec(path, None, a.realtime)),
+        None => Input::Device {
+            name: a.device.unwrap_or_else(|| cfg.audio.input_device.clone()),
+            retry: Some(Duration::from_millis(cfg.audio.retry_delay_ms)),
+        },
+    };
+    let output = match a.output {
+        Some(path) => Output::Wav {
+            path,
+            rate_hz: 24_000,
+            paced: a.realtime.then_some(cfg.playback.buffer_ms),
+            log: None,
+        },
+        None => Output::Device {
+            name: a
+                .output_device
+                .unwrap_or_else(|| cfg.playback.output_device.clone()),
+            buffer_ms: cfg.playback.buffer_ms,
+        },
+    };
+    let opts = app::RunOptions {
+        input,
+        output,
+        use_wake: !a.no_wake,
+        web: a.web || (!a.no_web && !file_mode),
+    };
+    let json = a.json;
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        let root = CancellationToken::new();
+        cancel_on_signals(&root);
+        app::run(cfg, opts, root, |ev| {
+            let mut out = std::io::stdout().lock();
+            if json {
+                let _ = serde_json::to_writer(&mut out, ev);
+                let _ = out.write_all(b"\n");
+            } else {
+                match ev {
+                    panda::event::Event::Transcript { text, .. } if !text.is_empty() => {
+                        let _ = writeln!(out, "heard:  {text}");
+                    }
+                    panda::event::Event::Answer { text, .. } => {
+                        let _ = writeln!(out, "answer: {text}");
+                    }
+                    _ => {}
+                }
+            }
+            let _ = out.flush();
+        })
+        .await
+    })?;
+    if file_mode && summary.turns == 0 {
+        eprintln!(
+            "panda: no question was heard in the recording (it must start with the wake word \"{}\", or use --no-wake)",
+            cfg.wake.phrase
+        );
+        return Err(Exit(exit::DATA_ERR, anyhow::anyhow!("nothing to answer")));
+    }
+    tracing::info!(
+        turns = summary.turns,
+        dropped = summary.frames_dropped,
+        "stopped"
+    );
     Ok(())
 }

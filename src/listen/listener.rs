@@ -260,6 +260,12 @@ fn end_ms(frame: &AudioFrame) -> u64 {
     frame.start_ms() + FRAME_MS as u64
 }
 
+/// A fresh turn number (for turns that do not start with a wake word: typed questions,
+/// timer announcements).
+pub fn next_turn_id() -> u64 {
+    NEXT_TURN.fetch_add(1, Ordering::Relaxed)
+}
+
 fn new_turn(root: &CancellationToken) -> Turn {
     Turn {
         id: NEXT_TURN.fetch_add(1, Ordering::Relaxed),

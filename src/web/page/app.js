@@ -1,0 +1,99 @@
+// Panda status page: one EventSource, DOM built with textContent only (never innerHTML),
+// so nothing a user said or an agent sent can become markup.
+"use strict";
+(function () {
+  const turns = new Map();
+  const $ = (id) => document.getElementById(id);
+  const ms = (v) => (v === null || v === undefined ? "" : v + " ms");
+
+  function setState(s) {
+    const el = $("state");
+    el.textContent = s;
+    el.className = "state " + s;
+    document.body.dataset.state = s;
+  }
+
+  function cell(tr, text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+  }
+
+  function renderTurn(t) {
+    turns.set(t.id, Object.assign(turns.get(t.id) || {}, t));
+    const cur = turns.get(t.id);
+    let tr = document.getElementById("turn-" + t.id);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.id = "turn-" + t.id;
+      $("turns").tBodies[0].prepend(tr);
+    }
+    tr.replaceChildren();
+    cell(tr, String(cur.id), "num");
+    cell(tr, cur.at || "");
+    cell(tr, cur.transcript || "", "heard");
+    cell(tr, (cur.answer || cur.live || "") + (cur.interrupted ? " [interrupted]" : ""), cur.interrupted ? "answer cut" : "answer");
+    cell(tr, cur.route || "");
+    cell(tr, ms(cur.stt_ms), "num");
+    cell(tr, ms(cur.llm_first_token_ms), "num");
+    cell(tr, ms(cur.tts_first_audio_ms), "num");
+    cell(tr, ms(cur.first_audio_ms), "num");
+    const rows = $("turns").tBodies[0].rows;
+    while (rows.length > 20) rows[rows.length - 1].remove();
+  }
+
+  function log(line) {
+    const li = document.createElement("li");
+    li.textContent = (line.at ? line.at + "  " : "") + line.text;
+    $("log").prepend(li);
+    while ($("log").children.length > 50) $("log").lastChild.remove();
+  }
+
+  function services(snap) {
+    const ul = $("services");
+    ul.replaceChildren();
+    const llm = document.createElement("li");
+    const ok = snap.llm && snap.llm.last_ok;
+    llm.className = ok === true ? "ok" : ok === false ? "bad" : "unknown";
+    llm.textContent = "LLM " + ((snap.llm && snap.llm.url) || "") + ": " +
+      (ok === true ? "answering" : ok === false ? "failed (" + (snap.llm.last_error || "") + ")" : "not used yet");
+    ul.appendChild(llm);
+    for (const a of snap.agents || []) {
+      const li = document.createElement("li");
+      li.className = a.breaker === "open" ? "bad" : a.healthy === true ? "ok" : a.healthy === false ? "bad" : "unknown";
+      li.textContent = a.name + ": " + (a.healthy === true ? "healthy" : a.healthy === false ? "unhealthy" : "unchecked") + ", breaker " + a.breaker;
+      ul.appendChild(li);
+    }
+  }
+
+  function onMessage(m) {
+    switch (m.type) {
+      case "snapshot":
+        setState(m.state);
+        (m.turns || []).forEach(renderTurn);
+        $("log").replaceChildren();
+        (m.log || []).forEach(log);
+        services(m);
+        break;
+      case "state": setState(m.state); break;
+      case "turn": renderTurn(m.turn); break;
+      case "text": {
+        const t = turns.get(m.turn) || { id: m.turn };
+        t.live = (t.live || "") + m.text;
+        renderTurn(t);
+        break;
+      }
+      case "log": log(m); break;
+      case "lagged": log({ text: "(skipped " + m.skipped + " updates)" }); break;
+    }
+  }
+
+  function connect() {
+    const es = new EventSource("/api/events");
+    es.onopen = () => { $("conn").textContent = "live"; };
+    es.onmessage = (e) => { try { onMessage(JSON.parse(e.data)); } catch (err) { /* ignore a bad message */ } };
+    es.onerror = () => { $("conn").textContent = "reconnecting…"; };
+  }
+  connect();
+})();
