@@ -586,7 +586,7 @@ pub struct RunConfig {
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
-            grace_ms: 1500,
+            grace_ms: 1000,
             barge_in: true,
             watchdog_ms: 0,
         }

@@ -215,9 +215,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorised(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The 401 response for a request without the right bearer token; `None` when it has it.
+fn unauthorised(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     if st.cfg.token.is_empty() {
-        return Err(error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "the API is disabled: set [web] token (PANDA_WEB__TOKEN) and send it as a bearer token",
         ));
@@ -228,12 +229,12 @@ fn authorised(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !same(given.trim().as_bytes(), st.cfg.token.as_bytes()) {
-        return Err(error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
         ));
     }
-    Ok(())
+    None
 }
 
 async fn status(State(st): State<AppState>) -> Response {
@@ -258,7 +259,7 @@ struct AskBody {
 }
 
 async fn ask(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorised(&st, &headers) {
+    if let Some(r) = unauthorised(&st, &headers) {
         return r;
     }
     let parsed: AskBody = match serde_json::from_slice(&body) {
@@ -291,7 +292,7 @@ async fn ask(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Res
 }
 
 async fn stop(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorised(&st, &headers) {
+    if let Some(r) = unauthorised(&st, &headers) {
         return r;
     }
     let stopped = (st.handle.stop)();
