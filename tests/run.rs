@@ -427,3 +427,41 @@ fn unsafe_sigterm(pid: u32) {
         .success();
     assert!(ok);
 }
+
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/panda.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for must in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecStartPre=/usr/local/bin/panda check-config",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "SupplementaryGroups=audio",
+        "StateDirectory=panda",
+    ] {
+        assert!(text.contains(must), "{must} missing");
+    }
+    let out = match Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("\n*** SKIPPED exposure check: systemd-analyze is not installed ({e}) ***\n");
+            return;
+        }
+    };
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let level: f64 = report
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for panda.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {report}"));
+    eprintln!("systemd-analyze security exposure: {level}");
+    assert!(level <= 2.0, "{level}\n{report}");
+}
