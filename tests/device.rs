@@ -250,3 +250,333 @@ fn say_plays_on_a_virtual_speaker() {
     let (e, n) = panda::bench::word_errors(sentence, &heard);
     assert!(e * 10 <= n, "{e}/{n} word errors: {heard:?}");
 }
+
+/// `panda run` on the virtual devices, with an OpenAI-protocol LLM server started here;
+/// its stdout events are collected on a thread.
+struct Appliance {
+    child: std::process::Child,
+    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    _state: tempfile::TempDir,
+}
+
+impl Appliance {
+    fn start(pulse: &Pulse, llm_url: &str) -> Appliance {
+        use std::io::BufRead;
+        let state = tempfile::tempdir().unwrap();
+        let mut child = pulse
+            .cmd(env!("CARGO_BIN_EXE_panda"))
+            .args(["run", "--device", "default", "--no-web", "--json"])
+            .env("PANDA_MODELS__DIR", common::models_dir())
+            .env("PANDA_STATE__DIR", state.path())
+            .env("PANDA_LLM__URL", llm_url)
+            .env("PANDA_LLM__BACKEND", "openai")
+            .env("RUST_LOG", "warn,panda::audio::capture=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("capture started") {
+                    let _ = started_tx.send(());
+                }
+                eprintln!("panda: {line}");
+            }
+        });
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ev2 = events.clone();
+        let stdout = child.stdout.take().unwrap();
+        let t0 = Instant::now();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    v["_t_ms"] = serde_json::json!(t0.elapsed().as_millis() as u64);
+                    ev2.lock().unwrap().push(v);
+                }
+            }
+        });
+        assert!(
+            started_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "capture did not start within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        Appliance {
+            child,
+            events,
+            _state: state,
+        }
+    }
+
+    /// Waits for an event matching `pred`; returns it.
+    fn wait_for(
+        &self,
+        what: &str,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            if let Some(e) = self.events.lock().unwrap().iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                for e in self.events.lock().unwrap().iter() {
+                    if e["type"] != "synthesized" && e["type"] != "sentence" {
+                        eprintln!("event: {e}");
+                    }
+                }
+                panic!("no {what} within {secs} s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a daemon running (it retries its device
+        // forever once the test's sound server is gone).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records the virtual speaker (16 kHz mono s16le) from now on.
+struct SpeakerRecording {
+    child: std::process::Child,
+    path: PathBuf,
+    started: Instant,
+}
+
+fn record_speaker(pulse: &Pulse, dir: &Path) -> SpeakerRecording {
+    let path = dir.join("speaker.raw");
+    let child = pulse
+        .cmd("parec")
+        .args([
+            "-d",
+            "spk.monitor",
+            "--format=s16le",
+            "--rate=16000",
+            "--channels=1",
+            "--latency-msec=10",
+        ])
+        .stdout(std::fs::File::create(&path).unwrap())
+        .spawn()
+        .unwrap();
+    SpeakerRecording {
+        child,
+        path,
+        started: Instant::now(),
+    }
+}
+
+impl SpeakerRecording {
+    fn finish(mut self) -> (Vec<i16>, PathBuf, Instant) {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let bytes = std::fs::read(&self.path).unwrap();
+        let pcm = bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        (pcm, self.path, self.started)
+    }
+}
+
+/// Plays `parts` (spoken by Kokoro's am_michael, with pauses between them) into the
+/// virtual microphone; returns when playback has ended.
+fn say_into_mic(pulse: &Pulse, dir: &Path, name: &str, parts: &[&str]) -> Instant {
+    let mut pcm: Vec<i16> = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let wav = dir.join(format!("{name}-{i}.wav"));
+        let r = common::panda(&[
+            "say",
+            p,
+            "--voice",
+            "am_michael",
+            "-o",
+            wav.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        pcm.extend(panda::audio::file::read_16k_mono(&wav).unwrap());
+        pcm.extend(std::iter::repeat_n(0i16, 16_000 * 6 / 10));
+    }
+    let mic = dir.join(format!("{name}-16k.wav"));
+    std::fs::write(&mic, panda::listen::wake::wav_bytes(&pcm)).unwrap();
+    let ok = pulse
+        .cmd("paplay")
+        .args(["-d", "micfeed"])
+        .arg(&mic)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "paplay failed");
+    Instant::now()
+}
+
+fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::server::Server {
+    use panda::bench::server::{Reply, Request, openai_stream, serve};
+    rt.block_on(serve(std::sync::Arc::new(move |r: &Request| {
+        let body = String::from_utf8_lossy(&r.body).to_lowercase();
+        // The last user message decides (the history holds earlier questions).
+        let last = body
+            .rsplit("{\"content\":")
+            .find(|m| m.contains("\"role\":\"user\""))
+            .unwrap_or("")
+            .to_string();
+        let text: Vec<String> = if last.contains("france") {
+            vec!["The capital of France ".into(), "is Paris.".into()]
+        } else {
+            // A long answer, for barge-in.
+            (0..words)
+                .map(|i| {
+                    format!(
+                        "Sentence {} of a very long story about a patient panda. ",
+                        i + 1
+                    )
+                })
+                .collect()
+        };
+        let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces: openai_stream(&refs, Duration::from_millis(5)),
+            die: false,
+        }
+    })))
+    .unwrap()
+}
+
+/// The appliance tests run one at a time: each runs every model, and two at once on a
+/// small machine measure the machine, not Panda.
+static ONE_APPLIANCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn the_appliance_answers_through_a_microphone_and_a_speaker() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pulse) = pulse_or_skip() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = llm_server(&rt, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = Appliance::start(&pulse, &server.url());
+    let rec = record_speaker(&pulse, dir.path());
+    say_into_mic(
+        &pulse,
+        dir.path(),
+        "time",
+        &["Hey panda.", "What time is it?"],
+    );
+    let first = app.wait_for("a spoken answer", 60, |e| e["type"] == "spoken");
+    say_into_mic(
+        &pulse,
+        dir.path(),
+        "paris",
+        &["Hey panda.", "What is the capital of France?"],
+    );
+    let second = app.wait_for("a second spoken answer", 60, |e| {
+        e["type"] == "spoken" && e["turn"] != first["turn"]
+    });
+    let (_, raw, _) = rec.finish();
+    app.stop();
+    for e in app.events.lock().unwrap().iter() {
+        if e["type"] == "transcript" || e["type"] == "answer" {
+            println!("{e}");
+        }
+    }
+    assert_eq!(first["interrupted"], false);
+    assert_eq!(second["interrupted"], false);
+    let t = common::panda(&["transcribe", "--raw", raw.to_str().unwrap()]);
+    let heard = t.stdout.to_lowercase();
+    println!("the speaker said: {heard:?}");
+    assert!(heard.contains("it's") || heard.contains("it is"), "{heard}");
+    assert!(
+        heard.chars().any(|c| c.is_ascii_digit()),
+        "the time: {heard}"
+    );
+    assert!(heard.contains("paris"), "{heard}");
+}
+
+#[test]
+fn barge_in_silences_the_speaker_and_the_next_question_works() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pulse) = pulse_or_skip() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = llm_server(&rt, 40);
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = Appliance::start(&pulse, &server.url());
+    let rec = record_speaker(&pulse, dir.path());
+    say_into_mic(
+        &pulse,
+        dir.path(),
+        "story",
+        &["Hey panda.", "Tell me a long story."],
+    );
+    app.wait_for("the answer playing", 60, |e| e["type"] == "playing");
+    std::thread::sleep(Duration::from_millis(1500));
+    let stop_ended = say_into_mic(&pulse, dir.path(), "stop", &["Hey panda.", "Stop."]);
+    let spoken = app.wait_for("the interrupted answer", 30, |e| e["type"] == "spoken");
+    assert_eq!(spoken["interrupted"], true, "{spoken}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (pcm, _, rec_started) = rec.finish();
+    // When did the speaker go quiet, relative to the end of "stop"?
+    let loud = |s: &[i16]| s.iter().map(|x| (*x as i32).abs()).max().unwrap_or(0) > 300;
+    let last_loud = pcm
+        .chunks(160)
+        .enumerate()
+        .filter(|(_, c)| loud(c))
+        .map(|(i, _)| i)
+        .next_back()
+        .expect("the speaker played something");
+    let quiet_at = rec_started + Duration::from_millis(last_loud as u64 * 10 + 10);
+    let after_stop_ms = quiet_at.saturating_duration_since(stop_ended).as_millis();
+    let before_stop_ms = stop_ended.saturating_duration_since(quiet_at).as_millis();
+    println!(
+        "speaker quiet {} the end of \"stop\" ({} ms)",
+        if after_stop_ms > 0 { "after" } else { "before" },
+        after_stop_ms.max(before_stop_ms)
+    );
+    assert!(
+        after_stop_ms <= 300,
+        "quiet {after_stop_ms} ms after the end of stop"
+    );
+    // The next question works.
+    say_into_mic(
+        &pulse,
+        dir.path(),
+        "time",
+        &["Hey panda.", "What time is it?"],
+    );
+    let next = app.wait_for("the next answer", 60, |e| {
+        e["type"] == "answer"
+            && e["turn"] != spoken["turn"]
+            && e["text"].as_str().unwrap_or("").starts_with("It's")
+    });
+    app.wait_for("the next answer spoken", 60, |e| {
+        e["type"] == "spoken" && e["turn"] == next["turn"] && e["interrupted"] == false
+    });
+    app.stop();
+}

@@ -827,14 +827,18 @@ impl Thinker {
         let (b2, n2) = (buf.clone(), notify.clone());
         let llm = self.llm.clone();
         let token = turn.token.clone();
-        let fut = async move {
+        // The stream runs as its own task: it reads the server at the server's pace while
+        // this loop waits on speech (a full sentence edge). Polled only from this loop, a
+        // long answer spoken slower than it is generated would stall the stream and run
+        // into the answer timeout. The text waits in `buf` (bounded by `max_tokens`); the
+        // turn token still stops the stream at once.
+        let mut fut = tokio::spawn(async move {
             llm.stream(&messages, &token, move |d| {
                 b2.lock().unwrap_or_else(|e| e.into_inner()).push_str(d);
                 n2.notify_one();
             })
             .await
-        };
-        tokio::pin!(fut);
+        });
         let wait = tokio::time::sleep(Duration::from_millis(self.cfg.conversation.filler_after_ms));
         tokio::pin!(wait);
         let mut filled = sp.said_anything;
@@ -846,7 +850,9 @@ impl Thinker {
         let result = loop {
             tokio::select! {
                 biased;
-                r = &mut fut => break r,
+                r = &mut fut => {
+                    break r.unwrap_or_else(|e| Err(LlmError::Interrupted(format!("the LLM task failed: {e}"))));
+                }
                 _ = notify.notified() => {
                     let d = take(&buf);
                     llm_said |= !d.is_empty();
