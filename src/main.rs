@@ -213,6 +213,8 @@ enum BenchCmd {
     },
     /// Routing time per utterance, cold and cached.
     Route,
+    /// End of speech → first audio out through the whole `panda run` pipeline, per stage.
+    E2e,
     /// Memory: batch vs per-row inserts, embedding throughput, search latency at scale.
     Memory {
         /// Largest store size searched (1k and 10k are always measured below it).
@@ -661,6 +663,7 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
             concurrency,
         } => panda::bench::agents(requests, concurrency)?,
         BenchCmd::Route => panda::bench::route(cfg)?,
+        BenchCmd::E2e => runtime()?.block_on(panda::bench::e2e::run(cfg))?,
         BenchCmd::Memory { max, queries } => {
             runtime()?.block_on(panda::bench::memory::run(cfg, max, queries))?
         }
