@@ -215,6 +215,15 @@ enum BenchCmd {
     Route,
     /// End of speech → first audio out through the whole `panda run` pipeline, per stage.
     E2e,
+    /// Live status-page clients while a turn runs every second.
+    Page {
+        /// Live clients.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Seconds (one turn each).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Memory: batch vs per-row inserts, embedding throughput, search latency at scale.
     Memory {
         /// Largest store size searched (1k and 10k are always measured below it).
@@ -664,6 +673,9 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         } => panda::bench::agents(requests, concurrency)?,
         BenchCmd::Route => panda::bench::route(cfg)?,
         BenchCmd::E2e => runtime()?.block_on(panda::bench::e2e::run(cfg))?,
+        BenchCmd::Page { clients, seconds } => {
+            runtime()?.block_on(panda::bench::page::run(cfg, clients, seconds))?
+        }
         BenchCmd::Memory { max, queries } => {
             runtime()?.block_on(panda::bench::memory::run(cfg, max, queries))?
         }

@@ -215,12 +215,20 @@ fn the_status_api_guards_itself_and_streams_turns() {
         c.get(format!("{url}/healthz")).send().unwrap().status(),
         200
     );
-    let status: serde_json::Value = c
-        .get(format!("{url}/api/status"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    // Idle until the listener runs, then listening.
+    let t = Instant::now();
+    let status = loop {
+        let s: serde_json::Value = c
+            .get(format!("{url}/api/status"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if s["state"] == "listening" || t.elapsed() > Duration::from_secs(20) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(status["state"], "listening", "{status}");
     assert_eq!(status["agents"].as_array().unwrap().len(), 3, "{status}");
 

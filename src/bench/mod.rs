@@ -6,6 +6,7 @@
 
 pub mod e2e;
 pub mod memory;
+pub mod page;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -115,6 +115,7 @@ pub async fn serve(
         problem: e.to_string(),
     })?;
     // Forget rate-limit state of addresses not seen for a while (bounded memory).
+    hub.start_fanout(root.clone());
     let limiter = state.limiter.clone();
     let r2 = root.clone();
     tokio::spawn(async move {

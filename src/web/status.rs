@@ -93,12 +93,22 @@ pub struct Hub {
     cfg: WebConfig,
     inner: Mutex<Inner>,
     feed: broadcast::Sender<Arc<str>>,
+    /// Once the server runs: messages go here and a fan-out task broadcasts them, so the
+    /// pipeline never pays for waking thousands of clients (a broadcast send wakes every
+    /// waiting receiver: ~2 ms at 10,000 clients).
+    outbox: std::sync::OnceLock<tokio::sync::mpsc::Sender<Arc<str>>>,
+    /// Messages dropped because the fan-out fell behind.
+    pub dropped: std::sync::atomic::AtomicU64,
     /// The process's metrics (the hub fills the cross-event latencies).
     pub metrics: Arc<Metrics>,
     started: Instant,
 }
 
 const LOG_KEPT: usize = 50;
+
+/// Messages, pipeline → fan-out task. When full (the fan-out fell behind thousands of
+/// clients), new messages are dropped and counted; the pipeline never waits.
+pub const OUTBOX_EDGE: usize = 1024;
 
 fn clock() -> String {
     chrono::Local::now().format("%H:%M:%S").to_string()
@@ -121,9 +131,30 @@ impl Hub {
                 speaking_turn: None,
             }),
             feed,
+            outbox: std::sync::OnceLock::new(),
+            dropped: std::sync::atomic::AtomicU64::new(0),
             metrics,
             started: Instant::now(),
         })
+    }
+
+    /// Moves broadcasting onto its own task (the server calls this when it starts).
+    pub fn start_fanout(self: &Arc<Self>, root: tokio_util::sync::CancellationToken) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<str>>(OUTBOX_EDGE);
+        if self.outbox.set(tx).is_err() {
+            return;
+        }
+        let feed = self.feed.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = root.cancelled() => return,
+                    m = rx.recv() => m,
+                };
+                let Some(msg) = msg else { return };
+                let _ = feed.send(msg);
+            }
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -136,8 +167,35 @@ impl Hub {
     }
 
     fn publish(&self, v: serde_json::Value) {
-        // No receivers is fine; a full ring overwrites the oldest (slow clients skip).
-        let _ = self.feed.send(Arc::from(v.to_string()));
+        let msg: Arc<str> = Arc::from(v.to_string());
+        match self.outbox.get() {
+            // Never waits: a full outbox drops the message (counted); clients then see
+            // the next snapshot-worthy change.
+            Some(tx) => {
+                if tx.try_send(msg).is_err() {
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            // No server (tests, file mode): publish in place. No receivers is fine; a
+            // full ring overwrites the oldest (slow clients skip).
+            None => {
+                let _ = self.feed.send(msg);
+            }
+        }
+    }
+
+    /// Publishes a line to the action log.
+    pub fn log(&self, text: &str) {
+        let line = serde_json::json!({"type": "log", "at": clock(), "text": text});
+        {
+            let mut g = self.lock();
+            g.log.push_back(line.clone());
+            while g.log.len() > LOG_KEPT {
+                g.log.pop_front();
+            }
+        }
+        self.publish(line);
     }
 
     /// The current state.
