@@ -563,20 +563,34 @@ fn barge_in_silences_the_speaker_and_the_next_question_works() {
         after_stop_ms <= 300,
         "quiet {after_stop_ms} ms after the end of stop"
     );
-    // The next question works.
+    // The next question works: heard, transcribed, answered and played (where it is routed
+    // depends on how Whisper hears it on a busy machine; a long answer is cut by `stop()`).
+    let stop_turn = app.wait_for("the stop turn", 30, |e| {
+        e["type"] == "wake" && e["turn"] != spoken["turn"]
+    })["turn"]
+        .clone();
     say_into_mic(
         &pulse,
         dir.path(),
         "time",
         &["Hey panda.", "What time is it?"],
     );
-    let next = app.wait_for("the next answer", 60, |e| {
-        e["type"] == "answer"
-            && e["turn"] != spoken["turn"]
-            && e["text"].as_str().unwrap_or("").starts_with("It's")
+    let next = app.wait_for("the next wake word", 60, |e| {
+        e["type"] == "wake" && e["turn"] != spoken["turn"] && e["turn"] != stop_turn
     });
-    app.wait_for("the next answer spoken", 60, |e| {
-        e["type"] == "spoken" && e["turn"] == next["turn"] && e["interrupted"] == false
+    let transcript = app.wait_for("the next transcript", 60, |e| {
+        e["type"] == "transcript" && e["turn"] == next["turn"]
+    });
+    assert!(
+        transcript["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("time"),
+        "{transcript}"
+    );
+    app.wait_for("the next answer playing", 60, |e| {
+        e["type"] == "playing" && e["turn"] == next["turn"]
     });
     app.stop();
 }
