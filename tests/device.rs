@@ -92,6 +92,7 @@ fn resample_to_16k(src: &Path, dir: &Path) -> PathBuf {
 
 #[test]
 fn listen_on_a_virtual_microphone() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(pulse) = pulse_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let wav = common::espeak_wav(
@@ -214,6 +215,7 @@ fn daemon_mode_retries_a_missing_device_until_stopped() {
 
 #[test]
 fn say_plays_on_a_virtual_speaker() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(pulse) = pulse_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("speaker.raw");
@@ -471,8 +473,9 @@ fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::serve
     .unwrap()
 }
 
-/// The appliance tests run one at a time: each runs every model, and two at once on a
-/// small machine measure the machine, not Panda.
+/// The tests on virtual devices run one at a time: each plays and records in real time,
+/// and on a small machine a second one running beside it causes underruns and slow
+/// transcription — measuring the machine, not Panda.
 static ONE_APPLIANCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
