@@ -107,7 +107,10 @@ fn listen_on_a_virtual_microphone() {
         .cmd(env!("CARGO_BIN_EXE_panda"))
         .args(["listen", "--device", "default", "--seconds", "25"])
         .env("PANDA_MODELS__DIR", common::models_dir())
-        .env("RUST_LOG", "warn,panda::audio::capture=info")
+        .env(
+            "RUST_LOG",
+            "warn,panda::audio::capture=info,panda::listen::listener=debug",
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -272,7 +275,10 @@ impl Appliance {
             .env("PANDA_STATE__DIR", state.path())
             .env("PANDA_LLM__URL", llm_url)
             .env("PANDA_LLM__BACKEND", "openai")
-            .env("RUST_LOG", "warn,panda::audio::capture=info")
+            .env(
+                "RUST_LOG",
+                "warn,panda::audio::capture=info,panda::listen::listener=debug",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -110,7 +110,8 @@ pub fn phrase_parts(phrase: &str) -> (String, String) {
 /// adjacent words ("pan da"): a whole word one edit away ("banda"), a whole word two edits
 /// away with the same first letter for keywords of five letters or more ("pander"), or a
 /// piece of a longer word one edit away that starts with the keyword's first letter
-/// (Whisper fuses "hey panda" into "tapeanda"). "Amanda" is not "panda".
+/// (Whisper fuses "hey panda" into "tapeanda"), or two edits away when only vowels moved
+/// ("tapeander"). "Amanda" is not "panda".
 pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
     let kw: Vec<char> = keyword
         .to_lowercase()
@@ -126,20 +127,40 @@ pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
         .filter(|w| !w.is_empty())
         .map(|w| w.chars().filter(|c| c.is_alphanumeric()).collect())
         .collect();
+    let skeleton = consonants(&kw);
     let close = |w: &[char]| {
         let d = edit_distance(w, &kw);
         if d <= 1 || (kw.len() >= 5 && d <= 2 && w.first() == kw.first()) {
             return true;
         }
         (kw.len()..=kw.len() + 1).any(|n| {
-            w.windows(n)
-                .any(|piece| piece[0] == kw[0] && edit_distance(piece, &kw) <= 1)
+            w.windows(n).any(|piece| {
+                if piece[0] != kw[0] {
+                    return false;
+                }
+                match edit_distance(piece, &kw) {
+                    0 | 1 => true,
+                    // Vowels are what Whisper gets wrong when it fuses the phrase
+                    // ("tapeander"): two edits pass when every consonant of the keyword
+                    // is still there, in order, and nothing else is.
+                    2 => kw.len() >= 5 && consonants(piece) == skeleton,
+                    _ => false,
+                }
+            })
         })
     };
     words.iter().any(|w| close(w))
         || words
             .windows(2)
             .any(|p| close(&[p[0].clone(), p[1].clone()].concat()))
+}
+
+/// The letters of `w` that are not vowels (for "panda": p, n, d).
+fn consonants(w: &[char]) -> Vec<char> {
+    w.iter()
+        .copied()
+        .filter(|c| !matches!(c, 'a' | 'e' | 'i' | 'o' | 'u' | 'y'))
+        .collect()
 }
 
 fn edit_distance(a: &[char], b: &[char]) -> usize {
@@ -219,7 +240,7 @@ pub fn run(cfg: &Config, mut trigger: Trigger, verifier: Option<WakeVerifier>, i
                                 recent.iter().flat_map(|f| f.iter().copied()).collect();
                             let (ok, heard) = v.check(&audio, &root.child_token());
                             if !ok {
-                                tracing::debug!(score = hit.score, heard = ?heard, "wake word rejected by the second stage");
+                                tracing::info!(score = hit.score, heard = ?heard, "wake word rejected by the second stage");
                             }
                             (ok, heard)
                         }
@@ -373,6 +394,8 @@ mod tests {
             "Hey pander",
             "pan da",
             "Panda's",
+            "Tapeander.",
+            "Shapander.",
         ] {
             assert!(mentions_keyword(heard, "panda"), "{heard}");
         }
@@ -383,6 +406,9 @@ mod tests {
             "",
             "Hey there",
             "pandemonium",
+            "It happened when I opened the door",
+            "I paint on weekends",
+            "Hand me the spoon",
         ] {
             let expect = heard == "pandemonium";
             assert_eq!(mentions_keyword(heard, "panda"), expect, "{heard}");
