@@ -37,6 +37,7 @@ use crate::speak::kokoro::{KokoroError, voice_language};
 use crate::speak::normalize::normalize;
 use crate::speak::sentences::{SentenceSplitter, split_all};
 use crate::speak::tts::{self, TtsIo, TtsOptions};
+use crate::think::{agents::Agents, timers, turn::Thinker, turn::TurnIo};
 
 /// Audio edge, source → listener: 64 frames ≈ 1.9 s. When full, a real-time source
 /// drops the newest frame and counts it; a batch (file) source waits.
@@ -528,6 +529,38 @@ pub struct AskTurn {
 ///  driver task (Thinker) ──SENTENCE_EDGE──▶ tts ──PCM_EDGE──▶ playback
 ///        ▲ HEARD_EDGE (spoken, timer fired)            all ──EVENT_EDGE──▶ caller
 /// ```
+/// Waits until playback reports what was heard of `turn`'s answer (or the run stops) and
+/// tells the thinker, which stores the exchange as heard. Timers that go off meanwhile
+/// are queued in `fired` as announcements for after this answer.
+async fn wait_heard(
+    heard_rx: &mut mpsc::Receiver<Event>,
+    root: &CancellationToken,
+    turn: u64,
+    thinker: &mut Thinker,
+    fired: &mut std::collections::VecDeque<String>,
+) {
+    loop {
+        let ev = tokio::select! {
+            _ = root.cancelled() => return,
+            e = heard_rx.recv() => e,
+        };
+        match ev {
+            Some(Event::Spoken {
+                turn: t,
+                heard,
+                interrupted,
+                ..
+            }) if t == turn => {
+                thinker.heard(t, &heard, interrupted).await;
+                return;
+            }
+            Some(Event::TimerFired { label, .. }) => fired.push_back(timers::announcement(&label)),
+            Some(_) => continue,
+            None => return,
+        }
+    }
+}
+
 pub async fn ask(
     cfg: &Config,
     opts: AskOptions,
@@ -535,7 +568,6 @@ pub async fn ask(
     mut on_event: impl FnMut(&Event),
     on_text: Box<dyn FnMut(&str) + Send>,
 ) -> Result<Vec<AskTurn>, AppError> {
-    use crate::think::{agents::Agents, timers, turn::Thinker, turn::TurnIo};
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
     let http = crate::think::http_client(cfg.llm.connect_timeout_ms);
     let agents = Agents::new(&cfg.agents, http.clone(), Some(ev_tx.clone()));
@@ -589,27 +621,14 @@ pub async fn ask(
             let outcome = thinker.turn(&turn, q, &mut io).instrument(span).await;
             on_text("\n");
             if speak && !outcome.answer.is_empty() {
-                // Wait until playback reports what was heard (or the run is stopped).
-                loop {
-                    let ev = tokio::select! {
-                        _ = driver_root.cancelled() => None,
-                        e = heard_rx.recv() => e,
-                    };
-                    match ev {
-                        Some(Event::Spoken {
-                            turn: t,
-                            heard,
-                            interrupted,
-                            ..
-                        }) if t == turn.id => {
-                            thinker.heard(t, &heard, interrupted).await;
-                            break;
-                        }
-                        Some(Event::TimerFired { label, .. }) => fired.push_back(label),
-                        Some(_) => continue,
-                        None => break,
-                    }
-                }
+                wait_heard(
+                    &mut heard_rx,
+                    &driver_root,
+                    turn.id,
+                    &mut thinker,
+                    &mut fired,
+                )
+                .await;
             } else {
                 thinker.heard(turn.id, &outcome.answer, false).await;
             }
@@ -622,15 +641,15 @@ pub async fn ask(
         // Timers that fire while we wait are announced like any answer.
         let mut id = questions.len() as u64;
         while wait_timers && (!fired.is_empty() || thinker.pending_timers().await > 0) {
-            let label = match fired.pop_front() {
-                Some(l) => l,
+            let text = match fired.pop_front() {
+                Some(t) => t,
                 None => {
                     let ev = tokio::select! {
                         _ = driver_root.cancelled() => None,
                         e = heard_rx.recv() => e,
                     };
                     match ev {
-                        Some(Event::TimerFired { label, .. }) => label,
+                        Some(Event::TimerFired { label, .. }) => timers::announcement(&label),
                         Some(_) => continue,
                         None => break,
                     }
@@ -645,10 +664,6 @@ pub async fn ask(
                 sentences: sentences.as_ref(),
                 on_text: &mut *on_text,
             };
-            let mut text = format!("Your {label} is done.");
-            if let Some(l) = label.strip_prefix("alarm for ") {
-                text = format!("It's {l}. This is your alarm.");
-            }
             let o = thinker.announce(&turn, &text, &mut io).await;
             on_text("\n");
             out.push(AskTurn {
@@ -778,7 +793,6 @@ pub async fn run(
     root: CancellationToken,
     mut on_event: impl FnMut(&Event),
 ) -> Result<RunSummary, AppError> {
-    use crate::think::{agents::Agents, timers, turn::Thinker, turn::TurnIo};
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let hub = crate::web::Hub::new(&cfg.web, metrics.clone());
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
@@ -925,11 +939,7 @@ pub async fn run(
                     },
                     e = heard_rx.recv() => match e {
                         Some(Event::TimerFired { label, .. }) => {
-                            let text = match label.strip_prefix("alarm for ") {
-                                Some(l) => format!("It's {l}. This is your alarm."),
-                                None => format!("Your {label} is done."),
-                            };
-                            Job::Announce(text)
+                            Job::Announce(timers::announcement(&label))
                         }
                         _ => continue,
                     },
@@ -1000,29 +1010,14 @@ pub async fn run(
             };
             driver_hub.flush_text(true);
             if !outcome.answer.is_empty() {
-                // Until playback reports what was heard (or the run stops).
-                loop {
-                    let ev = tokio::select! {
-                        _ = driver_root.cancelled() => None,
-                        e = heard_rx.recv() => e,
-                    };
-                    match ev {
-                        Some(Event::Spoken {
-                            turn: t,
-                            heard,
-                            interrupted,
-                            ..
-                        }) if t == turn.id => {
-                            thinker.heard(t, &heard, interrupted).await;
-                            break;
-                        }
-                        Some(Event::TimerFired { label, .. }) => {
-                            fired.push_back(format!("Your {label} is done."));
-                        }
-                        Some(_) => continue,
-                        None => break,
-                    }
-                }
+                wait_heard(
+                    &mut heard_rx,
+                    &driver_root,
+                    turn.id,
+                    &mut thinker,
+                    &mut fired,
+                )
+                .await;
             } else if driver_hub.state() == crate::web::State::Thinking {
                 driver_hub.set_state(crate::web::State::Listening);
             }

@@ -74,6 +74,18 @@ pub struct Timers {
     tx: mpsc::Sender<Cmd>,
 }
 
+/// What Panda says when the timer or alarm labelled `label` goes off: "Your 2 minute
+/// timer is done." or, for an alarm, "It's 7:00 AM. This is your alarm."
+pub fn announcement(label: &str) -> String {
+    match label.strip_prefix(ALARM_PREFIX) {
+        Some(at) => format!("It's {at}. This is your alarm."),
+        None => format!("Your {label} is done."),
+    }
+}
+
+/// How an alarm's label starts; the rest is the spoken clock time.
+pub const ALARM_PREFIX: &str = "alarm for ";
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -478,7 +478,14 @@ impl Thinker {
                 }
                 let after = (at - now).to_std().unwrap_or_default();
                 let spoken = at.format("%-I:%M %p").to_string();
-                match self.timers.add(format!("alarm for {spoken}"), after).await {
+                match self
+                    .timers
+                    .add(
+                        format!("{}{spoken}", crate::think::timers::ALARM_PREFIX),
+                        after,
+                    )
+                    .await
+                {
                     Ok(_) => format!("Okay, your alarm is set for {spoken}."),
                     Err(_) => "Sorry, I couldn't save that alarm.".into(),
                 }
