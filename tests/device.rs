@@ -261,23 +261,36 @@ fn say_plays_on_a_virtual_speaker() {
 struct Appliance {
     child: std::process::Child,
     events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// The status page's address, when it was started with one.
+    web_url: Option<String>,
     _state: tempfile::TempDir,
 }
 
+/// The bearer token of the appliance's status page in these tests.
+const WEB_TOKEN: &str = "device-test-token-51c2";
+
 impl Appliance {
     fn start(pulse: &Pulse, llm_url: &str) -> Appliance {
+        Self::start_with(pulse, llm_url, false)
+    }
+
+    /// With `web`, the status page listens on a free loopback port.
+    fn start_with(pulse: &Pulse, llm_url: &str, web: bool) -> Appliance {
         use std::io::BufRead;
         let state = tempfile::tempdir().unwrap();
         let mut child = pulse
             .cmd(env!("CARGO_BIN_EXE_panda"))
-            .args(["run", "--device", "default", "--no-web", "--json"])
+            .args(["run", "--device", "default", "--json"])
+            .arg(if web { "--web" } else { "--no-web" })
+            .env("PANDA_WEB__LISTEN", "127.0.0.1:0")
+            .env("PANDA_WEB__TOKEN", WEB_TOKEN)
             .env("PANDA_MODELS__DIR", common::models_dir())
             .env("PANDA_STATE__DIR", state.path())
             .env("PANDA_LLM__URL", llm_url)
             .env("PANDA_LLM__BACKEND", "openai")
             .env(
                 "RUST_LOG",
-                "warn,panda::audio::capture=info,panda::listen::listener=debug",
+                "warn,panda::audio::capture=info,panda::listen::listener=debug,panda::web=info",
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -285,6 +298,7 @@ impl Appliance {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -292,6 +306,13 @@ impl Appliance {
             {
                 if line.contains("capture started") {
                     let _ = started_tx.send(());
+                }
+                if let Some(i) = line.find("status page at http://") {
+                    let url: String = line[i + "status page at ".len()..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
+                        .collect();
+                    let _ = url_tx.send(url.trim_end_matches('/').to_string());
                 }
                 eprintln!("panda: {line}");
             }
@@ -315,10 +336,16 @@ impl Appliance {
             started_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
             "capture did not start within 60 s"
         );
+        let web_url = web.then(|| {
+            url_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the status page address is logged")
+        });
         std::thread::sleep(Duration::from_millis(500));
         Appliance {
             child,
             events,
+            web_url,
             _state: state,
         }
     }
@@ -602,4 +629,266 @@ fn barge_in_silences_the_speaker_and_the_next_question_works() {
         e["type"] == "playing" && e["turn"] == next["turn"]
     });
     app.stop();
+}
+
+/// A WebDriver session in headless Chromium (Debian's `chromium` and `chromedriver`),
+/// spoken to over plain HTTP (W3C WebDriver protocol); the driver is killed when dropped.
+struct Browser {
+    driver: Child,
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Browser {
+    /// None (after saying so loudly) when Chromium or ChromeDriver is missing, unless
+    /// `REQUIRE_CHROMIUM=1` (CI), where that is a failure.
+    fn start_or_skip() -> Option<Browser> {
+        let missing = ["chromium", "chromedriver"].into_iter().find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_or(true, |s| !s.success())
+        });
+        if let Some(p) = missing {
+            if std::env::var("REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") {
+                panic!("Chromium is required (REQUIRE_CHROMIUM=1) but `{p}` does not run");
+            }
+            eprintln!(
+                "\n\n*** SKIPPED: the status page test needs `{p}` (Debian chromium, chromium-driver) ***\n\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut b = Browser {
+            driver,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        let t = Instant::now();
+        while b
+            .http
+            .get(format!("{}/status", b.base))
+            .send()
+            .map_or(true, |r| !r.status().is_success())
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "chromedriver did not answer within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,800"]
+            }
+        }}});
+        let v = b.call("POST", "/session", Some(caps));
+        let id = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+            .to_string();
+        b.base = format!("{}/session/{id}", b.base);
+        Some(b)
+    }
+
+    /// One WebDriver command; returns its `value`.
+    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "POST" => self
+                .http
+                .post(&url)
+                .json(&body.unwrap_or(serde_json::json!({}))),
+            "DELETE" => self.http.delete(&url),
+            _ => self.http.get(&url),
+        };
+        let r = req.send().unwrap();
+        let ok = r.status().is_success();
+        let v: serde_json::Value = r.json().unwrap();
+        assert!(ok, "WebDriver {method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call("POST", "/url", Some(serde_json::json!({ "url": url })));
+    }
+
+    /// Runs `script` (a function body) in the page; returns what it returns.
+    fn eval(&self, script: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({ "script": script, "args": [] })),
+        )
+    }
+
+    fn screenshot(&self, path: &Path) {
+        use base64::Engine;
+        let png = self.call("GET", "/screenshot", None);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if self.base.contains("/session/") {
+            let _ = self.http.delete(&self.base).send();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// What the status page shows now: the state badge, the feed connection, and the turn
+/// rows (heard, answer).
+const PAGE_VIEW: &str = r#"
+const rows = [...document.querySelectorAll('#turns tbody tr')].map(tr => ({
+  heard: tr.querySelector('td.heard') ? tr.querySelector('td.heard').textContent : '',
+  answer: tr.cells[3] ? tr.cells[3].textContent : '',
+}));
+return {
+  state: document.getElementById('state').textContent,
+  conn: document.getElementById('conn').textContent,
+  rows: rows,
+  markup: document.querySelectorAll('#turns img, #turns b, #log img').length,
+  llm: document.querySelector('#services li') ? document.querySelector('#services li').textContent : '',
+};
+"#;
+
+#[test]
+fn the_status_page_follows_a_spoken_turn_in_chromium() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pulse) = pulse_or_skip() else { return };
+    let Some(browser) = Browser::start_or_skip() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = llm_server(&rt, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let app = Appliance::start_with(&pulse, &server.url(), true);
+    let url = app.web_url.clone().unwrap();
+    browser.open(&format!("{url}/"));
+    // The page connects to the live feed and shows the appliance listening.
+    let t = Instant::now();
+    let mut view = browser.eval(PAGE_VIEW);
+    while (view["conn"] != "live" || view["state"] != "listening")
+        && t.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        view = browser.eval(PAGE_VIEW);
+    }
+    assert_eq!(view["conn"], "live", "{view}");
+    assert_eq!(view["state"], "listening", "{view}");
+
+    // A spoken question, watched in the page while it happens (the speaking thread plays
+    // it into the microphone; this one samples the page every 50 ms).
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let done = |v: &serde_json::Value| {
+        v["state"] == "listening"
+            && v["rows"][0]["answer"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("It"))
+    };
+    std::thread::scope(|s| {
+        let saying = s.spawn(|| {
+            say_into_mic(
+                &pulse,
+                dir.path(),
+                "time",
+                &["Hey panda.", "What time is it?"],
+            )
+        });
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(90) {
+            let v = browser.eval(PAGE_VIEW);
+            let finished = done(&v) && saying.is_finished();
+            if seen.last() != Some(&v) {
+                seen.push(v);
+            }
+            if finished {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    browser.screenshot(&shot);
+    println!("screenshot: {}", shot.display());
+    for v in &seen {
+        println!("page: {v}");
+    }
+    let states: Vec<&str> = seen.iter().filter_map(|v| v["state"].as_str()).collect();
+    let pos = |s: &str| states.iter().position(|x| *x == s);
+    let (thinking, speaking) = (pos("thinking"), pos("speaking"));
+    assert!(
+        thinking.is_some() && speaking.is_some() && thinking < speaking,
+        "the state went listening → thinking → speaking: {states:?}"
+    );
+    assert_eq!(states.last(), Some(&"listening"), "{states:?}");
+    // The transcript is on the page while the answer is still being spoken.
+    assert!(
+        seen.iter().any(|v| v["state"] == "speaking"
+            && v["rows"][0]["heard"]
+                .as_str()
+                .is_some_and(|h| h.to_lowercase().contains("time"))),
+        "the transcript appeared live: {seen:?}"
+    );
+    let last = seen.last().unwrap();
+    assert!(
+        last["rows"][0]["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("It"),
+        "{last}"
+    );
+
+    // A typed question with markup in it is shown as text, never as markup.
+    let typed = "<img src=x onerror=alert(1)><b>what</b> time is it";
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{url}/api/ask"))
+        .bearer_auth(WEB_TOKEN)
+        .json(&serde_json::json!({ "text": typed }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let t = Instant::now();
+    let mut v = browser.eval(PAGE_VIEW);
+    while v["rows"][0]["heard"] != typed && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+        v = browser.eval(PAGE_VIEW);
+    }
+    assert_eq!(v["rows"][0]["heard"], typed, "{v}");
+    assert_eq!(v["markup"], 0, "user text became markup: {v}");
+    // That question went to the test's LLM server: the services list says so, live.
+    let t = Instant::now();
+    while !v["llm"].as_str().unwrap_or("").contains("answering")
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        v = browser.eval(PAGE_VIEW);
+    }
+    assert!(v["llm"].as_str().unwrap().contains("answering"), "{v}");
+    browser.screenshot(&shot);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 }

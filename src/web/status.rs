@@ -377,6 +377,9 @@ impl Hub {
                     error,
                     ..
                 } => {
+                    if g.llm_ok != Some(error.is_none()) || g.llm_error != *error {
+                        publish.push(serde_json::json!({"type": "llm", "last_ok": error.is_none(), "last_error": error}));
+                    }
                     g.llm_ok = Some(error.is_none());
                     g.llm_error = error.clone();
                     Self::with_turn(&mut g, *turn, kept, |t| {
@@ -400,6 +403,8 @@ impl Hub {
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": text}));
                 }
                 Event::Breaker { agent, state: b } => {
+                    publish
+                        .push(serde_json::json!({"type": "breaker", "agent": agent, "state": b}));
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": format!("breaker {agent}: {b:?}")}));
                 }
                 Event::Synthesized {
@@ -614,5 +619,41 @@ mod tests {
         assert_eq!(h.metrics.speech_end_to_audio.count(), 1);
         let snap = h.snapshot(serde_json::json!([]), serde_json::json!({}));
         assert_eq!(snap["turns"][0]["interrupted"], true);
+    }
+
+    #[test]
+    fn service_changes_reach_the_page_live_once() {
+        let cfg = WebConfig {
+            client_buffer: 64,
+            ..WebConfig::default()
+        };
+        let h = Hub::new(&cfg, Arc::new(Metrics::new()));
+        let mut rx = h.subscribe();
+        let llm = |error: Option<&str>| Event::Llm {
+            turn: 1,
+            first_token_ms: None,
+            total_ms: 0,
+            malformed: 0,
+            error: error.map(str::to_string),
+        };
+        h.observe(&llm(Some("connection refused")));
+        h.observe(&llm(Some("connection refused")));
+        h.observe(&llm(None));
+        h.observe(&Event::Breaker {
+            agent: "scott".into(),
+            state: crate::event::BreakerState::Open,
+        });
+        let msgs = drain(&mut rx);
+        let llm: Vec<_> = msgs.iter().filter(|m| m["type"] == "llm").collect();
+        assert_eq!(llm.len(), 2, "a repeated failure is not re-sent: {msgs:?}");
+        assert_eq!(llm[0]["last_ok"], false);
+        assert_eq!(llm[0]["last_error"], "connection refused");
+        assert_eq!(llm[1]["last_ok"], true);
+        let b: Vec<_> = msgs.iter().filter(|m| m["type"] == "breaker").collect();
+        assert_eq!(b.len(), 1, "{msgs:?}");
+        assert_eq!(
+            (b[0]["agent"].as_str(), b[0]["state"].as_str()),
+            (Some("scott"), Some("open"))
+        );
     }
 }

@@ -50,7 +50,12 @@
     while ($("log").children.length > 50) $("log").lastChild.remove();
   }
 
+  // What the services list shows: the last snapshot, updated by live messages and by a
+  // slow poll of /api/status (agent health is checked in the background, not per turn).
+  let svc = { llm: null, agents: [] };
+
   function services(snap) {
+    svc = { llm: snap.llm || null, agents: snap.agents || [] };
     const ul = $("services");
     ul.replaceChildren();
     const llm = document.createElement("li");
@@ -84,6 +89,12 @@
         renderTurn(t);
         break;
       }
+      case "llm":
+        services({ llm: Object.assign({}, svc.llm, { last_ok: m.last_ok, last_error: m.last_error }), agents: svc.agents });
+        break;
+      case "breaker":
+        services({ llm: svc.llm, agents: svc.agents.map((a) => a.name === m.agent ? Object.assign({}, a, { breaker: m.state }) : a) });
+        break;
       case "log": log(m); break;
       case "lagged": log({ text: "(skipped " + m.skipped + " updates)" }); break;
     }
@@ -95,5 +106,12 @@
     es.onmessage = (e) => { try { onMessage(JSON.parse(e.data)); } catch (err) { /* ignore a bad message */ } };
     es.onerror = () => { $("conn").textContent = "reconnecting…"; };
   }
+  function poll() {
+    fetch("/api/status", { cache: "no-store" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((snap) => { if (snap) services(snap); })
+      .catch(() => { /* the feed's reconnect shows the outage */ });
+  }
   connect();
+  setInterval(poll, 10000);
 })();
