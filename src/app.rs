@@ -1049,6 +1049,7 @@ pub async fn run(
                     && cfg.run.barge_in
                     && cancel_active(&active, Some(*turn))
                 {
+                    metrics.barge_ins.add(1);
                     tracing::info!(turn, "barge-in: the answer in progress is cancelled");
                 }
                 if matches!(ev, Event::Spoken { .. } | Event::TimerFired { .. }) {

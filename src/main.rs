@@ -725,6 +725,7 @@ fn say(cfg: &Config, a: SayArgs) -> Result<(), Exit> {
                 .device
                 .unwrap_or_else(|| cfg.playback.output_device.clone()),
             buffer_ms: cfg.playback.buffer_ms,
+            retry: None,
         },
     };
     let opts = SayOptions {
@@ -815,6 +816,7 @@ fn ask(cfg: &Config, a: AskArgs) -> Result<(), Exit> {
             None => Output::Device {
                 name: cfg.playback.output_device.clone(),
                 buffer_ms: cfg.playback.buffer_ms,
+                retry: None,
             },
         })
     };
@@ -1152,6 +1154,9 @@ fn run_cmd(cfg: &Config, a: RunArgs) -> Result<(), Exit> {
                 .output_device
                 .unwrap_or_else(|| cfg.playback.output_device.clone()),
             buffer_ms: cfg.playback.buffer_ms,
+            // The appliance keeps running without its speaker (the page shows why) and
+            // picks it up again when it is back.
+            retry: Some(Duration::from_millis(cfg.audio.retry_delay_ms)),
         },
     };
     let opts = app::RunOptions {

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Pulse {
-    child: Child,
+    /// The daemon; None while it is stopped (device-loss tests).
+    child: Option<Child>,
     runtime: tempfile::TempDir,
 }
 
@@ -25,49 +26,72 @@ impl Pulse {
             .env("PULSE_SERVER", self.server());
         c
     }
+
+    /// A runtime directory whose sound server is not running yet.
+    fn stopped() -> Pulse {
+        Pulse {
+            child: None,
+            runtime: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Starts the daemon (a virtual speaker `spk`, a virtual microphone `mic` fed from
+    /// the `micfeed` sink) and waits until it answers.
+    fn start(&mut self) -> Result<(), String> {
+        let script = self.runtime.path().join("panda-test.pa");
+        std::fs::write(
+            &script,
+            "load-module module-native-protocol-unix auth-anonymous=1\n\
+             load-module module-null-sink sink_name=spk rate=48000 channels=2\n\
+             load-module module-null-sink sink_name=micfeed rate=16000 channels=1\n\
+             load-module module-remap-source source_name=mic master=micfeed.monitor\n\
+             set-default-sink spk\n\
+             set-default-source mic\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let child = Command::new("pulseaudio")
+            .args(["--daemonize=no", "--exit-idle-time=-1", "-n", "-F"])
+            .arg(&script)
+            .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run pulseaudio: {e}"))?;
+        self.child = Some(child);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if self
+                .cmd("pactl")
+                .arg("info")
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err("pulseaudio did not answer within 10 s".into())
+    }
+
+    /// Kills the daemon, as a crashed sound server or an unplugged card would go.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for Pulse {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
 fn start_pulse() -> Result<Pulse, String> {
-    let runtime = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let script = runtime.path().join("panda-test.pa");
-    std::fs::write(
-        &script,
-        "load-module module-native-protocol-unix auth-anonymous=1\n\
-         load-module module-null-sink sink_name=spk rate=48000 channels=2\n\
-         load-module module-null-sink sink_name=micfeed rate=16000 channels=1\n\
-         load-module module-remap-source source_name=mic master=micfeed.monitor\n\
-         set-default-sink spk\n\
-         set-default-source mic\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let child = Command::new("pulseaudio")
-        .args(["--daemonize=no", "--exit-idle-time=-1", "-n", "-F"])
-        .arg(&script)
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run pulseaudio: {e}"))?;
-    let p = Pulse { child, runtime };
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if p.cmd("pactl")
-            .arg("info")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return Ok(p);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err("pulseaudio did not answer within 10 s".into())
+    let mut p = Pulse::stopped();
+    p.start()?;
+    Ok(p)
 }
 
 fn pulse_or_skip() -> Option<Pulse> {
@@ -261,6 +285,8 @@ fn say_plays_on_a_virtual_speaker() {
 struct Appliance {
     child: std::process::Child,
     events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// Its log (stderr), line by line.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// The status page's address, when it was started with one.
     web_url: Option<String>,
     _state: tempfile::TempDir,
@@ -276,6 +302,14 @@ impl Appliance {
 
     /// With `web`, the status page listens on a free loopback port.
     fn start_with(pulse: &Pulse, llm_url: &str, web: bool) -> Appliance {
+        let app = Self::spawn(pulse, llm_url, web, &[]);
+        app.wait_log("capture started", 1, 60);
+        std::thread::sleep(Duration::from_millis(500));
+        app
+    }
+
+    /// Starts `panda run` without waiting for its devices.
+    fn spawn(pulse: &Pulse, llm_url: &str, web: bool, env: &[(&str, &str)]) -> Appliance {
         use std::io::BufRead;
         let state = tempfile::tempdir().unwrap();
         let mut child = pulse
@@ -290,23 +324,23 @@ impl Appliance {
             .env("PANDA_LLM__BACKEND", "openai")
             .env(
                 "RUST_LOG",
-                "warn,panda::audio::capture=info,panda::listen::listener=debug,panda::web=info",
+                "warn,panda::audio=info,panda::listen::listener=debug,panda::web=info",
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
         let (url_tx, url_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
-                if line.contains("capture started") {
-                    let _ = started_tx.send(());
-                }
+                log2.lock().unwrap().push(line.clone());
                 if let Some(i) = line.find("status page at http://") {
                     let url: String = line[i + "status page at ".len()..]
                         .chars()
@@ -332,21 +366,39 @@ impl Appliance {
                 }
             }
         });
-        assert!(
-            started_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
-            "capture did not start within 60 s"
-        );
         let web_url = web.then(|| {
             url_rx
-                .recv_timeout(Duration::from_secs(10))
+                .recv_timeout(Duration::from_secs(60))
                 .expect("the status page address is logged")
         });
-        std::thread::sleep(Duration::from_millis(500));
         Appliance {
             child,
             events,
+            log,
             web_url,
             _state: state,
+        }
+    }
+
+    /// Waits until the log holds `n` lines containing `what`.
+    fn wait_log(&self, what: &str, n: usize, secs: u64) {
+        let t = Instant::now();
+        loop {
+            let seen = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(what))
+                .count();
+            if seen >= n {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "{seen} of {n} log lines with {what:?} within {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -891,4 +943,102 @@ fn the_status_page_follows_a_spoken_turn_in_chromium() {
     assert!(v["llm"].as_str().unwrap().contains("answering"), "{v}");
     browser.screenshot(&shot);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+}
+
+#[test]
+fn the_appliance_waits_for_its_sound_server_and_survives_losing_it() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+    // Only to learn whether PulseAudio is there at all (and skip or fail as the others).
+    let Some(probe) = pulse_or_skip() else { return };
+    drop(probe);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = llm_server(&rt, 40);
+    let dir = tempfile::tempdir().unwrap();
+    let mut pulse = Pulse::stopped();
+    // Started with no sound server: no microphone, no speaker.
+    let app = Appliance::spawn(
+        &pulse,
+        &server.url(),
+        true,
+        &[("PANDA_AUDIO__RETRY_DELAY_MS", "500")],
+    );
+    app.wait_log("audio capture unavailable", 2, 60);
+    app.wait_log("speaker unavailable", 1, 10);
+    // The status page serves meanwhile.
+    let url = app.web_url.clone().unwrap();
+    let status: serde_json::Value = reqwest::blocking::get(format!("{url}/api/status"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(status["state"].is_string(), "{status}");
+
+    // The sound server comes: both devices are picked up, and a question is answered.
+    pulse.start().unwrap();
+    app.wait_log("capture started", 1, 30);
+    app.wait_log("speaker back", 1, 30);
+    std::thread::sleep(Duration::from_millis(500));
+    let rec = record_speaker(&pulse, dir.path());
+    say_into_mic(
+        &pulse,
+        dir.path(),
+        "time",
+        &["Hey panda.", "What time is it?"],
+    );
+    let first = app.wait_for("a spoken answer", 60, |e| e["type"] == "spoken");
+    assert_eq!(first["interrupted"], false, "{first}");
+    let (pcm, _, _) = rec.finish();
+    let loud = pcm.iter().filter(|s| s.unsigned_abs() > 1000).count();
+    assert!(
+        loud > 1600,
+        "the answer reached the speaker ({loud} loud samples)"
+    );
+
+    // The sound server dies while a long answer plays: the turn ends (as heard so far),
+    // the loss is reported, and nothing hangs.
+    say_into_mic(
+        &pulse,
+        dir.path(),
+        "story",
+        &["Hey panda.", "Tell me a long story."],
+    );
+    let playing = app.wait_for("the story playing", 60, |e| {
+        e["type"] == "playing" && e["turn"] != first["turn"]
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    pulse.kill();
+    let cut = app.wait_for("the story ended by the loss", 15, |e| {
+        e["type"] == "spoken" && e["turn"] == playing["turn"]
+    });
+    assert_eq!(cut["interrupted"], true, "{cut}");
+    app.wait_for("the loss reported", 5, |e| {
+        e["type"] == "error"
+            && e["stage"] == "playback"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stopped playing"))
+    });
+    app.wait_log("audio capture unavailable", 3, 20);
+
+    // It comes back: the next question is answered on the new server.
+    pulse.start().unwrap();
+    app.wait_log("capture started", 2, 30);
+    app.wait_log("speaker back", 2, 60);
+    std::thread::sleep(Duration::from_millis(500));
+    let rec = record_speaker(&pulse, dir.path());
+    say_into_mic(
+        &pulse,
+        dir.path(),
+        "again",
+        &["Hey panda.", "What time is it?"],
+    );
+    let again = app.wait_for("an answer after the loss", 60, |e| {
+        e["type"] == "spoken" && e["turn"] != first["turn"] && e["turn"] != playing["turn"]
+    });
+    assert_eq!(again["interrupted"], false, "{again}");
+    let (pcm, _, _) = rec.finish();
+    let loud = pcm.iter().filter(|s| s.unsigned_abs() > 1000).count();
+    assert!(
+        loud > 1600,
+        "the answer reached the speaker ({loud} loud samples)"
+    );
 }

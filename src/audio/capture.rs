@@ -26,6 +26,9 @@ use crate::event::AudioFrame;
 /// How often the DSP thread drains the ring. 10 ms keeps added latency below a third of
 /// a frame while costing nothing measurable.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How long an open device may deliver nothing before it counts as lost (and, in daemon
+/// mode, is re-opened). Generous against scheduling hiccups on a loaded two-core board.
+const STALL: Duration = Duration::from_secs(2);
 
 /// Counters shared between the callback, the DSP thread and observers.
 #[derive(Debug, Default)]
@@ -36,6 +39,8 @@ pub struct CaptureStats {
     pub edge: EdgeStats,
     /// Times the device was (re)opened.
     pub opens: AtomicU64,
+    /// Number of the next frame; a re-opened device continues from it.
+    pub next_seq: AtomicU64,
 }
 
 /// Names of the input devices the default host offers (for errors and `panda doctor`).
@@ -142,16 +147,29 @@ pub fn capture(
     tracing::info!(device, rate, channels, "capture started");
 
     let mut framer = Framer::new(rate, channels);
+    framer.continue_from(stats.next_seq.load(Ordering::Relaxed));
     let mut scratch = vec![0.0f32; capacity];
+    let mut last_audio = std::time::Instant::now();
     loop {
         if stop.is_cancelled() {
             return Ok(());
         }
         if let Ok(e) = err_rx.try_recv() {
+            super::abandon("microphone", stream);
             return Err(failed(e));
         }
         let n = consumer.slots();
+        if n == 0 && last_audio.elapsed() > STALL {
+            // A lost sound server does not always raise a stream error: the callbacks
+            // just stop. A microphone delivers silence too, so no audio at all is a loss.
+            super::abandon("microphone", stream);
+            return Err(failed(format!(
+                "the device delivered no audio for {} ms",
+                STALL.as_millis()
+            )));
+        }
         if n > 0 {
+            last_audio = std::time::Instant::now();
             let chunk = consumer.read_chunk(n).expect("n slots are readable");
             let (a, b) = chunk.as_slices();
             scratch[..a.len()].copy_from_slice(a);
@@ -159,6 +177,7 @@ pub fn capture(
             chunk.commit_all();
             let mut open = true;
             framer.push(&scratch[..n], &mut |f| open &= stats.edge.offer(tx, f));
+            stats.next_seq.store(framer.frames(), Ordering::Relaxed);
             if !open {
                 return Ok(());
             }

@@ -161,7 +161,14 @@ impl Framer {
         }
     }
 
-    /// Number of frames emitted so far.
+    /// Numbers the next frame `seq`: a re-opened device continues the numbering of the
+    /// one it replaces, so that everything keyed on frame numbers downstream (the wake
+    /// word's refractory window, the endpointer) sees time go on, not restart.
+    pub fn continue_from(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Number of the next frame (frames emitted so far, for a fresh framer).
     pub fn frames(&self) -> u64 {
         self.seq
     }
@@ -269,6 +276,12 @@ mod tests {
         assert_eq!(frames.len(), 16_000 / FRAME_SAMPLES + 1);
         assert!(frames.iter().all(|f| f.samples.iter().all(|&s| s == 0)));
         assert_eq!(frames.last().unwrap().seq, frames.len() as u64 - 1);
+        // A re-opened device's framer continues the numbering.
+        let mut g = Framer::new(16_000, 2);
+        g.continue_from(f.frames());
+        let mut more = Vec::new();
+        g.push(&stereo[..FRAME_SAMPLES * 2], &mut |fr| more.push(fr));
+        assert_eq!(more[0].seq, frames.len() as u64);
     }
 
     #[test]

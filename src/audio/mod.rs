@@ -48,6 +48,20 @@ impl EdgeStats {
     }
 }
 
+/// Lets go of a stream whose sound server died, on a throwaway thread. Closing such a
+/// stream can block forever: when PulseAudio disappears, libpulse (under ALSA's pulse
+/// plugin) may deadlock in its disconnect path, and cpal's drop joins that thread. The
+/// owner thread must stay free to report the loss and re-open the device; a stuck
+/// closer costs one idle thread per lost device.
+pub(crate) fn abandon<T: Send + 'static>(what: &'static str, stream: T) {
+    let spawned = std::thread::Builder::new()
+        .name("panda-audio-close".into())
+        .spawn(move || drop(stream));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, what, "cannot close a lost audio stream; leaving it open");
+    }
+}
+
 /// Errors from audio sources.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {

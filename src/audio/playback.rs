@@ -52,6 +52,10 @@ pub enum Output {
         name: String,
         /// Output buffer length: the most audio that can still play after a flush.
         buffer_ms: u32,
+        /// Daemon behaviour: a missing or lost speaker is reported and re-opened with
+        /// backoff starting at this delay (answers meanwhile are reported unplayed);
+        /// `None` makes a missing speaker an error at start.
+        retry: Option<Duration>,
     },
     /// A 16-bit mono WAV file.
     Wav {
@@ -68,7 +72,7 @@ pub enum Output {
 }
 
 /// An audio output as the playback thread sees it.
-pub trait Sink {
+pub trait Sink: Send {
     /// Output sample rate.
     fn rate_hz(&self) -> u32;
     /// Offers mono samples; returns how many the output accepted (a sound card takes
@@ -80,6 +84,73 @@ pub trait Sink {
     fn flush(&mut self);
     /// Waits for accepted samples to play and closes the output.
     fn finish(&mut self) -> Result<(), AudioError>;
+    /// False for the stand-in used while a speaker is missing.
+    fn present(&self) -> bool {
+        true
+    }
+}
+
+/// The output while the speaker is missing or lost: it takes nothing. Answers that
+/// arrive meanwhile are reported unplayed, never queued for later (an answer spoken
+/// minutes after its question is worse than none).
+struct MissingSink;
+
+impl Sink for MissingSink {
+    fn rate_hz(&self) -> u32 {
+        48_000
+    }
+    fn write(&mut self, _: &[f32]) -> Result<usize, AudioError> {
+        Ok(0)
+    }
+    fn played(&mut self) -> u64 {
+        0
+    }
+    fn flush(&mut self) {}
+    fn finish(&mut self) -> Result<(), AudioError> {
+        Ok(())
+    }
+    fn present(&self) -> bool {
+        false
+    }
+}
+
+/// How long a sound card may take no audio while some is waiting before it counts as
+/// lost (unplugged, or its server gone). A working card drains its buffer every few ms.
+const STALL: Duration = Duration::from_secs(2);
+/// The longest wait between attempts to re-open a missing speaker.
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
+/// Re-opening a missing or lost speaker with exponential backoff.
+struct Reopen {
+    name: String,
+    buffer_ms: u32,
+    first: Duration,
+    delay: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Reopen {
+    fn new(name: String, buffer_ms: u32, first: Duration) -> Self {
+        Self {
+            name,
+            buffer_ms,
+            first,
+            delay: first,
+            next: tokio::time::Instant::now() + first,
+        }
+    }
+
+    /// Schedules the next attempt after a failed one (doubling, up to REOPEN_MAX).
+    fn failed(&mut self) {
+        self.delay = (self.delay * 2).min(REOPEN_MAX);
+        self.next = tokio::time::Instant::now() + self.delay;
+    }
+
+    /// Starts over after a loss: the first attempt comes soon.
+    fn restart(&mut self) {
+        self.delay = self.first;
+        self.next = tokio::time::Instant::now() + self.first;
+    }
 }
 
 /// Counters at the end of playback.
@@ -113,10 +184,24 @@ pub fn spawn(
         .name("panda-playback".into())
         .spawn(move || {
             // The sink is built here: a cpal stream must live on the thread that made it.
+            let mut reopen = None;
             let sink: Result<Box<dyn Sink>, AudioError> = match output {
-                Output::Device { name, buffer_ms } => {
-                    DeviceSink::open(&name, buffer_ms).map(|s| Box::new(s) as Box<dyn Sink>)
-                }
+                Output::Device {
+                    name,
+                    buffer_ms,
+                    retry,
+                } => match (DeviceSink::open(&name, buffer_ms), retry) {
+                    (Ok(s), retry) => {
+                        reopen = retry.map(|d| Reopen::new(name, buffer_ms, d));
+                        Ok(Box::new(s) as Box<dyn Sink>)
+                    }
+                    (Err(e), Some(d)) => {
+                        tracing::error!(error = %e, retry_in_ms = d.as_millis() as u64, "speaker unavailable; answers are not played until it is back");
+                        reopen = Some(Reopen::new(name, buffer_ms, d));
+                        Ok(Box::new(MissingSink) as Box<dyn Sink>)
+                    }
+                    (Err(e), None) => Err(e),
+                },
                 Output::Wav {
                     path,
                     rate_hz,
@@ -141,7 +226,9 @@ pub fn spawn(
                     name: "playback".into(),
                     problem: format!("cannot start the playback runtime: {e}"),
                 })?;
-            rt.block_on(Player::new(sink, io).run())
+            let mut player = Player::new(sink, io);
+            player.reopen = reopen;
+            rt.block_on(player.run())
         })
         .map_err(|e| AudioError::Device {
             name: "playback".into(),
@@ -195,6 +282,12 @@ struct Player {
     held: Option<PcmChunk>,
     summary: PlaybackSummary,
     input_open: bool,
+    /// Set in daemon mode: how a missing or lost speaker is re-opened.
+    reopen: Option<Reopen>,
+    /// The turn whose answer was last reported unplayed (no speaker).
+    unplayed: Option<u64>,
+    /// `sink.played()` at its last change, and when (lost-device detection).
+    last_played: (u64, Instant),
 }
 
 impl Player {
@@ -211,6 +304,9 @@ impl Player {
                 ..Default::default()
             },
             input_open: true,
+            reopen: None,
+            unplayed: None,
+            last_played: (0, Instant::now()),
         }
     }
 
@@ -251,6 +347,11 @@ impl Player {
                 _ = tick.tick(), if self.active.is_some() => {
                     self.feed()?;
                     self.progress().await;
+                    self.check_stall().await;
+                }
+                _ = async { tokio::time::sleep_until(self.reopen.as_ref().expect("guarded").next).await },
+                    if !self.sink.present() && self.active.is_none() && self.reopen.is_some() => {
+                    self.try_reopen();
                 }
             }
         }
@@ -259,9 +360,18 @@ impl Player {
         Ok(self.summary)
     }
 
-    /// Takes a chunk into the queue (resampled), or drops it when its turn is cancelled.
+    /// Takes a chunk into the queue (resampled), or drops it when its turn is cancelled
+    /// or there is no speaker.
     async fn accept(&mut self, c: PcmChunk) {
         if c.turn.token.is_cancelled() {
+            return;
+        }
+        if self.unplayed == Some(c.turn.id) {
+            // The rest of an answer already reported unplayed (speaker lost or missing).
+            return;
+        }
+        if !self.sink.present() {
+            self.report_unplayed(&c).await;
             return;
         }
         if let Some(a) = self.active.as_mut().filter(|a| a.turn.id != c.turn.id) {
@@ -272,6 +382,10 @@ impl Player {
             return;
         }
         let out_rate = self.sink.rate_hz();
+        if self.active.is_none() {
+            // The stall clock starts with the turn, not at the end of the last one.
+            self.last_played = (self.sink.played(), Instant::now());
+        }
         let a = self.active.get_or_insert_with(|| Active {
             turn: c.turn.clone(),
             resampler: Resampler::new(c.rate_hz, out_rate),
@@ -350,6 +464,96 @@ impl Player {
             .unwrap_or(0);
         if a.complete && self.queue.is_empty() && played >= a.queued {
             self.end_turn(false).await;
+        }
+    }
+
+    /// Without a speaker a turn's answer is reported once, as an error and as heard by
+    /// nobody, so the turn ends (the conversation keeps nothing it did not say).
+    async fn report_unplayed(&mut self, c: &PcmChunk) {
+        if self.unplayed == Some(c.turn.id) {
+            return;
+        }
+        self.unplayed = Some(c.turn.id);
+        // Nobody can hear the rest: stop generating it (as a barge-in would), so the
+        // next question is not queued behind an answer that goes nowhere.
+        c.turn.token.cancel();
+        let name = self.reopen.as_ref().map_or("", |r| r.name.as_str());
+        let _ = self
+            .io
+            .events
+            .send(Event::Error {
+                stage: "playback",
+                message: format!("no speaker ({name}): the answer was not played"),
+            })
+            .await;
+        let _ = self
+            .io
+            .events
+            .send(Event::Spoken {
+                turn: c.turn.id,
+                heard: String::new(),
+                total_chars: c.text.chars().count(),
+                played_ms: 0,
+                interrupted: true,
+            })
+            .await;
+    }
+
+    /// A sound card that takes no audio for [`STALL`] while some waits is lost: the turn
+    /// ends with what was heard, and (in daemon mode) the speaker is re-opened.
+    async fn check_stall(&mut self) {
+        let now = self.sink.played();
+        if now != self.last_played.0 {
+            self.last_played = (now, Instant::now());
+            return;
+        }
+        let waiting = self.active.as_ref().is_some_and(|a| {
+            a.base.is_some() && a.written > now.saturating_sub(a.base.unwrap_or(0))
+        });
+        if !waiting || self.last_played.1.elapsed() < STALL || self.reopen.is_none() {
+            return;
+        }
+        let name = self
+            .reopen
+            .as_ref()
+            .map_or(String::new(), |r| r.name.clone());
+        tracing::error!(device = %name, stalled_ms = STALL.as_millis() as u64, "the speaker stopped taking audio; re-opening it");
+        let id = self.active.as_ref().map(|a| a.turn.id).unwrap_or(0);
+        if let Some(a) = &self.active {
+            a.turn.token.cancel();
+        }
+        self.unplayed = Some(id);
+        self.queue.clear();
+        self.end_turn(true).await;
+        let _ = self
+            .io
+            .events
+            .send(Event::Error {
+                stage: "playback",
+                message: format!("the speaker ({name}) stopped playing during turn {id}"),
+            })
+            .await;
+        let lost = std::mem::replace(&mut self.sink, Box::new(MissingSink));
+        super::abandon("speaker", lost);
+        if let Some(r) = &mut self.reopen {
+            r.restart();
+        }
+    }
+
+    fn try_reopen(&mut self) {
+        let Some(r) = &mut self.reopen else { return };
+        match DeviceSink::open(&r.name, r.buffer_ms) {
+            Ok(s) => {
+                tracing::info!(device = %r.name, "speaker back");
+                self.sink = Box::new(s);
+                self.summary.rate_hz = self.sink.rate_hz();
+                self.last_played = (self.sink.played(), Instant::now());
+                r.restart();
+            }
+            Err(e) => {
+                r.failed();
+                tracing::warn!(error = %e, retry_in_ms = r.delay.as_millis() as u64, "speaker still unavailable");
+            }
         }
     }
 

@@ -449,9 +449,6 @@ impl Hub {
                 Event::Spoken {
                     turn, interrupted, ..
                 } => {
-                    if *interrupted {
-                        self.metrics.barge_ins.add(1);
-                    }
                     let rec =
                         Self::with_turn(&mut g, *turn, kept, |t| t.interrupted = *interrupted);
                     publish.push(serde_json::json!({"type": "turn", "turn": rec}));
@@ -615,7 +612,6 @@ mod tests {
             interrupted: true,
         });
         assert_eq!(h.state(), State::Listening);
-        assert_eq!(h.metrics.barge_ins.get(), 1);
         assert_eq!(h.metrics.speech_end_to_audio.count(), 1);
         let snap = h.snapshot(serde_json::json!([]), serde_json::json!({}));
         assert_eq!(snap["turns"][0]["interrupted"], true);
