@@ -259,10 +259,68 @@ struct AskBody {
     text: String,
 }
 
-async fn ask(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The most of an oversized body that is read (and thrown away) so the client gets its
+/// 413 on a connection it can still read from. Answering before the body is read makes
+/// the server close a connection the client is still writing to, and many clients then
+/// report a reset instead of the 413. Beyond this, the connection is closed regardless.
+const OVERSIZE_DRAIN_BYTES: usize = 1024 * 1024;
+/// How long reading a request body may take (a client trickling bytes holds nothing
+/// longer than this).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads a request body of at most `limit` bytes; an oversized one is a 413 naming the
+/// limit (after draining up to [`OVERSIZE_DRAIN_BYTES`]).
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Response> {
+    use futures_util::StreamExt;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the limit of {limit} bytes ([web] max_body_bytes)"),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                )
+            })?;
+            total += chunk.len();
+            if total > OVERSIZE_DRAIN_BYTES {
+                return Err(too_large());
+            }
+            if total <= limit {
+                buf.extend_from_slice(&chunk);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Err(r)) => Err(r),
+        Ok(Ok(())) if total > limit => Err(too_large()),
+        Ok(Ok(())) => Ok(Bytes::from(buf)),
+    }
+}
+
+async fn ask(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
     if let Some(r) = unauthorised(&st, &headers) {
         return r;
     }
+    let body = match read_body(body, st.cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let parsed: AskBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
