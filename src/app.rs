@@ -520,15 +520,6 @@ pub struct AskTurn {
     pub source: &'static str,
 }
 
-/// `panda ask`: runs each question as one turn through the thinking path — and, with
-/// `speak`, through TTS and playback, waiting for each answer to be heard before the next
-/// question (as in a conversation). Answer text streams to `on_text` as it is produced;
-/// every event goes to `on_event`.
-///
-/// ```text
-///  driver task (Thinker) ──SENTENCE_EDGE──▶ tts ──PCM_EDGE──▶ playback
-///        ▲ HEARD_EDGE (spoken, timer fired)            all ──EVENT_EDGE──▶ caller
-/// ```
 /// Waits until playback reports what was heard of `turn`'s answer (or the run stops) and
 /// tells the thinker, which stores the exchange as heard. Timers that go off meanwhile
 /// are queued in `fired` as announcements for after this answer.
@@ -561,6 +552,15 @@ async fn wait_heard(
     }
 }
 
+/// `panda ask`: runs each question as one turn through the thinking path — and, with
+/// `speak`, through TTS and playback, waiting for each answer to be heard before the next
+/// question (as in a conversation). Answer text streams to `on_text` as it is produced;
+/// every event goes to `on_event`.
+///
+/// ```text
+///  driver task (Thinker) ──SENTENCE_EDGE──▶ tts ──PCM_EDGE──▶ playback
+///        ▲ HEARD_EDGE (spoken, timer fired)            all ──EVENT_EDGE──▶ caller
+/// ```
 pub async fn ask(
     cfg: &Config,
     opts: AskOptions,

@@ -39,6 +39,31 @@ fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check 
     }
 }
 
+/// One audio device line: `want` (a name, or `default` when the host has a usable
+/// default) among the host's `names` (`kind`: "inputs" or "outputs").
+fn device_check(
+    name: &str,
+    kind: &str,
+    want: &str,
+    names: &[String],
+    has_default: bool,
+    fix: &str,
+) -> Check {
+    let mut listed = names.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 4 {
+        listed.push_str(&format!(", … {} more", names.len() - 4));
+    }
+    if (want == "default" && has_default) || names.iter().any(|n| n == want) {
+        ok(name, format!("{want:?} found ({kind}: {listed})"))
+    } else {
+        fail(
+            name,
+            format!("{want:?} cannot be opened ({kind}: [{listed}])"),
+            fix,
+        )
+    }
+}
+
 /// Free bytes on the file system holding `path` (or its nearest existing parent).
 fn free_bytes(path: &Path) -> Option<u64> {
     let mut p = path.to_path_buf();
@@ -98,56 +123,36 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
         )),
     }
 
-    // Audio devices.
-    let inputs = crate::audio::capture::input_device_names();
-    let want_in = cfg.audio.input_device.clone();
-    // Listing is not enough (ALSA lists plugins with no sound server behind them): the
-    // device must also describe its configuration.
-    let has_default_in = {
+    // Audio devices. Listing is not enough (ALSA lists plugins with no sound server
+    // behind them): the default device must also describe its configuration.
+    let default_in = {
         use cpal::traits::{DeviceTrait, HostTrait};
         cpal::default_host()
             .default_input_device()
             .is_some_and(|d| d.default_input_config().is_ok())
     };
-    let short = |v: &[String]| {
-        let mut s = v.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
-        if v.len() > 4 {
-            s.push_str(&format!(", … {} more", v.len() - 4));
-        }
-        s
-    };
-    if (want_in == "default" && has_default_in) || inputs.contains(&want_in) {
-        out.push(ok(
-            "microphone",
-            format!("{want_in:?} found (inputs: {})", short(&inputs)),
-        ));
-    } else {
-        out.push(fail(
-            "microphone",
-            format!("{want_in:?} cannot be opened (inputs: [{}])", short(&inputs)),
-            "plug in the microphone, check `arecord -l` and udev/99-panda-audio.rules (group audio), or set [audio] input_device",
-        ));
-    }
-    let outputs = crate::audio::playback::output_device_names();
-    let want_out = cfg.playback.output_device.clone();
-    let has_default_out = {
+    out.push(device_check(
+        "microphone",
+        "inputs",
+        &cfg.audio.input_device,
+        &crate::audio::capture::input_device_names(),
+        default_in,
+        "plug in the microphone, check `arecord -l` and udev/99-panda-audio.rules (group audio), or set [audio] input_device",
+    ));
+    let default_out = {
         use cpal::traits::{DeviceTrait, HostTrait};
         cpal::default_host()
             .default_output_device()
             .is_some_and(|d| d.default_output_config().is_ok())
     };
-    if (want_out == "default" && has_default_out) || outputs.contains(&want_out) {
-        out.push(ok(
-            "speaker",
-            format!("{want_out:?} found (outputs: {})", short(&outputs)),
-        ));
-    } else {
-        out.push(fail(
-            "speaker",
-            format!("{want_out:?} cannot be opened (outputs: [{}])", short(&outputs)),
-            "plug in the speaker, check `aplay -l` and the udev rules, or set [playback] output_device",
-        ));
-    }
+    out.push(device_check(
+        "speaker",
+        "outputs",
+        &cfg.playback.output_device,
+        &crate::audio::playback::output_device_names(),
+        default_out,
+        "plug in the speaker, check `aplay -l` and the udev rules, or set [playback] output_device",
+    ));
 
     // Network peers.
     let client = reqwest::Client::builder()

@@ -341,12 +341,8 @@ impl Appliance {
                 .map_while(Result::ok)
             {
                 log2.lock().unwrap().push(line.clone());
-                if let Some(i) = line.find("status page at http://") {
-                    let url: String = line[i + "status page at ".len()..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-                        .collect();
-                    let _ = url_tx.send(url.trim_end_matches('/').to_string());
+                if let Some(url) = common::status_page_url(&line) {
+                    let _ = url_tx.send(url);
                 }
                 eprintln!("panda: {line}");
             }

@@ -156,14 +156,7 @@ fn daemon(env: &[(&str, &str)]) -> Daemon {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("status page at http://") {
-                let url = line[i + "status page at ".len()..]
-                    .trim_end_matches('/')
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .trim_end_matches('/')
-                    .to_string();
+            if let Some(url) = common::status_page_url(&line) {
                 let _ = tx.send(url);
             }
         }
@@ -177,8 +170,6 @@ fn daemon(env: &[(&str, &str)]) -> Daemon {
     let url = rx
         .recv_timeout(Duration::from_secs(120))
         .expect("the daemon printed its status page address");
-    // Strip ANSI colour codes that may follow the address.
-    let url: String = url.chars().take_while(|c| *c != '\u{1b}').collect();
     Daemon {
         child,
         url,

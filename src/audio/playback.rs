@@ -470,9 +470,6 @@ impl Player {
     /// Without a speaker a turn's answer is reported once, as an error and as heard by
     /// nobody, so the turn ends (the conversation keeps nothing it did not say).
     async fn report_unplayed(&mut self, c: &PcmChunk) {
-        if self.unplayed == Some(c.turn.id) {
-            return;
-        }
         self.unplayed = Some(c.turn.id);
         // Nobody can hear the rest: stop generating it (as a barge-in would), so the
         // next question is not queued behind an answer that goes nowhere.
@@ -507,8 +504,10 @@ impl Player {
             self.last_played = (now, Instant::now());
             return;
         }
+        // Samples handed to the sink that it has not played yet.
         let waiting = self.active.as_ref().is_some_and(|a| {
-            a.base.is_some() && a.written > now.saturating_sub(a.base.unwrap_or(0))
+            a.base
+                .is_some_and(|base| a.written > now.saturating_sub(base))
         });
         if !waiting || self.last_played.1.elapsed() < STALL || self.reopen.is_none() {
             return;
