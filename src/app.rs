@@ -61,6 +61,11 @@ pub const PCM_EDGE: usize = 4;
 /// firings). When full, the consumer waits; one or two per turn.
 pub const HEARD_EDGE: usize = 8;
 
+/// After a turn is cancelled, how long the driver waits for playback's report of what
+/// was heard. Playback flushes within 50 ms of a cancel and reports at once; a turn whose
+/// audio never reached playback is never reported, and counts as heard = nothing.
+const HEARD_AFTER_CANCEL: Duration = Duration::from_millis(1500);
+
 /// Errors that stop a pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -523,16 +528,35 @@ pub struct AskTurn {
 /// Waits until playback reports what was heard of `turn`'s answer (or the run stops) and
 /// tells the thinker, which stores the exchange as heard. Timers that go off meanwhile
 /// are queued in `fired` as announcements for after this answer.
+///
+/// A turn cancelled before any of its audio reached playback (a stop or a barge-in while
+/// Panda was still thinking) gets no report: once its token is cancelled, playback has
+/// [`HEARD_AFTER_CANCEL`] to report what it flushed, and after that nothing was heard.
+/// Without this the driver waited forever and Panda never answered again.
 async fn wait_heard(
     heard_rx: &mut mpsc::Receiver<Event>,
     root: &CancellationToken,
-    turn: u64,
+    turn: &Turn,
     thinker: &mut Thinker,
     fired: &mut std::collections::VecDeque<String>,
 ) {
+    let token = turn.token.clone();
+    let turn = turn.id;
+    let deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(deadline);
+    let mut cancelled = false;
     loop {
         let ev = tokio::select! {
             _ = root.cancelled() => return,
+            _ = token.cancelled(), if !cancelled => {
+                cancelled = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + HEARD_AFTER_CANCEL);
+                continue;
+            }
+            _ = &mut deadline, if cancelled => {
+                thinker.heard(turn, "", true).await;
+                return;
+            }
             e = heard_rx.recv() => e,
         };
         match ev {
@@ -602,8 +626,8 @@ pub async fn ask(
         let mut out = Vec::new();
         // Timers that went off while a turn was being spoken, announced after it.
         let mut fired = std::collections::VecDeque::new();
-        for t in &missed {
-            on_text(&format!("(While I was off, your {} went off.)\n", t.label));
+        for text in timers::missed_announcements(&missed) {
+            on_text(&format!("({text})\n"));
         }
         for (i, q) in questions.iter().enumerate() {
             if driver_root.is_cancelled() {
@@ -621,14 +645,7 @@ pub async fn ask(
             let outcome = thinker.turn(&turn, q, &mut io).instrument(span).await;
             on_text("\n");
             if speak && !outcome.answer.is_empty() {
-                wait_heard(
-                    &mut heard_rx,
-                    &driver_root,
-                    turn.id,
-                    &mut thinker,
-                    &mut fired,
-                )
-                .await;
+                wait_heard(&mut heard_rx, &driver_root, &turn, &mut thinker, &mut fired).await;
             } else {
                 thinker.heard(turn.id, &outcome.answer, false).await;
             }
@@ -905,12 +922,12 @@ pub async fn run(
     let driver_hub = hub.clone();
     let driver_events = ev_tx.clone();
     let file_mode = matches!(opts.input, Input::File(_));
+    let progress = Arc::new(Progress::new());
+    let driver_progress = progress.clone();
     let driver = tokio::spawn(async move {
         let mut answered = 0usize;
         let mut fired = std::collections::VecDeque::new();
-        for t in &missed {
-            fired.push_back(format!("While I was off, your {} went off.", t.label));
-        }
+        fired.extend(timers::missed_announcements(&missed));
         let mut utterances_open = true;
         let mut asks_open = true;
         loop {
@@ -945,9 +962,11 @@ pub async fn run(
                     },
                 }
             };
+            driver_progress.begin();
             let (turn, text, announce) = match job {
                 Job::Spoken(u) => {
                     if u.turn.token.is_cancelled() {
+                        driver_progress.end();
                         continue;
                     }
                     let transcript = stt.transcribe(&u.samples, &u.turn.token).await;
@@ -971,7 +990,10 @@ pub async fn run(
                     let _ = driver_events.send(ev).await;
                     match transcript {
                         Ok(out) if !out.text.trim().is_empty() => (u.turn, out.text, false),
-                        _ => continue,
+                        _ => {
+                            driver_progress.end();
+                            continue;
+                        }
                     }
                 }
                 Job::Typed(q) => {
@@ -1010,18 +1032,12 @@ pub async fn run(
             };
             driver_hub.flush_text(true);
             if !outcome.answer.is_empty() {
-                wait_heard(
-                    &mut heard_rx,
-                    &driver_root,
-                    turn.id,
-                    &mut thinker,
-                    &mut fired,
-                )
-                .await;
+                wait_heard(&mut heard_rx, &driver_root, &turn, &mut thinker, &mut fired).await;
             } else if driver_hub.state() == crate::web::State::Thinking {
                 driver_hub.set_state(crate::web::State::Listening);
             }
             driver_active.lock().unwrap_or_else(|e| e.into_inner()).turn = None;
+            driver_progress.end();
             answered += 1;
         }
         drop(sentences);
@@ -1035,7 +1051,7 @@ pub async fn run(
     // The event consumer: status and metrics, barge-in, and playback's reports to the
     // driver. It ends when every event sender is gone (stages ended, root cancelled).
     let mut driver = Some(driver);
-    let mut tail: Option<tokio::task::JoinHandle<_>> = None;
+    let mut tail = None;
     let mut speaking_threads = Some((tts_thread, player));
     let mut stopping = false;
     let grace = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
@@ -1044,6 +1060,12 @@ pub async fn run(
         tokio::select! {
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { break };
+                // Background reports (breaker changes, timers, errors) are not a turn's
+                // progress: a breaker probing a dead agent must not keep a stuck
+                // appliance's watchdog fed.
+                if !matches!(ev, Event::Breaker { .. } | Event::TimerFired { .. } | Event::Error { .. }) {
+                    progress.touch();
+                }
                 hub.observe(&ev);
                 if let Event::Wake { turn, .. } = &ev
                     && cfg.run.barge_in
@@ -1062,7 +1084,7 @@ pub async fn run(
                 summary.turns = r.unwrap_or_default();
                 // The sentence edge is closed: TTS ends, playback drains, then both end.
                 if let Some((t, p)) = speaking_threads.take() {
-                    tail = Some(tokio::task::spawn_blocking(move || {
+                    tail = Some(join_detached(move || {
                         let _ = t.join();
                         p.join()
                     }));
@@ -1091,32 +1113,111 @@ pub async fn run(
                 tracing::warn!(grace_ms = cfg.run.grace_ms, "stages did not finish within the grace period; exiting anyway");
                 break;
             }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => sd_notify("WATCHDOG=1"),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                match progress.stalled(Duration::from_millis(cfg.run.stall_ms)) {
+                    None => sd_notify("WATCHDOG=1"),
+                    Some(quiet) => tracing::error!(
+                        quiet_s = quiet.as_secs(),
+                        "the turn in progress has made no progress: no longer feeding the watchdog, so systemd restarts Panda"
+                    ),
+                }
+            }
         }
     }
     web_root.cancel();
     if let Some(t) = web_task {
         let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
     }
-    let joins = tokio::task::spawn_blocking(move || {
-        let _ = listener.join();
-        source.join()
-    });
-    match tokio::time::timeout(Duration::from_millis(cfg.run.grace_ms), joins).await {
-        Ok(Ok(Ok(Err(e)))) => tracing::warn!(error = %e, "audio source ended with an error"),
-        Err(_) => tracing::warn!("the audio source did not stop in time"),
-        _ => {}
-    }
-    use std::sync::atomic::Ordering::Relaxed;
-    summary.frames_dropped =
-        file_stats.frames_dropped.load(Relaxed) + cap_stats.edge.frames_dropped.load(Relaxed);
-    // Memory flushes last, whatever else happened.
+    // Memory is flushed before anything that can hang (a device thread stuck in a dying
+    // sound server): every turn is over or past its grace by now.
     if let Some(m) = memory
         && let Err(e) = m.close().await
     {
         tracing::warn!(error = %e, "memory: closing failed");
     }
+    // Joined on a detached thread, not the runtime's blocking pool: the runtime would
+    // wait for a stuck join at exit, whatever the timeout here says.
+    let joined = join_detached(move || {
+        let _ = listener.join();
+        source.join()
+    });
+    match tokio::time::timeout(Duration::from_millis(cfg.run.grace_ms), joined).await {
+        Ok(Ok(Ok(Err(e)))) => tracing::warn!(error = %e, "audio source ended with an error"),
+        Err(_) => tracing::warn!("the audio source did not stop in time; exiting without it"),
+        _ => {}
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    summary.frames_dropped =
+        file_stats.frames_dropped.load(Relaxed) + cap_stats.edge.frames_dropped.load(Relaxed);
     Ok(summary)
+}
+
+/// Runs a blocking join on its own detached thread; the receiver gets its result. Unlike
+/// `spawn_blocking`, a join that never returns (a device thread stuck in a dying sound
+/// server) does not hold up the runtime's shutdown.
+fn join_detached<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = std::thread::Builder::new()
+        .name("panda-join".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    rx
+}
+
+/// Whether the turn driver makes progress, for the watchdog: the driver marks the start
+/// and end of each job; every event from any stage counts as progress. A job with no
+/// event for `[run] stall_ms` is stalled, and the watchdog stops being fed so systemd
+/// restarts the daemon (a stuck appliance that says "ok" is worse than a restart).
+struct Progress {
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch` + 1 when the current job started; 0 when idle.
+    busy_since_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds since `epoch` of the last event.
+    last_event_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            busy_since_ms: 0.into(),
+            last_event_ms: 0.into(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn begin(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.busy_since_ms.store(self.now_ms() + 1, Relaxed);
+    }
+
+    fn end(&self) {
+        self.busy_since_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn touch(&self) {
+        self.last_event_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The stalled job's age, if the driver is stuck in one.
+    fn stalled(&self, stall: Duration) -> Option<Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let busy = self.busy_since_ms.load(Relaxed);
+        if busy == 0 {
+            return None;
+        }
+        let since = (busy - 1).max(self.last_event_ms.load(Relaxed));
+        let quiet = Duration::from_millis(self.now_ms().saturating_sub(since));
+        (quiet >= stall).then_some(quiet)
+    }
 }
 
 /// Sends a state line to systemd when run as a `Type=notify` service (no-op otherwise).
@@ -1128,6 +1229,9 @@ fn sd_notify(msg: &str) {
         Ok(s) => s,
         Err(_) => return,
     };
+    // Never block the runtime: a notify socket whose queue is full (nobody reading)
+    // drops the message instead of stalling the event loop that sends it.
+    let _ = sock.set_nonblocking(true);
     let bytes = path.as_encoded_bytes();
     let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;

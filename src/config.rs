@@ -32,6 +32,10 @@ pub enum ConfigError {
     /// A `--config` file was named but does not exist.
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
+    /// A `--config` path names a directory or another non-file (figment would silently
+    /// read nothing from it).
+    #[error("configuration file {0} is not a regular file")]
+    NotAFile(PathBuf),
     /// A value parsed but is outside its allowed range.
     #[error("configuration error: `{key}`: {problem}")]
     Invalid {
@@ -426,6 +430,12 @@ pub struct ConversationConfig {
     pub history_tokens: usize,
     /// Say a short filler when nothing has been said this long after the question.
     pub filler_after_ms: u64,
+    /// Longest answer spoken, in characters (~15 per second of speech). An LLM answer
+    /// that runs past it (a server ignoring `max_tokens`) is cut at a sentence end, the
+    /// stream is closed and Panda says it stops there; what is kept is bounded alike.
+    pub max_answer_chars: usize,
+    /// Longest answer spoken, in sentences (the same cut).
+    pub max_answer_sentences: usize,
 }
 
 impl Default for ConversationConfig {
@@ -437,6 +447,8 @@ impl Default for ConversationConfig {
                 .into(),
             history_tokens: 1500,
             filler_after_ms: 1500,
+            max_answer_chars: 1500,
+            max_answer_sentences: 30,
         }
     }
 }
@@ -530,7 +542,9 @@ pub struct WebConfig {
     /// Address and port (keep it on localhost unless a reverse proxy adds TLS).
     pub listen: String,
     /// Bearer token for `POST /api/ask` and `POST /api/stop` (env `PANDA_WEB__TOKEN`);
-    /// empty: those endpoints answer 401 to everyone.
+    /// empty: those endpoints answer 401 to everyone. When `listen` is not a loopback
+    /// address, reading transcripts and answers (`/api/status`, `/api/events`) and
+    /// `/metrics` needs it too; without it the page shows only the state.
     pub token: String,
     /// Requests per second each client address may make to `/api/*` (steady rate).
     pub rate_per_s: u32,
@@ -549,6 +563,18 @@ pub struct WebConfig {
     pub coalesce_ms: u64,
     /// Turns kept for the page.
     pub turns_kept: usize,
+    /// Most open HTTP connections. At the limit a new connection closes the oldest idle
+    /// one (one not serving a request or a live feed); the limit is also held below the
+    /// process's descriptor limit minus a reserve for the pipeline (models, database,
+    /// sound devices, the LLM pool), so clients can never starve the appliance.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this long of connecting or of its
+    /// previous response, or the connection is closed (slow or idle clients hold nothing).
+    pub header_timeout_ms: u64,
+    /// Host names the page answers to besides IP addresses, `localhost` and this
+    /// machine's own name (`name`, `name.local`); other `Host` headers get 403, which
+    /// stops DNS-rebinding pages. `"*"` allows any.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -561,10 +587,13 @@ impl Default for WebConfig {
             burst: 10,
             max_body_bytes: 16 * 1024,
             client_buffer: 256,
-            max_clients: 10_000,
+            max_clients: 256,
             coalesce_chars: 48,
             coalesce_ms: 150,
             turns_kept: 20,
+            max_connections: 1024,
+            header_timeout_ms: 10_000,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -581,6 +610,10 @@ pub struct RunConfig {
     /// Tell systemd the daemon is alive this often when run under `Type=notify` with a
     /// watchdog (0: half of `WATCHDOG_USEC`, as systemd suggests).
     pub watchdog_ms: u64,
+    /// A turn that shows no progress (no event from any stage) for this long counts as
+    /// stalled: the watchdog stops being fed, so systemd restarts the daemon. Keep it
+    /// above the LLM's and agents' timeouts.
+    pub stall_ms: u64,
 }
 
 impl Default for RunConfig {
@@ -589,6 +622,7 @@ impl Default for RunConfig {
             grace_ms: 1000,
             barge_in: true,
             watchdog_ms: 0,
+            stall_ms: 120_000,
         }
     }
 }
@@ -808,6 +842,52 @@ impl Default for LogConfig {
     }
 }
 
+/// Most threads any model's owner may ask for: more only contends (and 100,000 crashed
+/// whisper.cpp and hung ONNX Runtime).
+const MAX_THREADS: u32 = 256;
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// `value` must lie in `lo..=hi`.
+fn int<T>(key: &'static str, value: T, lo: T, hi: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if value < lo || value > hi {
+        return Err(invalid(key, format!("{value} is not in {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// `value` must be a number in `lo..=hi` (NaN is not).
+fn real(key: &'static str, value: f32, lo: f32, hi: f32) -> Result<(), ConfigError> {
+    if !(lo..=hi).contains(&value) {
+        return Err(invalid(key, format!("{value} is not in {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// An http(s) URL with a host.
+fn http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| invalid(key, format!("`{url}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(
+            key,
+            format!("`{url}` is not an http:// or https:// URL"),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(key, format!("`{url}` names no host")));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Loads defaults < `/etc/panda/panda.toml` < `extra` file < `PANDA_*` env, then validates.
     pub fn load(extra: Option<&Path>) -> Result<Config, ConfigError> {
@@ -828,6 +908,9 @@ impl Config {
             if !path.exists() {
                 return Err(ConfigError::MissingFile(path.to_path_buf()));
             }
+            if !path.is_file() {
+                return Err(ConfigError::NotAFile(path.to_path_buf()));
+            }
             fig = fig.merge(Toml::file(path));
         }
         // `PANDA_CACHE_DIR` is read by the model installer, not part of the tree.
@@ -837,78 +920,31 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Range checks that the types alone do not express.
+    /// Range checks that the types alone do not express. Every numeric key has a range:
+    /// a value that parses but would crash, hang or exhaust memory later (100,000 STT
+    /// threads, a 4-billion-ms ring, 10^12 search candidates) is refused here with exit
+    /// 78, so systemd does not restart a daemon that can never run.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                problem: problem.into(),
-            }
-        }
-        if self.vad.mode > 3 {
-            return Err(invalid(
-                "vad.mode",
-                format!("{} is not in 0..=3", self.vad.mode),
-            ));
-        }
-        for (key, v) in [
-            ("wake.threshold", self.wake.threshold),
-            ("wake.avg_threshold", self.wake.avg_threshold),
-            ("stt.min_confidence", self.stt.min_confidence),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(invalid(key, format!("{v} is not in 0.0..=1.0")));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.memory.min_similarity) {
-            return Err(invalid(
-                "memory.min_similarity",
-                format!("{} is not in 0.0..=1.0", self.memory.min_similarity),
-            ));
-        }
-        if !(8..=512).contains(&self.memory.max_tokens) {
-            return Err(invalid(
-                "memory.max_tokens",
-                format!(
-                    "{} is not in 8..=512 (the model's positions)",
-                    self.memory.max_tokens
-                ),
-            ));
-        }
-        if self.memory.batch_size == 0 || self.memory.candidates == 0 {
-            return Err(invalid(
-                "memory.batch_size",
-                "batch_size and candidates must be at least 1",
-            ));
-        }
-        if self.web.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "web.listen",
-                format!(
-                    "{:?} is not an address:port such as 127.0.0.1:8080",
-                    self.web.listen
-                ),
-            ));
-        }
-        if self.web.rate_per_s == 0 || self.web.burst == 0 || self.web.client_buffer == 0 {
-            return Err(invalid(
-                "web.rate_per_s",
-                "rate_per_s, burst and client_buffer must be at least 1",
-            ));
-        }
-        if self.memory.path.as_os_str().is_empty() {
-            return Err(invalid("memory.path", "must name a file"));
-        }
-        if self.wake.min_scores == 0 {
-            return Err(invalid("wake.min_scores", "must be at least 1"));
-        }
+        let a = &self.audio;
+        let w = &self.wake;
         let e = &self.endpoint;
-        if e.speech_start_ms == 0 || e.hangover_ms == 0 {
-            return Err(invalid(
-                "endpoint.hangover_ms",
-                "speech_start_ms and hangover_ms must be positive",
-            ));
-        }
+        let llm = &self.llm;
+        let c = &self.conversation;
+        let m = &self.memory;
+        let web = &self.web;
+        let r = &self.run;
+        let t = &self.tts;
+        int("audio.ring_capacity_ms", a.ring_capacity_ms, 100, 60_000)?;
+        int("audio.retry_delay_ms", a.retry_delay_ms, 100, 600_000)?;
+        real("wake.threshold", w.threshold, 0.0, 1.0)?;
+        real("wake.avg_threshold", w.avg_threshold, 0.0, 1.0)?;
+        int("wake.min_scores", w.min_scores, 1, 100)?;
+        int("wake.refractory_ms", w.refractory_ms, 0, 60_000)?;
+        int("wake.verify_window_ms", w.verify_window_ms, 200, 10_000)?;
+        int("vad.mode", self.vad.mode, 0, 3)?;
+        int("endpoint.pre_roll_ms", e.pre_roll_ms, 0, 5_000)?;
+        int("endpoint.speech_start_ms", e.speech_start_ms, 10, 5_000)?;
+        int("endpoint.hangover_ms", e.hangover_ms, 10, 10_000)?;
         if e.max_utterance_ms < 1000 || e.max_utterance_ms > 30_000 {
             return Err(invalid(
                 "endpoint.max_utterance_ms",
@@ -918,9 +954,15 @@ impl Config {
                 ),
             ));
         }
-        if self.stt.beam_size > 16 {
-            return Err(invalid("stt.beam_size", "at most 16 beams"));
-        }
+        int(
+            "endpoint.no_speech_timeout_ms",
+            e.no_speech_timeout_ms,
+            0,
+            600_000,
+        )?;
+        int("stt.beam_size", self.stt.beam_size, 0, 16)?;
+        int("stt.threads", self.stt.threads, 0, MAX_THREADS)?;
+        real("stt.min_confidence", self.stt.min_confidence, 0.0, 1.0)?;
         let lang = self.stt.language.as_str();
         if lang != "auto" && !(2..=3).contains(&lang.len()) {
             return Err(invalid(
@@ -943,74 +985,169 @@ impl Config {
                 ),
             ));
         }
-        if !SPEED_RANGE.contains(&self.tts.speed) {
-            return Err(invalid(
-                "tts.speed",
-                format!("{} is not in {SPEED_RANGE:?}", self.tts.speed),
-            ));
-        }
-        if voice_language(&self.tts.voice).is_none() {
+        real(
+            "tts.speed",
+            t.speed,
+            *SPEED_RANGE.start(),
+            *SPEED_RANGE.end(),
+        )?;
+        int("tts.threads", t.threads, 0, MAX_THREADS)?;
+        int("tts.first_fragment_words", t.first_fragment_words, 0, 100)?;
+        int("tts.max_sentence_chars", t.max_sentence_chars, 40, 2_000)?;
+        if voice_language(&t.voice).is_none() {
             return Err(invalid(
                 "tts.voice",
                 format!(
                     "`{}` is not a Kokoro voice name (like `af_heart`; `panda voices` lists them)",
-                    self.tts.voice
+                    t.voice
                 ),
             ));
         }
-        if self.tts.max_sentence_chars < 40 {
-            return Err(invalid("tts.max_sentence_chars", "at least 40"));
+        int("playback.buffer_ms", self.playback.buffer_ms, 5, 500)?;
+        http_url("llm.url", &llm.url)?;
+        real("llm.temperature", llm.temperature, 0.0, 2.0)?;
+        int("llm.max_tokens", llm.max_tokens, 1, 32_768)?;
+        int("llm.keep_alive_s", llm.keep_alive_s, 0, 7 * 24 * 3600)?;
+        int("llm.connect_timeout_ms", llm.connect_timeout_ms, 10, 60_000)?;
+        int(
+            "llm.first_token_timeout_ms",
+            llm.first_token_timeout_ms,
+            100,
+            600_000,
+        )?;
+        int(
+            "llm.answer_timeout_ms",
+            llm.answer_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        int("llm.max_line_bytes", llm.max_line_bytes, 1024, 64 << 20)?;
+        real(
+            "router.min_confidence",
+            self.router.min_confidence,
+            0.0,
+            1.0,
+        )?;
+        int(
+            "router.cache_entries",
+            self.router.cache_entries,
+            0,
+            1_000_000,
+        )?;
+        int("conversation.history_tokens", c.history_tokens, 0, 100_000)?;
+        int("conversation.filler_after_ms", c.filler_after_ms, 0, 60_000)?;
+        int(
+            "conversation.max_answer_chars",
+            c.max_answer_chars,
+            40,
+            100_000,
+        )?;
+        int(
+            "conversation.max_answer_sentences",
+            c.max_answer_sentences,
+            1,
+            1_000,
+        )?;
+        if self.state.dir.as_os_str().is_empty() {
+            return Err(invalid("state.dir", "must name a directory"));
         }
-        if !(5..=500).contains(&self.playback.buffer_ms) {
+        if m.path.as_os_str().is_empty() {
+            return Err(invalid("memory.path", "must name a file"));
+        }
+        int("memory.threads", m.threads, 0, MAX_THREADS as usize)?;
+        int("memory.batch_size", m.batch_size, 1, 1_024)?;
+        if !(8..=512).contains(&m.max_tokens) {
             return Err(invalid(
-                "playback.buffer_ms",
-                format!("{} is not in 5..=500", self.playback.buffer_ms),
+                "memory.max_tokens",
+                format!("{} is not in 8..=512 (the model's positions)", m.max_tokens),
             ));
         }
-        if !self.llm.url.starts_with("http://") && !self.llm.url.starts_with("https://") {
+        int(
+            "memory.query_cache_entries",
+            m.query_cache_entries,
+            0,
+            1_000_000,
+        )?;
+        int("memory.candidates", m.candidates, 1, 100_000)?;
+        real("memory.min_similarity", m.min_similarity, 0.0, 1.0)?;
+        int("memory.prompt_memories", m.prompt_memories, 0, 50)?;
+        int("memory.max_text_bytes", m.max_text_bytes, 1, 64 << 20)?;
+        if web.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
-                "llm.url",
-                format!("`{}` is not an http:// or https:// URL", self.llm.url),
+                "web.listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080",
+                    web.listen
+                ),
             ));
         }
-        if self.llm.max_line_bytes < 1024 {
-            return Err(invalid("llm.max_line_bytes", "at least 1024"));
-        }
-        if !(0.0..=1.0).contains(&self.router.min_confidence) {
-            return Err(invalid("router.min_confidence", "not in 0.0..=1.0"));
-        }
+        int("web.rate_per_s", web.rate_per_s, 1, 100_000)?;
+        int("web.burst", web.burst, 1, 100_000)?;
+        int("web.max_body_bytes", web.max_body_bytes, 16, 16 << 20)?;
+        int("web.client_buffer", web.client_buffer, 1, 65_536)?;
+        int("web.max_connections", web.max_connections, 8, 1_000_000)?;
+        int("web.max_clients", web.max_clients, 1, web.max_connections)?;
+        int("web.coalesce_chars", web.coalesce_chars, 1, 100_000)?;
+        int("web.coalesce_ms", web.coalesce_ms, 10, 60_000)?;
+        int("web.turns_kept", web.turns_kept, 1, 1_000)?;
+        int("web.header_timeout_ms", web.header_timeout_ms, 100, 600_000)?;
+        int("run.grace_ms", r.grace_ms, 0, 60_000)?;
+        int("run.watchdog_ms", r.watchdog_ms, 0, 3_600_000)?;
+        int("run.stall_ms", r.stall_ms, 1_000, 86_400_000)?;
         let mut names = std::collections::HashSet::new();
-        for a in &self.agents {
-            if !names.insert(a.name.as_str()) {
+        for ag in &self.agents {
+            if !names.insert(ag.name.as_str()) {
                 return Err(invalid(
-                    "agents",
-                    format!("two agents are named `{}`", a.name),
+                    "agents.name",
+                    format!("two agents are named `{}`", ag.name),
                 ));
             }
-            if !a.url.starts_with("http://") && !a.url.starts_with("https://") {
-                return Err(invalid(
-                    "agents.url",
-                    format!("agent `{}`: `{}` is not an http(s) URL", a.name, a.url),
-                ));
-            }
-            if !matches!(a.request.method.as_str(), "GET" | "POST") {
+            // The agent's name goes into the message, so the owner knows which one.
+            let named = |key: &'static str, r: Result<(), ConfigError>| {
+                r.map_err(|e| match e {
+                    ConfigError::Invalid { problem, .. } => {
+                        invalid(key, format!("agent `{}`: {problem}", ag.name))
+                    }
+                    other => other,
+                })
+            };
+            named("agents.url", http_url("agents.url", &ag.url))?;
+            if !matches!(ag.request.method.as_str(), "GET" | "POST") {
                 return Err(invalid(
                     "agents.request.method",
-                    format!("agent `{}`: method must be GET or POST", a.name),
+                    format!("agent `{}`: method must be GET or POST", ag.name),
                 ));
             }
-            if a.failure_threshold == 0 || a.timeout_ms == 0 {
-                return Err(invalid(
-                    "agents.failure_threshold",
-                    format!(
-                        "agent `{}`: failure_threshold and timeout_ms must be positive",
-                        a.name
-                    ),
-                ));
-            }
-        }
-        if self.audio.ring_capacity_ms < 100 {
-            return Err(invalid("audio.ring_capacity_ms", "at least 100 ms"));
+            named(
+                "agents.timeout_ms",
+                int("agents.timeout_ms", ag.timeout_ms, 1, 600_000),
+            )?;
+            named(
+                "agents.health_interval_ms",
+                int(
+                    "agents.health_interval_ms",
+                    ag.health_interval_ms,
+                    100,
+                    86_400_000,
+                ),
+            )?;
+            named(
+                "agents.failure_threshold",
+                int("agents.failure_threshold", ag.failure_threshold, 1, 1_000),
+            )?;
+            named(
+                "agents.backoff_ms",
+                int("agents.backoff_ms", ag.backoff_ms, 1, 86_400_000),
+            )?;
+            named(
+                "agents.max_backoff_ms",
+                int(
+                    "agents.max_backoff_ms",
+                    ag.max_backoff_ms,
+                    ag.backoff_ms,
+                    86_400_000,
+                ),
+            )?;
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ pub mod config;
 pub mod doctor;
 pub mod event;
 pub mod listen;
+pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod models;

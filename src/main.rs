@@ -155,7 +155,8 @@ enum MemoryCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Delete the best match for a query (named first), or memories by id.
+    /// Forget the best match for a query (named first), or memories by id; forgotten
+    /// memories leave every search at once and can be restored for 30 days.
     Forget {
         /// What to forget (the best match at or above `[memory] min_similarity`).
         #[arg(value_parser = clap::value_parser!(OsString), required_unless_present = "id")]
@@ -166,6 +167,11 @@ enum MemoryCmd {
         /// Only name what would be deleted.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Bring back forgotten memories by id (kept 30 days); without ids, list them.
+    Restore {
+        /// Ids to restore (from `panda memory restore` without ids, or `forget`'s output).
+        id: Vec<i64>,
     },
     /// Counts, sizes and schema version.
     Stats,
@@ -223,6 +229,16 @@ enum BenchCmd {
         /// Seconds (one turn each).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Soak: many turns through a running daemon with stops at random moments and
+    /// barge-ins; every turn must end; memory, threads and descriptors must stay flat.
+    Soak {
+        /// Turns.
+        #[arg(long, default_value_t = 2000)]
+        turns: usize,
+        /// Turns before the footprint baseline is taken.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
     },
     /// Memory: batch vs per-row inserts, embedding throughput, search latency at scale.
     Memory {
@@ -459,12 +475,17 @@ fn main() {
 }
 
 fn init_tracing(cfg: &Config) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Level filter first; repeats of one log line are then limited (panda::log).
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(filter.and(panda::log::RepeatLimit::new()));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 fn run(cli: Cli) -> Result<(), Exit> {
@@ -622,8 +643,7 @@ fn transcribe(cfg: &Config, file: PathBuf, raw: bool) -> Result<(), Exit> {
     } else {
         FileFormat::guess(&file)
     };
-    let (x, rate, ch) = panda::audio::file::read_all(&file, format)?;
-    let pcm = panda::audio::dsp::to_16k_mono(&x, rate, ch);
+    let pcm = panda::audio::file::read_16k_mono_as(&file, format)?;
     // Long leading or trailing silence makes Whisper repeat itself; it carries no words.
     let pcm = panda::listen::wake::trim_silence(&pcm);
     let (stt, _worker) = panda::listen::stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model))?;
@@ -675,6 +695,9 @@ fn bench(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         BenchCmd::E2e => runtime()?.block_on(panda::bench::e2e::run(cfg))?,
         BenchCmd::Page { clients, seconds } => {
             runtime()?.block_on(panda::bench::page::run(cfg, clients, seconds))?
+        }
+        BenchCmd::Soak { turns, warmup } => {
+            runtime()?.block_on(panda::bench::soak::run(cfg, turns, warmup))?
         }
         BenchCmd::Memory { max, queries } => {
             runtime()?.block_on(panda::bench::memory::run(cfg, max, queries))?
@@ -1051,8 +1074,8 @@ async fn memory_run(memory: &Memory, cmd: MemoryCmd) -> Result<(), Exit> {
             let ids = match query {
                 Some(q) => {
                     let q = utf8("query", q)?;
-                    let hits = memory.recall(&q, 1, Filter::default()).await?;
-                    match hits.first() {
+                    // The same strong match the voice skill needs before deleting.
+                    match memory.match_to_forget(&q, Filter::default()).await? {
                         Some(h) => vec![h.memory.id],
                         None => {
                             return Err(Exit(
@@ -1100,6 +1123,44 @@ async fn memory_run(memory: &Memory, cmd: MemoryCmd) -> Result<(), Exit> {
                 ));
             }
         }
+        MemoryCmd::Restore { id } => {
+            if id.is_empty() {
+                for m in memory.forgotten(100).await? {
+                    let _ = writeln!(
+                        out,
+                        "#{} ({}): {}",
+                        m.id,
+                        m.kind.as_str(),
+                        clip(&m.text, 200)
+                    );
+                }
+                return Ok(());
+            }
+            let back = memory.restore(id.clone()).await?;
+            for m in &back {
+                let _ = writeln!(
+                    out,
+                    "restored #{} ({}): {}",
+                    m.id,
+                    m.kind.as_str(),
+                    clip(&m.text, 200)
+                );
+            }
+            let missing: Vec<String> = id
+                .iter()
+                .filter(|i| !back.iter().any(|m| m.id == **i))
+                .map(|i| format!("#{i}"))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Exit(
+                    exit::DATA_ERR,
+                    anyhow::anyhow!(
+                        "no forgotten memory {} (forgotten memories are kept 30 days)",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+        }
         MemoryCmd::Stats => {
             let s = memory.stats().await?;
             let _ = writeln!(out, "database   {}", s.path.display());
@@ -1136,7 +1197,15 @@ async fn memory_run(memory: &Memory, cmd: MemoryCmd) -> Result<(), Exit> {
 fn run_cmd(cfg: &Config, a: RunArgs) -> Result<(), Exit> {
     let file_mode = a.input.is_some();
     let input = match a.input {
-        Some(path) => Input::File(file_spec(path, None, a.realtime)),
+        Some(path) => {
+            let spec = file_spec(path, None, a.realtime);
+            // A missing, directory or undecodable recording is reported (66/65, naming
+            // the file) before any model loads, not as "no question was heard".
+            if spec.path != std::path::Path::new("-") {
+                panda::audio::file::probe(&spec.path, spec.format)?;
+            }
+            Input::File(spec)
+        }
         None => Input::Device {
             name: a.device.unwrap_or_else(|| cfg.audio.input_device.clone()),
             retry: Some(Duration::from_millis(cfg.audio.retry_delay_ms)),
@@ -1189,7 +1258,11 @@ fn run_cmd(cfg: &Config, a: RunArgs) -> Result<(), Exit> {
             let _ = out.flush();
         })
         .await
-    })?;
+    });
+    // `run` has flushed memory and waited its grace; a blocking task still stuck (a
+    // device thread in a dying sound server) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    let summary = summary?;
     if file_mode && summary.turns == 0 {
         eprintln!(
             "panda: no question was heard in the recording (it must start with the wake word \"{}\", or use --no-wake)",

@@ -188,6 +188,8 @@ pub struct Metrics {
     pub clients: Gauge,
     /// Status page clients dropped for falling behind.
     pub clients_lagged: Counter,
+    /// Idle HTTP connections closed to make room for a new one (connection limit).
+    pub connections_evicted: Counter,
 }
 
 /// Pipeline states as the `panda_state` gauge encodes them.
@@ -245,6 +247,10 @@ impl Metrics {
                 "panda_status_clients_lagged_total",
                 "Status page clients that fell behind and skipped events.",
             ),
+            connections_evicted: Counter::new(
+                "panda_http_connections_evicted_total",
+                "Idle HTTP connections closed to make room at the connection limit.",
+            ),
         }
     }
 
@@ -269,6 +275,7 @@ impl Metrics {
             &self.rate_limited,
             &self.barge_ins,
             &self.clients_lagged,
+            &self.connections_evicted,
         ] {
             c.render(&mut out);
         }

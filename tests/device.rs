@@ -1038,3 +1038,32 @@ fn the_appliance_waits_for_its_sound_server_and_survives_losing_it() {
         "the answer reached the speaker ({loud} loud samples)"
     );
 }
+
+#[test]
+fn shutdown_ends_in_time_when_the_sound_server_dies_with_it() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut pulse) = pulse_or_skip() else {
+        return;
+    };
+    let mut app = Appliance::start(&pulse, "http://127.0.0.1:9");
+    // The sound server dies at the moment systemd stops Panda (`systemctl stop` during a
+    // shutdown): closing the capture stream then deadlocks inside libpulse.
+    pulse.kill();
+    let t = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &app.child.id().to_string()])
+        .status();
+    let exited = loop {
+        if let Some(s) = app.child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t.elapsed();
+    eprintln!("exit after SIGTERM with the sound server gone: {exited:?} in {took:?}");
+    assert!(exited.is_some(), "still running 10 s after SIGTERM");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}

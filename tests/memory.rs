@@ -513,3 +513,48 @@ async fn remember_recall_and_forget_by_voice_and_memories_reach_the_prompt() {
         .count();
     assert!(turns >= 5, "{turns}");
 }
+
+#[test]
+fn forgetting_something_not_stored_deletes_nothing_and_forgotten_rows_come_back() {
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path();
+    let r = panda_in(st, &[], &["memory", "add", "my brother Bob lives in Oslo"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The reported case: close enough for recall, but another person and another slot.
+    let r = panda_in(
+        st,
+        &[("PANDA_LLM__URL", "http://127.0.0.1:9")],
+        &["ask", "--no-speak", "--json", "forget my sister's address"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let a = answers(&r);
+    assert!(a[0].starts_with("I don't have anything about"), "{a:?}");
+    let r = panda_in(
+        st,
+        &[],
+        &["memory", "forget", "--dry-run", "my sister's address"],
+    );
+    assert_ne!(r.code, 0, "dry run picked something: {}", r.stdout);
+    let facts: Vec<_> = export(st)
+        .into_iter()
+        .filter(|m| m["kind"] == "fact")
+        .collect();
+    assert_eq!(facts.len(), 1, "{facts:?}");
+    // A real match is forgotten, then restored by id.
+    let r = panda_in(st, &[], &["memory", "forget", "where my brother Bob lives"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Bob"), "{}", r.stdout);
+    assert!(export(st).iter().all(|m| m["kind"] != "fact"));
+    let listed = panda_in(st, &[], &["memory", "restore"]);
+    assert!(listed.stdout.contains("Oslo"), "{}", listed.stdout);
+    let id = facts[0]["id"].as_i64().unwrap().to_string();
+    let r = panda_in(st, &[], &["memory", "restore", &id]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let back: Vec<_> = export(st)
+        .into_iter()
+        .filter(|m| m["kind"] == "fact")
+        .collect();
+    assert_eq!(back.len(), 1, "{back:?}");
+    let r = panda_in(st, &[], &["memory", "search", "Where does Bob live?"]);
+    assert!(r.stdout.contains("Oslo"), "{}", r.stdout);
+}

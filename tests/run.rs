@@ -135,11 +135,16 @@ fn silence_wav(dir: &Path, seconds: u32) -> PathBuf {
 }
 
 fn daemon(env: &[(&str, &str)]) -> Daemon {
+    daemon_with(env, |_| {})
+}
+
+/// [`daemon`] with a last say over the command (limits, extra variables).
+fn daemon_with(env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Daemon {
     let state = tempfile::tempdir().unwrap();
     let audio = tempfile::tempdir().unwrap();
-    let wav = silence_wav(audio.path(), 120);
-    let mut child = panda_cmd(state.path())
-        .args(["run", "--json", "--web", "--realtime", "--input"])
+    let wav = silence_wav(audio.path(), 300);
+    let mut cmd = panda_cmd(state.path());
+    cmd.args(["run", "--json", "--web", "--realtime", "--input"])
         .arg(&wav)
         .arg("--output")
         .arg(state.path().join("out.wav"))
@@ -148,9 +153,9 @@ fn daemon(env: &[(&str, &str)]) -> Daemon {
         .env("RUST_LOG", "panda=info")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    adjust(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     // The log names the bound address.
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -473,4 +478,630 @@ fn the_systemd_unit_is_hardened() {
         .unwrap_or_else(|| panic!("no exposure level in: {report}"));
     eprintln!("systemd-analyze security exposure: {level}");
     assert!(level <= 2.0, "{level}\n{report}");
+}
+
+/// An OpenAI-protocol server whose every answer starts after `first_token` with a word
+/// that ends no sentence ("Rivers"), then waits `rest` before the rest: a model streaming
+/// slowly, with text received but nothing yet to speak.
+fn slow_llm(
+    rt: &tokio::runtime::Runtime,
+    first_token: Duration,
+    rest: Duration,
+) -> panda::bench::server::Server {
+    use panda::bench::server::{Reply, Request, openai_stream, serve};
+    rt.block_on(serve(std::sync::Arc::new(move |_: &Request| {
+        let mut pieces = openai_stream(
+            &["Rivers", " run to the sea. ", "They carve valleys. "],
+            Duration::from_millis(50),
+        );
+        pieces[0].0 = first_token;
+        pieces[1].0 = rest;
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces,
+            die: false,
+        }
+    })))
+    .unwrap()
+}
+
+/// The daemon's turns (from `/api/status`, with the token: off loopback it is needed).
+fn turns(c: &reqwest::blocking::Client, url: &str) -> Vec<serde_json::Value> {
+    let s: serde_json::Value = c
+        .get(format!("{url}/api/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    s["turns"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits for a turn whose answer satisfies `ok`; panics with the turns after `secs`.
+fn wait_answer(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    secs: u64,
+    ok: impl Fn(&str) -> bool,
+) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let ts = turns(c, url);
+        if let Some(t) = ts.iter().find(|t| t["answer"].as_str().is_some_and(&ok)) {
+            return t.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "no such answer: {ts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn post(c: &reqwest::blocking::Client, url: &str, path: &str, body: Option<&str>) -> u16 {
+    let mut r = c.post(format!("{url}{path}")).bearer_auth(TOKEN);
+    if let Some(text) = body {
+        r = r.json(&serde_json::json!({ "text": text }));
+    }
+    r.send().unwrap().status().as_u16()
+}
+
+#[test]
+fn a_stop_before_the_first_audio_never_locks_up_the_appliance() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The first word at 200 ms, the rest after 4 s: stops land before the first token
+    // (100 ms) and after it but before any audio (300 ms, 1 s).
+    let llm = slow_llm(&rt, Duration::from_millis(200), Duration::from_secs(4));
+    let url = llm.url();
+    let d = daemon(&[
+        ("PANDA_LLM__URL", url.as_str()),
+        ("PANDA_WEB__RATE_PER_S", "50"),
+        ("PANDA_WEB__BURST", "50"),
+        // No filler: nothing at all reaches the speaker before the stop.
+        ("PANDA_CONVERSATION__FILLER_AFTER_MS", "60000"),
+    ]);
+    let c = http();
+    for (i, after_ms) in [100u64, 300, 1000].into_iter().enumerate() {
+        assert_eq!(
+            post(&c, &d.url, "/api/ask", Some("Tell me about rivers.")),
+            202
+        );
+        std::thread::sleep(Duration::from_millis(after_ms));
+        assert_eq!(post(&c, &d.url, "/api/stop", None), 200);
+        // The appliance still answers: a skill question right after.
+        assert_eq!(post(&c, &d.url, "/api/ask", Some("What time is it?")), 202);
+        let t = Instant::now();
+        let want = i + 1;
+        loop {
+            let n = turns(&c, &d.url)
+                .iter()
+                .filter(|t| t["answer"].as_str().is_some_and(|a| a.starts_with("It's")))
+                .count();
+            if n >= want {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "stop after {after_ms} ms: the next question was never answered: {:?}",
+                turns(&c, &d.url)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "stop after {after_ms} ms: next answered in {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_barge_in_before_the_first_audio_lets_the_next_question_through() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let llm = slow_llm(&rt, Duration::from_millis(300), Duration::from_secs(20));
+    let dir = tempfile::tempdir().unwrap();
+    // "Hey panda. Tell me about rivers." then, 0.8 s later while the LLM still thinks,
+    // "Hey panda. What time is it?"
+    let mut pcm: Vec<i16> = vec![0; 16_000];
+    for (i, part) in [
+        "Hey panda.",
+        "Tell me about rivers.",
+        "Hey panda.",
+        "What time is it?",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let wav = dir.path().join(format!("{i}.wav"));
+        let r = common::panda(&[
+            "say",
+            part,
+            "--voice",
+            "am_michael",
+            "-o",
+            wav.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        pcm.extend(panda::audio::file::read_16k_mono(&wav).unwrap());
+        let gap = if i == 1 { 800 } else { 600 };
+        pcm.extend(std::iter::repeat_n(0i16, 16 * gap));
+    }
+    pcm.extend(std::iter::repeat_n(0i16, 16_000 * 3));
+    let input = dir.path().join("barge.wav");
+    std::fs::write(&input, panda::listen::wake::wav_bytes(&pcm)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut child = panda_cmd(state.path())
+        .args(["run", "--json", "--realtime", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(state.path().join("out.wav"))
+        .env("PANDA_LLM__URL", llm.url())
+        .env("PANDA_CONVERSATION__FILLER_AFTER_MS", "60000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("panda run never finished: the driver is stuck");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(status.success(), "{status:?}");
+    let wakes = events.iter().filter(|e| e["type"] == "wake").count();
+    let answers: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "answer")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    eprintln!("wakes {wakes}, answers {answers:?}");
+    assert!(wakes >= 2, "{out}");
+    assert!(answers.iter().any(|a| a.starts_with("It's")), "{answers:?}");
+    let spoken: Vec<_> = events.iter().filter(|e| e["type"] == "spoken").collect();
+    assert!(
+        spoken.iter().any(|e| e["interrupted"] == false
+            && e["heard"].as_str().is_some_and(|h| h.starts_with("It's"))),
+        "{spoken:?}"
+    );
+}
+
+#[test]
+fn the_watchdog_starves_while_a_turn_is_stalled() {
+    use std::os::unix::net::UnixDatagram;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The model never answers within the test; its timeouts are set far away, so only
+    // the stall rule can notice.
+    let llm = slow_llm(&rt, Duration::from_secs(600), Duration::ZERO);
+    let url = llm.url();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sock_env = sock_path.to_str().unwrap().to_string();
+    let d = daemon_with(
+        &[
+            ("PANDA_LLM__URL", url.as_str()),
+            ("PANDA_LLM__FIRST_TOKEN_TIMEOUT_MS", "600000"),
+            ("PANDA_LLM__ANSWER_TIMEOUT_MS", "600000"),
+            ("PANDA_CONVERSATION__FILLER_AFTER_MS", "60000"),
+            ("PANDA_RUN__STALL_MS", "3000"),
+            ("PANDA_RUN__WATCHDOG_MS", "250"),
+        ],
+        |cmd| {
+            cmd.env("NOTIFY_SOCKET", &sock_env)
+                .env("WATCHDOG_USEC", "30000000");
+        },
+    );
+    let pings = |secs: u64| {
+        // What queued up before this window does not count.
+        let mut buf = [0u8; 256];
+        sock.set_nonblocking(true).unwrap();
+        while sock.recv(&mut buf).is_ok() {}
+        sock.set_nonblocking(false).unwrap();
+        let t = Instant::now();
+        let mut n = 0;
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Ok(len) = sock.recv(&mut buf)
+                && buf[..len].starts_with(b"WATCHDOG=1")
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    let idle = pings(2);
+    assert!(idle >= 4, "an idle daemon feeds the watchdog: {idle}");
+    let c = http();
+    assert_eq!(
+        post(&c, &d.url, "/api/ask", Some("Tell me about rivers.")),
+        202
+    );
+    // Progress for a moment, then nothing for longer than stall_ms (3 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let stalled = pings(2);
+    eprintln!("watchdog pings: {idle} in 2 s idle, {stalled} in 2 s stalled");
+    assert_eq!(stalled, 0, "a stalled turn must starve the watchdog");
+    // A stop ends the stalled turn; the pings come back.
+    assert_eq!(post(&c, &d.url, "/api/stop", None), 200);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        pings(2) >= 4,
+        "the watchdog is fed again once the turn ended"
+    );
+}
+
+/// Sets the child's descriptor limit before it runs.
+fn limit_fds(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn idle_and_slow_clients_cannot_starve_the_appliance() {
+    // The old default limit (1,024 descriptors, tighter than the unit's LimitNOFILE) and
+    // more idle connections than it allows.
+    let d = daemon_with(
+        &[
+            ("PANDA_WEB__HEADER_TIMEOUT_MS", "3000"),
+            ("PANDA_WEB__RATE_PER_S", "50"),
+            ("PANDA_WEB__BURST", "50"),
+        ],
+        |cmd| limit_fds(cmd, 1024),
+    );
+    let addr: std::net::SocketAddr = d.url.trim_start_matches("http://").parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect {}: {e}", idle.len()),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // A question through a new connection is answered, and the pipeline (timers,
+    // memory, TTS, the WAV speaker) still has its descriptors.
+    let c = http();
+    assert_eq!(post(&c, &d.url, "/api/ask", Some("What time is it?")), 202);
+    let t = wait_answer(&c, &d.url, 60, |a| a.starts_with("It's"));
+    eprintln!("answered with 1,100 idle connections open: {}", t["answer"]);
+    assert_eq!(
+        post(&c, &d.url, "/api/ask", Some("Set a timer for 10 minutes.")),
+        202
+    );
+    wait_answer(&c, &d.url, 60, |a| a.contains("10 minute"));
+    drop(idle);
+
+    // 200 slowloris clients (a header begun, never finished) are closed by the header
+    // timeout (3 s here).
+    use std::io::Write;
+    let mut slow: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 512];
+        // Closed (EOF, a 408, or a reset) rather than held open.
+        match s.read(&mut buf) {
+            Ok(_) => closed += 1,
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
+                closed += 1
+            }
+            Err(_) => {}
+        }
+    }
+    eprintln!(
+        "{closed} of 200 slowloris connections closed after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(closed, 200);
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+}
+
+#[test]
+fn reads_off_loopback_need_the_token_and_foreign_hosts_are_refused() {
+    let d = daemon(&[
+        ("PANDA_WEB__LISTEN", "0.0.0.0:0"),
+        ("PANDA_WEB__RATE_PER_S", "50"),
+        ("PANDA_WEB__BURST", "50"),
+    ]);
+    // The log names 0.0.0.0; reach it over loopback.
+    let url = d.url.replace("0.0.0.0", "127.0.0.1");
+    let c = http();
+    assert_eq!(
+        post(
+            &c,
+            &url,
+            "/api/ask",
+            Some("Remember that my bank PIN is 4321.")
+        ),
+        202
+    );
+    wait_answer(&c, &url, 60, |a| a.contains("remember"));
+    // Without the token: state only.
+    let open: serde_json::Value = c
+        .get(format!("{url}/api/status"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(open["redacted"], true, "{open}");
+    assert!(!open.to_string().contains("4321"), "{open}");
+    assert!(open["state"].is_string(), "{open}");
+    assert_eq!(
+        c.get(format!("{url}/metrics")).send().unwrap().status(),
+        401
+    );
+    // With it (any case of "Bearer", or the access_token parameter): everything.
+    for auth in [
+        format!("Bearer {TOKEN}"),
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+    ] {
+        let full = c
+            .get(format!("{url}/api/status"))
+            .header("authorization", auth)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(full.contains("4321"), "{full}");
+    }
+    let q = c
+        .get(format!("{url}/api/status?access_token={TOKEN}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(q.contains("4321"));
+    assert_eq!(
+        c.get(format!("{url}/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    // The live feed without the token carries no words either.
+    let mut feed = c.get(format!("{url}/api/events")).send().unwrap();
+    let mut first = [0u8; 4096];
+    let n = feed.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]);
+    assert!(
+        head.contains("snapshot") && !head.contains("4321"),
+        "{head}"
+    );
+    // A DNS-rebinding page: the browser sends its own host name.
+    let r = c
+        .get(format!("{url}/api/status"))
+        .header("host", "attacker.example:8080")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(format!("{url}/"))
+        .header("host", "attacker.example")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[test]
+fn check_config_refuses_values_that_would_crash_or_hang_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in [
+        ("PANDA_STT__THREADS", "100000"),
+        ("PANDA_TTS__THREADS", "100000"),
+        ("PANDA_MEMORY__THREADS", "100000"),
+        ("PANDA_WEB__CLIENT_BUFFER", "10000000000"),
+        ("PANDA_AUDIO__RING_CAPACITY_MS", "4000000000"),
+        ("PANDA_MEMORY__CANDIDATES", "1e12"),
+        ("PANDA_LLM__URL", "http://"),
+        ("PANDA_LLM__URL", "ftp://example.org"),
+        ("PANDA_WEB__MAX_CONNECTIONS", "0"),
+        ("PANDA_RUN__STALL_MS", "0"),
+        ("PANDA_CONVERSATION__MAX_ANSWER_CHARS", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+            .arg("check-config")
+            .env(key, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{key}={value}: {err}");
+        eprintln!("{key}={value}: {}", err.trim());
+    }
+    // --config naming a directory is an error, not silently the defaults.
+    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+        .args(["check-config"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+        .arg("--config")
+        .arg(dir.path())
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_inputs_are_refused_clearly_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let run_input = |input: &Path| {
+        let t = Instant::now();
+        let out = panda_cmd(state.path())
+            .args(["run", "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(dir.path().join("a.wav"))
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        (out, t.elapsed())
+    };
+    // Missing file: 66 naming it, before any model loads.
+    let (out, took) = run_input(&dir.path().join("nope.wav"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(66), "{err}");
+    assert!(err.contains("nope.wav") && !err.contains("ready"), "{err}");
+    eprintln!("missing input refused in {took:?}");
+    // A directory and an undecodable file: 65.
+    let (out, _) = run_input(dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let junk = dir.path().join("junk.wav");
+    std::fs::write(&junk, b"this is not audio at all").unwrap();
+    let (out, _) = run_input(&junk);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("junk.wav") && !err.contains("ready"), "{err}");
+    // 65,535 channels of 8-bit audio at 65,536 Hz: refused, nothing allocated from it.
+    let mut wav = Vec::new();
+    let (channels, rate, bits) = (65_535u16, 65_536u32, 8u16);
+    let data = vec![128u8; 65_535 * 4];
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&channels.to_le_bytes());
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * channels as u32).to_le_bytes());
+    wav.extend_from_slice(&channels.to_le_bytes());
+    wav.extend_from_slice(&bits.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    let wide = dir.path().join("wide.wav");
+    std::fs::write(&wide, wav).unwrap();
+    let (out, took) = run_input(&wide);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("65535 channels"), "{err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Endless raw input is cut at the read bound, with an error, in bounded memory.
+    let t = Instant::now();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 4000000; exec {} transcribe --raw /dev/zero",
+            env!("CARGO_BIN_EXE_panda")
+        ))
+        .env("PANDA_MODELS__DIR", common::models_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("/dev/zero refused in {:?}: {}", t.elapsed(), err.trim());
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("longer than"), "{err}");
+    // A Whisper model with a damaged header is refused, naming the file (whisper.cpp
+    // aborted the process on it).
+    let model = common::models_dir().join(panda::config::Config::default().stt.model);
+    let mut bytes = std::fs::read(&model).unwrap();
+    for b in &mut bytes[4..36] {
+        *b = !*b;
+    }
+    let broken = dir.path().join("broken-whisper.bin");
+    std::fs::write(&broken, bytes).unwrap();
+    let clip = dir.path().join("clip.wav");
+    std::fs::write(&clip, panda::listen::wake::wav_bytes(&vec![0i16; 16_000])).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+        .arg("transcribe")
+        .arg(&clip)
+        .env("PANDA_MODELS__DIR", common::models_dir())
+        .env("PANDA_STT__MODEL", &broken)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some_and(|c| c != 134 && c != 0),
+        "{:?} {err}",
+        out.status
+    );
+    assert!(
+        err.contains("broken-whisper.bin") && err.contains("header"),
+        "{err}"
+    );
+}
+
+#[test]
+fn facts_added_by_another_process_reach_the_running_daemon() {
+    let d = daemon(&[("PANDA_WEB__RATE_PER_S", "50"), ("PANDA_WEB__BURST", "50")]);
+    let c = http();
+    // The daemon is up (its memory is open: the page starts after the models) before
+    // the other process writes.
+    let out = panda_cmd(d.state.path())
+        .args(["memory", "add", "The wifi password is swordfish."])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        post(
+            &c,
+            &d.url,
+            "/api/ask",
+            Some("What do you remember about the wifi password?")
+        ),
+        202
+    );
+    let t = wait_answer(&c, &d.url, 60, |a| !a.is_empty());
+    assert!(t["answer"].as_str().unwrap().contains("swordfish"), "{t}");
 }

@@ -862,3 +862,103 @@ async fn a_slow_agent_gets_a_spoken_filler_first() {
         "Let me check the news. Here are the top stories: Rain expected tomorrow."
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_another_origin_is_not_followed() {
+    // The other origin would receive the whole prompt (remembered facts included).
+    let elsewhere = serve(Arc::new(|_: &Request| Reply::Stream {
+        content_type: "text/event-stream",
+        pieces: openai_stream(&["Stolen."], Duration::ZERO),
+        die: false,
+    }))
+    .await
+    .unwrap();
+    let target = format!("{}/v1/chat/completions", elsewhere.url());
+    let redirector = serve(Arc::new(move |_: &Request| Reply::Redirect {
+        status: 307,
+        location: target.clone(),
+    }))
+    .await
+    .unwrap();
+    let r = ask_async(
+        &redirector.url(),
+        None,
+        &[],
+        &["--no-speak", "--json", "Tell me about rivers."],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let a = answers(&r);
+    assert_eq!(
+        elsewhere.stats.requests.load(Ordering::Relaxed),
+        0,
+        "the redirect was followed: {a:?}"
+    );
+    assert!(a[0].starts_with("Sorry"), "{a:?}");
+    assert!(!a[0].contains("Stolen"), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_html_page_from_the_llm_url_is_named_as_such() {
+    let portal = serve(Arc::new(|_: &Request| Reply::Full {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: b"<html><body>Welcome to the hotel wifi</body></html>".to_vec(),
+        delay: Duration::ZERO,
+    }))
+    .await
+    .unwrap();
+    let r = ask_async(
+        &portal.url(),
+        None,
+        &[],
+        &["--no-speak", "--json", "Tell me about rivers."],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let a = answers(&r);
+    assert!(a[0].contains("web page"), "{a:?}");
+    let llm = r.of_type("llm");
+    assert!(
+        llm[0]["error"].as_str().unwrap_or("").contains("text/html"),
+        "{llm:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_five_thousand_sentence_stream_is_cut_at_the_bound() {
+    let sentences: Vec<String> = (0..5000)
+        .map(|i| format!("This is sentence number {i} of an answer that never ends. "))
+        .collect();
+    let refs: Vec<String> = sentences.clone();
+    let server = serve(Arc::new(move |_: &Request| {
+        let r: Vec<&str> = refs.iter().map(String::as_str).collect();
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces: openai_stream(&r, Duration::ZERO),
+            die: false,
+        }
+    }))
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let r = ask_async(
+        &server.url(),
+        None,
+        &[("PANDA_CONVERSATION__MAX_ANSWER_CHARS", "600")],
+        &["--no-speak", "--json", "Tell me everything."],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let a = answers(&r);
+    eprintln!("cut after {:?}: {} chars", t.elapsed(), a[0].len());
+    assert!(
+        a[0].ends_with("That's where I'll stop; ask me if you want more."),
+        "{}",
+        &a[0][a[0].len().saturating_sub(200)..]
+    );
+    // Whole sentences up to the bound, then the closing line; nothing near 5,000.
+    assert!(a[0].len() < 600 + 200, "{}", a[0].len());
+    let sentences_spoken = r.of_type("sentence").len();
+    assert!(sentences_spoken < 20, "{sentences_spoken}");
+}

@@ -152,6 +152,9 @@ pub fn capture(
     let mut last_audio = std::time::Instant::now();
     loop {
         if stop.is_cancelled() {
+            // Closed on a throwaway thread here too: a sound server that dies during
+            // shutdown deadlocks the close, and shutdown must end regardless.
+            super::abandon("microphone", stream);
             return Ok(());
         }
         if let Ok(e) = err_rx.try_recv() {
@@ -179,6 +182,7 @@ pub fn capture(
             framer.push(&scratch[..n], &mut |f| open &= stats.edge.offer(tx, f));
             stats.next_seq.store(framer.frames(), Ordering::Relaxed);
             if !open {
+                super::abandon("microphone", stream);
                 return Ok(());
             }
         }

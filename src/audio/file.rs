@@ -65,20 +65,87 @@ pub struct FileSpec {
     pub tail_silence_ms: u32,
 }
 
-/// Decodes a whole file to interleaved f32; returns (samples, rate, channels).
+/// Most audio a whole-file read keeps (`panda transcribe`, `enroll`, benches): 10 min at
+/// 16 kHz mono is 19 MB. Endless input (`/dev/zero`, a stream on stdin) stops here with
+/// an error instead of growing memory without bound.
+pub const MAX_READ_SECONDS: u64 = 10 * 60;
+
+/// Most interleaved channels accepted (a header claiming 65,535 is refused before any
+/// buffer is sized from it).
+pub const MAX_CHANNELS: u16 = 32;
+
+/// Decodes a whole input straight to 16 kHz mono i16, streaming (memory is the 16 kHz
+/// output only, whatever the input's rate and channels), at most
+/// [`MAX_READ_SECONDS`] of it.
+pub fn read_16k_mono_as(path: &Path, format: FileFormat) -> Result<Vec<i16>, AudioError> {
+    let max = MAX_READ_SECONDS as usize * 16_000;
+    let mut out: Vec<i16> = Vec::new();
+    let mut framer: Option<Framer> = None;
+    let mut too_long = false;
+    decode(path, format, &mut |rate, ch, chunk| {
+        let f = framer.get_or_insert_with(|| Framer::new(rate, ch));
+        f.push(chunk, &mut |fr| out.extend_from_slice(&fr.samples[..]));
+        too_long = out.len() > max;
+        !too_long
+    })?;
+    if too_long {
+        return Err(AudioError::Decode {
+            path: path.to_path_buf(),
+            problem: format!(
+                "longer than {} minutes: split it (endless input such as /dev/zero is refused)",
+                MAX_READ_SECONDS / 60
+            ),
+        });
+    }
+    if let Some(mut f) = framer {
+        f.finish(&mut |fr| out.extend_from_slice(&fr.samples[..]));
+    }
+    Ok(out)
+}
+
+/// Decodes a whole file to interleaved f32 at its own rate; returns (samples, rate,
+/// channels). At most [`MAX_READ_SECONDS`] of it, like [`read_16k_mono_as`].
 pub fn read_all(path: &Path, format: FileFormat) -> Result<(Vec<f32>, u32, u16), AudioError> {
     let mut out = Vec::new();
-    let (rate, ch) = decode(path, format, &mut |_, _, chunk| {
+    let mut too_long = false;
+    let (rate, ch) = decode(path, format, &mut |rate, ch, chunk| {
         out.extend_from_slice(chunk);
-        true
+        too_long = out.len() as u64 > MAX_READ_SECONDS * rate as u64 * ch as u64;
+        !too_long
     })?;
+    if too_long {
+        return Err(AudioError::Decode {
+            path: path.to_path_buf(),
+            problem: format!("longer than {} minutes: split it", MAX_READ_SECONDS / 60),
+        });
+    }
     Ok((out, rate, ch))
 }
 
-/// Decodes a whole file straight to 16 kHz mono i16.
+/// Decodes a whole file (format from its name) straight to 16 kHz mono i16.
 pub fn read_16k_mono(path: &Path) -> Result<Vec<i16>, AudioError> {
-    let (x, rate, ch) = read_all(path, FileFormat::guess(path))?;
-    Ok(super::dsp::to_16k_mono(&x, rate, ch))
+    read_16k_mono_as(path, FileFormat::guess(path))
+}
+
+/// Checks that `path` can be read as `format` (an existing, non-empty file or stdin with
+/// a valid header) without decoding it: `panda run --input` calls this before loading
+/// any model, so a missing or undecodable file is reported first.
+pub fn probe(path: &Path, format: FileFormat) -> Result<(), AudioError> {
+    if path != Path::new("-") {
+        let meta = std::fs::metadata(path).map_err(|source| AudioError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Err(AudioError::Decode {
+                path: path.to_path_buf(),
+                problem: "is a directory, not an audio file".into(),
+            });
+        }
+        // Decoding the first chunk checks the header and that samples follow.
+        decode(path, format, &mut |_, _, _| false)?;
+    }
+    Ok(())
 }
 
 fn open(path: &Path) -> Result<Box<dyn Read + Send>, AudioError> {
@@ -152,7 +219,11 @@ pub fn decode(
             let wav = hound::WavReader::new(chained)
                 .map_err(|e| bad(format!("invalid WAV header: {e}")))?;
             let spec = wav.spec();
-            if spec.channels == 0 || spec.sample_rate < 4_000 || spec.sample_rate > 384_000 {
+            if spec.channels == 0
+                || spec.channels > MAX_CHANNELS
+                || spec.sample_rate < 4_000
+                || spec.sample_rate > 384_000
+            {
                 return Err(bad(format!(
                     "unsupported WAV: {} channels at {} Hz",
                     spec.channels, spec.sample_rate
@@ -279,12 +350,16 @@ fn run_source(
         open
     })?;
     if let Some(mut f) = framer {
-        let silence = vec![
-            0.0f32;
-            (probe.0 as usize * probe.1 as usize * spec.tail_silence_ms as usize)
-                / 1000
-        ];
-        f.push(&silence, &mut |fr| send(fr, &mut open));
+        // Trailing silence in bounded chunks: its size follows the header's rate and
+        // channels, which are checked but can still be large.
+        let total = probe.0 as usize * probe.1 as usize * spec.tail_silence_ms as usize / 1000;
+        let chunk = vec![0.0f32; (READ_CHUNK_SAMPLES * probe.1 as usize).min(total)];
+        let mut left = total;
+        while left > 0 && open {
+            let n = left.min(chunk.len());
+            f.push(&chunk[..n], &mut |fr| send(fr, &mut open));
+            left -= n;
+        }
         f.finish(&mut |fr| send(fr, &mut open));
     }
     Ok(())

@@ -80,6 +80,12 @@ pub trait Sink: Send {
     fn write(&mut self, samples: &[f32]) -> Result<usize, AudioError>;
     /// Samples that have reached the listener so far (monotonic).
     fn played(&mut self) -> u64;
+    /// A counter that moves whenever the output is being driven at all (the sound
+    /// card's callback runs, playing audio or silence). An output whose `played` stands
+    /// still while this moves is starved (an underrun under CPU load), not dead.
+    fn heartbeat(&mut self) -> u64 {
+        self.played()
+    }
     /// Drops accepted but unplayed samples.
     fn flush(&mut self);
     /// Waits for accepted samples to play and closes the output.
@@ -288,6 +294,8 @@ struct Player {
     unplayed: Option<u64>,
     /// `sink.played()` at its last change, and when (lost-device detection).
     last_played: (u64, Instant),
+    /// The sink's heartbeat at the last check.
+    last_beat: u64,
 }
 
 impl Player {
@@ -307,6 +315,7 @@ impl Player {
             reopen: None,
             unplayed: None,
             last_played: (0, Instant::now()),
+            last_beat: 0,
         }
     }
 
@@ -500,8 +509,17 @@ impl Player {
     /// ends with what was heard, and (in daemon mode) the speaker is re-opened.
     async fn check_stall(&mut self) {
         let now = self.sink.played();
+        let beat = self.sink.heartbeat();
         if now != self.last_played.0 {
             self.last_played = (now, Instant::now());
+            self.last_beat = beat;
+            return;
+        }
+        if beat != self.last_beat {
+            // The card is still asking for audio: a starved moment (an underrun under
+            // CPU load), not a dead device. Re-opening would cut the answer for nothing.
+            self.last_beat = beat;
+            self.last_played.1 = Instant::now();
             return;
         }
         // Samples handed to the sink that it has not played yet.
@@ -809,6 +827,9 @@ impl Sink for WavSink {
 struct Shared {
     /// Samples the callback has played (written by the callback).
     played: AtomicU64,
+    /// Samples the callback was asked for, played or silence (written by the callback):
+    /// the sign that the device is still running.
+    polled: AtomicU64,
     /// Bumped by the playback thread to ask the callback to drop the ring's contents.
     flush_epoch: AtomicU64,
 }
@@ -819,6 +840,7 @@ struct RingSource {
     shared: Arc<Shared>,
     seen_epoch: u64,
     played: u64,
+    polled: u64,
     rate: rodio::SampleRate,
 }
 
@@ -826,6 +848,10 @@ impl Iterator for RingSource {
     type Item = f32;
 
     fn next(&mut self) -> Option<f32> {
+        self.polled += 1;
+        if self.polled % 256 == 0 {
+            self.shared.polled.store(self.polled, Ordering::Relaxed);
+        }
         let epoch = self.shared.flush_epoch.load(Ordering::Acquire);
         if epoch != self.seen_epoch {
             self.seen_epoch = epoch;
@@ -942,6 +968,7 @@ impl DeviceSink {
             shared: shared.clone(),
             seen_epoch: 0,
             played: 0,
+            polled: 0,
             rate: stream.config().sample_rate(),
         });
         Ok(Self {
@@ -976,6 +1003,10 @@ impl Sink for DeviceSink {
 
     fn played(&mut self) -> u64 {
         self.shared.played.load(Ordering::Acquire)
+    }
+
+    fn heartbeat(&mut self) -> u64 {
+        self.shared.polled.load(Ordering::Relaxed)
     }
 
     fn flush(&mut self) {

@@ -8,6 +8,7 @@ pub mod e2e;
 pub mod memory;
 pub mod page;
 pub mod server;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

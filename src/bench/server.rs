@@ -55,6 +55,13 @@ pub enum Reply {
         /// Wait before answering.
         delay: Duration,
     },
+    /// A redirect (`status` 301/302/307/308) to `location`.
+    Redirect {
+        /// HTTP status.
+        status: u16,
+        /// The `Location` header.
+        location: String,
+    },
     /// A chunked stream: each piece after its delay; `die` drops the connection after the
     /// last piece instead of ending the stream properly.
     Stream {
@@ -208,6 +215,12 @@ async fn connection(mut sock: TcpStream, handler: Handler, stats: Arc<ServerStat
                     body.len()
                 );
                 sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(&body).await.is_ok()
+            }
+            Reply::Redirect { status, location } => {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: {keep}\r\n\r\n"
+                );
+                sock.write_all(head.as_bytes()).await.is_ok()
             }
             Reply::Stream {
                 content_type,

@@ -96,6 +96,12 @@ pub fn spawn(cfg: &SttConfig, model: &Path) -> Result<(SttHandle, SttWorker), St
     if !model.exists() {
         return Err(SttError::MissingModel(model.to_path_buf()));
     }
+    check_ggml_header(model).map_err(|problem| SttError::Load {
+        path: model.to_path_buf(),
+        problem: format!(
+            "{problem} (run `panda models verify`, or reinstall with `panda models install`)"
+        ),
+    })?;
     let (tx, rx) = mpsc::channel(STT_QUEUE);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let cfg = cfg.clone();
@@ -182,6 +188,83 @@ impl SttHandle {
 }
 
 type Ready = Result<(Duration, Duration), SttError>;
+
+/// Checks a whisper.cpp ggml file's header before whisper.cpp reads it: whisper.cpp
+/// trusts the hyper-parameters and throws a C++ exception on absurd ones, which aborts
+/// the process ("Rust cannot catch foreign exceptions") without naming the file. Reads
+/// only the header (~1 KB), so it costs nothing at start-up; `panda models verify` and
+/// `panda doctor` check the full sha256.
+pub fn check_ggml_header(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut head = [0u8; 4 * 14];
+    f.read_exact(&mut head)
+        .map_err(|_| format!("only {len} bytes: too short for a Whisper model"))?;
+    let word = |i: usize| {
+        i32::from_le_bytes([
+            head[4 * i],
+            head[4 * i + 1],
+            head[4 * i + 2],
+            head[4 * i + 3],
+        ])
+    };
+    if word(0) as u32 != 0x6767_6d6c {
+        return Err("not a whisper.cpp ggml file (bad magic)".into());
+    }
+    let names = [
+        "n_vocab",
+        "n_audio_ctx",
+        "n_audio_state",
+        "n_audio_head",
+        "n_audio_layer",
+        "n_text_ctx",
+        "n_text_state",
+        "n_text_head",
+        "n_text_layer",
+    ];
+    let limits = [
+        (1, 1 << 20),
+        (1, 1 << 14),
+        (1, 1 << 14),
+        (1, 1 << 10),
+        (1, 1 << 10),
+        (1, 1 << 14),
+        (1, 1 << 14),
+        (1, 1 << 10),
+        (1, 1 << 10),
+    ];
+    for (i, (name, (lo, hi))) in names.iter().zip(limits).enumerate() {
+        let v = word(1 + i);
+        if v < lo || v > hi {
+            return Err(format!("damaged header: {name} = {v}"));
+        }
+    }
+    let (state, heads) = (word(3), word(4));
+    if state % heads != 0 || word(7) % word(8) != 0 {
+        return Err("damaged header: attention heads do not divide the width".into());
+    }
+    let n_mels = word(10);
+    if n_mels != 80 && n_mels != 128 {
+        return Err(format!("damaged header: n_mels = {n_mels}"));
+    }
+    let ftype = word(11);
+    if !(0..=3000).contains(&ftype) {
+        return Err(format!("damaged header: ftype = {ftype}"));
+    }
+    let (mel_rows, mel_cols) = (word(12), word(13));
+    if mel_rows != n_mels || !(1..=4096).contains(&mel_cols) {
+        return Err(format!("damaged header: mel filters {mel_rows}×{mel_cols}"));
+    }
+    // The tensors alone are at least n_vocab × n_text_state half floats.
+    let min = (word(1) as u64) * (word(7) as u64) * 2;
+    if len < min {
+        return Err(format!(
+            "truncated: {len} bytes, the header needs at least {min}"
+        ));
+    }
+    Ok(())
+}
 
 fn worker(
     cfg: SttConfig,

@@ -358,9 +358,40 @@ impl Memory {
             .collect())
     }
 
-    /// Deletes memories by id; returns those that existed.
+    /// Forgets memories by id (restorable for a while: [`store::KEEP_FORGOTTEN_MS`]);
+    /// returns those that existed.
     pub async fn forget(&self, ids: Vec<i64>) -> Result<Vec<StoredMemory>, MemoryError> {
         self.store.delete(ids).await
+    }
+
+    /// Brings forgotten memories back; returns those restored.
+    pub async fn restore(&self, ids: Vec<i64>) -> Result<Vec<StoredMemory>, MemoryError> {
+        self.store.restore(ids).await
+    }
+
+    /// Forgotten memories still restorable, most recently forgotten first.
+    pub async fn forgotten(&self, n: usize) -> Result<Vec<StoredMemory>, MemoryError> {
+        self.store.forgotten(n).await
+    }
+
+    /// The memory that "forget `topic`" means, if one matches strongly enough to delete.
+    ///
+    /// Deleting needs far more than recall: a recall that surfaces a loosely related
+    /// memory costs nothing, a deletion of one loses data the owner never meant to lose
+    /// ("forget my sister's address" once deleted "my brother Bob lives in Oslo"). So a
+    /// candidate must be close in meaning (≥ [`FORGET_MIN_SIMILARITY`]) *and* name the
+    /// same thing: at least half of the topic's content words (stemmed) appear in it —
+    /// or be a near-paraphrase (≥ [`FORGET_SURE_SIMILARITY`]).
+    pub async fn match_to_forget(
+        &self,
+        topic: &str,
+        filter: Filter,
+    ) -> Result<Option<Hit>, MemoryError> {
+        let hits = self.search(topic, 5, filter).await?;
+        Ok(hits
+            .into_iter()
+            .filter(|h| forget_matches(topic, &h.memory.text, h.similarity))
+            .max_by(|a, b| a.similarity.total_cmp(&b.similarity)))
     }
 
     /// Most recent memories of the given kinds, newest first.
@@ -383,5 +414,79 @@ impl Memory {
     }
 }
 
+/// Least cosine similarity for a deletion by topic (with the same content words).
+pub const FORGET_MIN_SIMILARITY: f32 = 0.45;
+/// Cosine similarity at which a memory is the topic whatever its words.
+pub const FORGET_SURE_SIMILARITY: f32 = 0.85;
+
+/// A crude English stem: enough to match "addresses"/"address", "parked"/"parking".
+fn stem(w: &str) -> &str {
+    for suffix in ["ing", "ed", "es", "s"] {
+        if let Some(s) = w.strip_suffix(suffix)
+            && s.chars().count() >= 3
+        {
+            return s;
+        }
+    }
+    w
+}
+
+/// Whether a memory with `text` and `similarity` to `topic` is what "forget `topic`"
+/// names (see [`Memory::match_to_forget`]).
+pub fn forget_matches(topic: &str, text: &str, similarity: f32) -> bool {
+    if similarity >= FORGET_SURE_SIMILARITY {
+        return true;
+    }
+    if similarity < FORGET_MIN_SIMILARITY {
+        return false;
+    }
+    let want: Vec<String> = store::keyword_terms(topic)
+        .iter()
+        .map(|w| stem(w).to_string())
+        .collect();
+    if want.is_empty() {
+        return false;
+    }
+    let have: std::collections::HashSet<String> = store::keyword_terms(text)
+        .iter()
+        .map(|w| stem(w).to_string())
+        .collect();
+    let shared = want.iter().filter(|w| have.contains(*w)).count();
+    shared >= 1 && shared * 2 >= want.len()
+}
+
 /// Shared, immutable embedding vector.
 pub type Vector = Arc<[f32]>;
+
+#[cfg(test)]
+mod tests {
+    use super::forget_matches;
+
+    #[test]
+    fn forgetting_needs_the_same_thing_named() {
+        // The reported case: close enough for recall, the wrong person and slot.
+        assert!(!forget_matches(
+            "my sister's address",
+            "my brother Bob lives in Oslo",
+            0.6
+        ));
+        assert!(forget_matches(
+            "my sister's address",
+            "My sister's address is 12 Elm Street",
+            0.7
+        ));
+        assert!(forget_matches(
+            "where I parked the car",
+            "I parked the car on level 3",
+            0.6
+        ));
+        // Same words, meaning too far: kept.
+        assert!(!forget_matches("the car", "the car is red", 0.2));
+        // A near-paraphrase with other words.
+        assert!(forget_matches(
+            "my mum's name",
+            "My mother is called Anne",
+            0.9
+        ));
+    }
+}

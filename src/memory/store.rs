@@ -82,7 +82,21 @@ const MIGRATIONS: &[&str] = &[
     END;
     CREATE TABLE seeds (key TEXT PRIMARY KEY, seeded_ms INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;",
+    // 2: forgotten memories are kept for a while (restorable), outside every search.
+    "CREATE TABLE forgotten (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}',
+        embedding BLOB NOT NULL,
+        forgotten_ms INTEGER NOT NULL
+    );
+    CREATE INDEX forgotten_at ON forgotten (forgotten_ms);",
 ];
+
+/// How long a forgotten memory can be restored before it is purged for good.
+pub const KEEP_FORGOTTEN_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// The schema version this Panda writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -186,6 +200,14 @@ enum Cmd {
     },
     Delete {
         ids: Vec<i64>,
+        reply: Reply<Vec<StoredMemory>>,
+    },
+    Restore {
+        ids: Vec<i64>,
+        reply: Reply<Vec<StoredMemory>>,
+    },
+    Forgotten {
+        n: usize,
         reply: Reply<Vec<StoredMemory>>,
     },
     Get {
@@ -325,9 +347,20 @@ impl Store {
         .await
     }
 
-    /// Deletes by id; returns the memories that existed.
+    /// Forgets by id: the memories leave every search at once but are kept, restorable,
+    /// for [`KEEP_FORGOTTEN_MS`]; returns the memories that existed.
     pub async fn delete(&self, ids: Vec<i64>) -> Result<Vec<StoredMemory>, MemoryError> {
         self.call(|reply| Cmd::Delete { ids, reply }).await
+    }
+
+    /// Brings forgotten memories back (same ids); returns those restored.
+    pub async fn restore(&self, ids: Vec<i64>) -> Result<Vec<StoredMemory>, MemoryError> {
+        self.call(|reply| Cmd::Restore { ids, reply }).await
+    }
+
+    /// Forgotten memories still restorable, most recently forgotten first.
+    pub async fn forgotten(&self, n: usize) -> Result<Vec<StoredMemory>, MemoryError> {
+        self.call(|reply| Cmd::Forgotten { n, reply }).await
     }
 
     /// The memories with these ids (those that exist, in the order given).
@@ -368,6 +401,8 @@ struct Db {
     df: HashMap<String, u64>,
     /// Store size when `df` was last cleared.
     df_rows: usize,
+    /// `PRAGMA data_version` when the index was last in step with the file.
+    data_version: i64,
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -489,6 +524,7 @@ impl Db {
             open_ms: 0,
             df: HashMap::new(),
             df_rows: 0,
+            data_version: 0,
         };
         let _ = db.conn.busy_timeout(std::time::Duration::from_secs(5));
         let q = |db: &Db, sql: &str| -> Result<i64, MemoryError> {
@@ -545,8 +581,56 @@ impl Db {
             .pragma_update(None, "synchronous", "FULL")
             .map_err(|e| db.sqlite(e))?;
         db.migrate(version)?;
+        db.purge_forgotten()?;
         db.load_index()?;
+        db.data_version = db.data_version();
         Ok(db)
+    }
+
+    /// `PRAGMA data_version`: changes when another connection commits.
+    fn data_version(&self) -> i64 {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    /// Reloads the vector index when another process changed the database, so facts
+    /// added or forgotten by `panda memory` reach a running daemon at its next search.
+    fn sync_foreign_writes(&mut self) {
+        let v = self.data_version();
+        if v == self.data_version {
+            return;
+        }
+        self.data_version = v;
+        match self.load_index() {
+            Ok(()) => {
+                self.df.clear();
+                self.df_rows = self.index.len();
+                tracing::info!(
+                    memories = self.index.len(),
+                    "memory: another process changed the database; index reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "memory: reloading after another process's change failed")
+            }
+        }
+    }
+
+    /// Purges forgotten memories older than [`KEEP_FORGOTTEN_MS`].
+    fn purge_forgotten(&mut self) -> Result<(), MemoryError> {
+        let cutoff = super::now_ms() - KEEP_FORGOTTEN_MS;
+        let n = self
+            .conn
+            .execute("DELETE FROM forgotten WHERE forgotten_ms < ?1", [cutoff])
+            .map_err(|e| self.sqlite(e))?;
+        if n > 0 {
+            tracing::info!(
+                purged = n,
+                "memory: forgotten memories past their keeping time purged"
+            );
+        }
+        Ok(())
     }
 
     fn migrate(&mut self, from: i64) -> Result<(), MemoryError> {
@@ -611,6 +695,9 @@ impl Db {
                     None => break,
                 },
             };
+            // Another process (`panda memory add` beside the daemon) may have written:
+            // SQLite's data_version changes only for other connections' commits.
+            self.sync_foreign_writes();
             match cmd {
                 Cmd::Insert {
                     items,
@@ -671,6 +758,12 @@ impl Db {
                 }
                 Cmd::Delete { ids, reply } => {
                     let _ = reply.send(self.delete(&ids));
+                }
+                Cmd::Restore { ids, reply } => {
+                    let _ = reply.send(self.restore(&ids));
+                }
+                Cmd::Forgotten { n, reply } => {
+                    let _ = reply.send(self.forgotten(n));
                 }
                 Cmd::Get { ids, reply } => {
                     let r = ids
@@ -918,10 +1011,18 @@ impl Db {
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
+            let mut keep = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO forgotten (id, kind, text, created_ms, meta, embedding, forgotten_ms)
+                     SELECT id, kind, text, created_ms, meta, embedding, ?2 FROM memories WHERE id = ?1",
+                )
+                .map_err(err)?;
             let mut st = tx
                 .prepare_cached("DELETE FROM memories WHERE id = ?1")
                 .map_err(err)?;
+            let now = super::now_ms();
             for m in &gone {
+                keep.execute(rusqlite::params![m.id, now]).map_err(err)?;
                 st.execute([m.id]).map_err(err)?;
             }
         }
@@ -930,6 +1031,69 @@ impl Db {
             self.index.remove(m.id);
         }
         Ok(gone)
+    }
+
+    fn restore(&mut self, ids: &[i64]) -> Result<Vec<StoredMemory>, MemoryError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| MemoryError::Sqlite {
+            path: path.clone(),
+            problem: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut back = Vec::new();
+        {
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT id, kind, text, created_ms, meta, embedding FROM forgotten WHERE id = ?1",
+                )
+                .map_err(err)?;
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO memories (id, kind, text, created_ms, meta, embedding)
+                     SELECT id, kind, text, created_ms, meta, embedding FROM forgotten WHERE id = ?1",
+                )
+                .map_err(err)?;
+            let mut drop_row = tx
+                .prepare_cached("DELETE FROM forgotten WHERE id = ?1")
+                .map_err(err)?;
+            for &id in ids {
+                let row = get
+                    .query_row([id], |r| {
+                        let m = row_memory(r)?;
+                        let blob: Vec<u8> = r.get(5)?;
+                        Ok((m, blob))
+                    })
+                    .optional()
+                    .map_err(err)?;
+                let Some((m, blob)) = row else { continue };
+                put.execute([id]).map_err(err)?;
+                drop_row.execute([id]).map_err(err)?;
+                back.push((m, blob));
+            }
+        }
+        tx.commit().map_err(err)?;
+        let mut out = Vec::new();
+        for (m, blob) in back {
+            if let Some(v) = blob_embedding(&blob) {
+                self.index.insert(m.id, m.kind, m.created_ms, &v);
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    fn forgotten(&self, n: usize) -> Result<Vec<StoredMemory>, MemoryError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, text, created_ms, meta FROM forgotten ORDER BY forgotten_ms DESC, id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = st
+            .query_map([n as i64], row_memory)
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.sqlite(e))?;
+        Ok(rows)
     }
 
     fn recent(&self, filter: &Filter, n: usize) -> Result<Vec<StoredMemory>, MemoryError> {

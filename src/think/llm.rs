@@ -48,6 +48,17 @@ pub enum LlmError {
         /// Start of the body.
         body: String,
     },
+    /// The server answered with something that is not a token stream (an HTML page:
+    /// `[llm] url` points at a web server, a captive portal or a proxy's error page).
+    #[error(
+        "the server at {url} answered with {content_type}, not a token stream: is [llm] url the language model server?"
+    )]
+    NotAStream {
+        /// Base URL.
+        url: String,
+        /// The Content-Type it sent.
+        content_type: String,
+    },
     /// The server reported an error inside the stream.
     #[error("the language model reported an error: {0}")]
     Server(String),
@@ -371,6 +382,18 @@ impl LlmClient {
                 body: body.chars().take(200).collect(),
             });
         }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if content_type.contains("html") || content_type.contains("xml") {
+            return Err(LlmError::NotAStream {
+                url: self.cfg.url.clone(),
+                content_type,
+            });
+        }
         let mut body = resp.bytes_stream();
         let mut lines = LineBuffer::new(self.cfg.max_line_bytes);
         let mut text = String::new();
@@ -428,10 +451,14 @@ impl LlmClient {
                     Line::Malformed => {
                         malformed += 1;
                         self.stats.malformed_lines.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            line = %String::from_utf8_lossy(&line[..line.len().min(120)]),
-                            "skipping a malformed LLM stream line"
-                        );
+                        // One line per answer (with a count at its end), not one per
+                        // bad line: 200,000 of them once wrote 31 MB of log.
+                        if malformed == 1 {
+                            tracing::warn!(
+                                line = %String::from_utf8_lossy(&line[..line.len().min(120)]),
+                                "skipping a malformed LLM stream line (further ones in this answer are counted)"
+                            );
+                        }
                     }
                 }
             }
@@ -451,6 +478,12 @@ impl LlmClient {
         malformed: u64,
     ) -> LlmAnswer {
         let total_ms = start.elapsed().as_millis() as u64;
+        if malformed > 1 {
+            tracing::warn!(
+                malformed,
+                "malformed LLM stream lines skipped in this answer"
+            );
+        }
         LlmAnswer {
             text,
             first_token_ms: first_token_ms.unwrap_or(total_ms),

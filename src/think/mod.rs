@@ -33,8 +33,33 @@ pub fn http_client(connect_timeout_ms: u64) -> reqwest::Client {
         .pool_max_idle_per_host(8)
         .tcp_nodelay(true)
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
         .build()
         .expect("a client with these settings always builds")
+}
+
+/// Most redirects followed within one origin.
+const MAX_REDIRECTS: usize = 5;
+
+/// Redirects are followed only within the origin first asked (scheme, host and port):
+/// a prompt carries the owner's remembered facts, and a 307 to another address once
+/// received all of it.
+fn same_origin_redirects(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let Some(first) = attempt.previous().first() else {
+        return attempt.follow();
+    };
+    if attempt.url().origin() != first.origin() {
+        let msg = format!(
+            "refused a redirect from {} to another origin, {}",
+            first.origin().ascii_serialization(),
+            attempt.url().origin().ascii_serialization()
+        );
+        return attempt.error(msg);
+    }
+    if attempt.previous().len() > MAX_REDIRECTS {
+        return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    attempt.follow()
 }
 
 /// A reqwest error with its causes ("error sending request: connection refused"), without

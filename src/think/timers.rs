@@ -125,6 +125,30 @@ async fn save(path: &Path, list: &[TimerEntry]) -> Result<(), TimerError> {
     .map_err(|_| TimerError::Stopped)?
 }
 
+/// Missed timers one by one are announced each; more than this many become one sentence.
+const MISSED_ONE_BY_ONE: usize = 3;
+
+/// What Panda says about timers that went off while it was not running: one sentence
+/// each for a few, one sentence for many (100,000 past-due timers once queued ~100 hours
+/// of announcements ahead of every question).
+pub fn missed_announcements(missed: &[TimerEntry]) -> Vec<String> {
+    if missed.len() <= MISSED_ONE_BY_ONE {
+        return missed
+            .iter()
+            .map(|t| format!("While I was off, your {} went off.", t.label))
+            .collect();
+    }
+    let last = missed
+        .iter()
+        .max_by_key(|t| t.due_unix_ms)
+        .map(|t| t.label.as_str());
+    vec![format!(
+        "While I was off, {} timers went off; the last was your {}.",
+        missed.len(),
+        last.unwrap_or("timer")
+    )]
+}
+
 /// Loads `dir/timers.json` and starts the task. Returns the handle and the timers that
 /// fell due while Panda was not running (already removed from the file).
 pub async fn spawn(
@@ -376,6 +400,29 @@ pub fn parse_clock(text: &str) -> Option<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn many_missed_timers_are_one_sentence() {
+        let entry = |id: u64| TimerEntry {
+            id,
+            label: format!("{id} minute timer"),
+            due_unix_ms: id,
+        };
+        let few: Vec<_> = (1..=2).map(entry).collect();
+        assert_eq!(
+            missed_announcements(&few),
+            vec![
+                "While I was off, your 1 minute timer went off.",
+                "While I was off, your 2 minute timer went off."
+            ]
+        );
+        let many: Vec<_> = (1..=100_000).map(entry).collect();
+        assert_eq!(
+            missed_announcements(&many),
+            vec!["While I was off, 100000 timers went off; the last was your 100000 minute timer."]
+        );
+    }
+
     use super::*;
 
     #[test]

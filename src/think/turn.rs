@@ -673,13 +673,13 @@ impl Thinker {
                     kinds: vec![Kind::Fact, Kind::Identity, Kind::Summary],
                     ..Default::default()
                 };
-                let hits = match m.recall(topic, 1, forgettable).await {
+                let hit = match m.match_to_forget(topic, forgettable).await {
                     Ok(h) => h,
                     Err(_) => return "Sorry, I couldn't read my memory just now.".into(),
                 };
-                match hits.into_iter().next() {
+                match hit {
                     None => format!(
-                        "I don't remember anything about {}, so there is nothing to forget.",
+                        "I don't have anything about {}, so there is nothing to forget.",
                         spoken_fact(topic)
                     ),
                     Some(h) => {
@@ -833,7 +833,15 @@ impl Thinker {
         let notify = Arc::new(Notify::new());
         let (b2, n2) = (buf.clone(), notify.clone());
         let llm = self.llm.clone();
-        let token = turn.token.clone();
+        // The stream has its own token under the turn's: closing it at the answer bound
+        // ends the stream without cancelling the turn.
+        let token = turn.token.child_token();
+        let stream_token = token.clone();
+        let max_chars = self.cfg.conversation.max_answer_chars;
+        let max_sentences = self.cfg.conversation.max_answer_sentences as u32;
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r2 = received.clone();
+        let t2 = token.clone();
         // The stream runs as its own task: it reads the server at the server's pace while
         // this loop waits on speech (a full sentence edge). Polled only from this loop, a
         // long answer spoken slower than it is generated would stall the stream and run
@@ -841,6 +849,12 @@ impl Thinker {
         // turn token still stops the stream at once.
         let mut fut = tokio::spawn(async move {
             llm.stream(&messages, &token, move |d| {
+                // Nothing past the bound is spoken, so nothing past it is kept either.
+                let total = r2.fetch_add(d.len(), Ordering::Relaxed) + d.len();
+                if total > max_chars * 2 {
+                    t2.cancel();
+                    return;
+                }
                 b2.lock().unwrap_or_else(|e| e.into_inner()).push_str(d);
                 n2.notify_one();
             })
@@ -864,6 +878,9 @@ impl Thinker {
                     let d = take(&buf);
                     llm_said |= !d.is_empty();
                     sp.push(&d).await;
+                    if sp.text.len() >= max_chars || sp.index >= max_sentences {
+                        stream_token.cancel();
+                    }
                 }
                 _ = &mut wait, if !filled => {
                     filled = true;
@@ -873,8 +890,35 @@ impl Thinker {
                 }
             }
         };
+        // Cut at the bound: the stream was closed by us, not by the turn.
+        let capped = stream_token.is_cancelled() && !turn.token.is_cancelled();
         let rest = take(&buf);
         llm_said |= !rest.is_empty();
+        if capped {
+            // The unfinished sentence is dropped, then Panda says it stops there.
+            sp.splitter = SentenceSplitter::new(self.cfg.tts.max_sentence_chars as usize);
+            tracing::info!(
+                turn = turn.id,
+                chars = sp.text.len(),
+                sentences = sp.index,
+                received = received.load(Ordering::Relaxed),
+                "the answer reached [conversation] max_answer_chars/max_answer_sentences: cut"
+            );
+            sp.say("That's where I'll stop; ask me if you want more.")
+                .await;
+            let _ = self
+                .events
+                .send(Event::Llm {
+                    turn: turn.id,
+                    first_token_ms: result.as_ref().ok().map(|a| a.first_token_ms),
+                    total_ms: result.as_ref().map_or(0, |a| a.total_ms),
+                    malformed: 0,
+                    error: None,
+                })
+                .await;
+            self.llm_down_until = None;
+            return "llm";
+        }
         sp.push(&rest).await;
         let (first_token_ms, total_ms, malformed, error) = match &result {
             Ok(a) => (Some(a.first_token_ms), a.total_ms, a.malformed, None),
@@ -916,6 +960,13 @@ impl Thinker {
                     }
                     LlmError::Interrupted(_) | LlmError::AnswerTimeout(_) => {
                         "Sorry, I lost my connection to the language model before I could finish."
+                    }
+                    LlmError::NotAStream { .. } => {
+                        self.llm_down_until = Some(Instant::now() + Duration::from_secs(10));
+                        if context.is_some() && !got_text {
+                            return "unreachable";
+                        }
+                        "Sorry, the address set for my language model answers with a web page, not a language model, so I can't answer that."
                     }
                     LlmError::Oversize { .. } | LlmError::Server(_) => {
                         "Sorry, something went wrong with that answer."

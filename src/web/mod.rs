@@ -16,6 +16,7 @@
 //! how many it missed) and a client that cannot take bytes at all is disconnected by its
 //! TCP buffer filling, not by Panda waiting.
 
+pub mod conn;
 pub mod server;
 pub mod status;
 

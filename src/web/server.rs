@@ -56,6 +56,11 @@ struct AppState {
     cfg: Arc<WebConfig>,
     handle: WebHandle,
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Bound to a loopback address: only this machine can connect, so reading what was
+    /// said needs no token (the `Host` check keeps browsers' rebinding pages out).
+    loopback: bool,
+    /// Host names answered besides IP literals (see `[web] allowed_hosts`).
+    hosts: Arc<Vec<String>>,
 }
 
 const INDEX_HTML: &str = include_str!("page/index.html");
@@ -76,11 +81,23 @@ pub async fn serve(
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), WebError> {
     let quota = Quota::per_second(NonZeroU32::new(cfg.rate_per_s.max(1)).expect("max(1)"))
         .allow_burst(NonZeroU32::new(cfg.burst.max(1)).expect("max(1)"));
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| WebError::Bind {
+            addr: cfg.listen.clone(),
+            problem: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| WebError::Bind {
+        addr: cfg.listen.clone(),
+        problem: e.to_string(),
+    })?;
     let state = AppState {
         hub: hub.clone(),
         cfg: Arc::new(cfg.clone()),
         handle,
         limiter: Arc::new(RateLimiter::keyed(quota)),
+        loopback: addr.ip().is_loopback(),
+        hosts: Arc::new(known_hosts(&cfg.allowed_hosts)),
     };
     let api = Router::new()
         .route("/api/status", get(status))
@@ -102,18 +119,9 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .merge(api)
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn(security_headers))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| WebError::Bind {
-            addr: cfg.listen.clone(),
-            problem: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| WebError::Bind {
-        addr: cfg.listen.clone(),
-        problem: e.to_string(),
-    })?;
     // Forget rate-limit state of addresses not seen for a while (bounded memory).
     hub.start_fanout(root.clone());
     let limiter = state.limiter.clone();
@@ -143,19 +151,68 @@ pub async fn serve(
             }
         }
     });
-    tracing::info!(%addr, "status page at http://{addr}/");
-    let task = tokio::spawn(async move {
-        let r = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { root.cancelled().await })
-        .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "status page server stopped");
-        }
-    });
+    let limit = super::conn::connection_limit(cfg.max_connections);
+    tracing::info!(%addr, max_connections = limit, "status page at http://{addr}/");
+    let conns = super::conn::Connections::new(
+        limit,
+        Duration::from_millis(cfg.header_timeout_ms),
+        hub.metrics.clone(),
+    );
+    let task = tokio::spawn(conns.serve(listener, app, root));
     Ok((addr, task))
+}
+
+/// The names a `Host` header may carry besides IP literals: `localhost`, this
+/// machine's name and `name.local`, and `[web] allowed_hosts`.
+fn known_hosts(allowed: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = allowed.iter().map(|h| h.to_ascii_lowercase()).collect();
+    out.push("localhost".into());
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let name = name.trim().to_ascii_lowercase();
+        if !name.is_empty() {
+            out.push(format!("{name}.local"));
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Whether `host` (a `Host` header: name or address, optional port) may be answered.
+/// IP literals cannot be rebound by DNS; names must be known.
+fn host_allowed(host: &str, known: &[String]) -> bool {
+    let host = host.trim();
+    if host.starts_with('[') {
+        // [v6]:port — an IPv6 literal.
+        return host
+            .split_once(']')
+            .is_some_and(|(h, _)| h[1..].parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    known.iter().any(|k| k == "*" || *k == name)
+}
+
+/// Refuses requests whose `Host` is not this server's (a DNS-rebinding page in the
+/// owner's browser would otherwise read a localhost install).
+async fn check_host(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    match host {
+        Some(h) if host_allowed(h, &st.hosts) => next.run(req).await,
+        Some(h) => error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "host {h:?} is not this Panda's: use its IP address, or add the name to [web] allowed_hosts"
+            ),
+        ),
+        None => error(StatusCode::BAD_REQUEST, "the request has no Host header"),
+    }
 }
 
 fn html(body: &'static str) -> Response {
@@ -216,6 +273,56 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The bearer token a request carries: `Authorization: Bearer …` (the scheme is
+/// case-insensitive, RFC 9110 §11.1) or RFC 6750's `access_token` query parameter (an
+/// EventSource cannot send headers).
+fn given_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    from_header.or_else(|| {
+        query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("access_token="))
+    })
+}
+
+/// Whether the request carries the configured token (never true when none is set).
+fn has_token(st: &AppState, headers: &HeaderMap, query: Option<&str>) -> bool {
+    let given = given_token(headers, query).unwrap_or("");
+    let given = percent_decode(given);
+    !st.cfg.token.is_empty() && same(given.as_bytes(), st.cfg.token.as_bytes())
+}
+
+/// Minimal `%XX` decoding for a token passed in the query string.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the request may read transcripts, answers and metrics: always on a loopback
+/// bind, otherwise only with the token.
+fn may_read(st: &AppState, headers: &HeaderMap, query: Option<&str>) -> bool {
+    st.loopback || has_token(st, headers, query)
+}
+
 /// The 401 response for a request without the right bearer token; `None` when it has it.
 fn unauthorised(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     if st.cfg.token.is_empty() {
@@ -224,12 +331,7 @@ fn unauthorised(st: &AppState, headers: &HeaderMap) -> Option<Response> {
             "the API is disabled: set [web] token (PANDA_WEB__TOKEN) and send it as a bearer token",
         ));
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same(given.trim().as_bytes(), st.cfg.token.as_bytes()) {
+    if !has_token(st, headers, None) {
         return Some(error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
@@ -238,11 +340,32 @@ fn unauthorised(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
-async fn status(State(st): State<AppState>) -> Response {
-    Json(st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone())).into_response()
+/// A snapshot without what people said: the state and service health only.
+fn redacted(mut snap: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = snap.as_object_mut() {
+        o.insert("turns".into(), serde_json::json!([]));
+        o.insert("log".into(), serde_json::json!([]));
+        o.insert("redacted".into(), serde_json::json!(true));
+    }
+    snap
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
+async fn status(State(st): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let snap = st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone());
+    if may_read(&st, &headers, uri.query()) {
+        Json(snap).into_response()
+    } else {
+        Json(redacted(snap)).into_response()
+    }
+}
+
+async fn metrics(State(st): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    if !may_read(&st, &headers, uri.query()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the status page is not on loopback: /metrics needs the bearer token ([web] token)",
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -358,7 +481,8 @@ async fn stop(State(st): State<AppState>, headers: HeaderMap) -> Response {
     Json(serde_json::json!({ "stopped": stopped })).into_response()
 }
 
-async fn events(State(st): State<AppState>) -> Response {
+async fn events(State(st): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let private = may_read(&st, &headers, uri.query());
     let m = st.hub.metrics.clone();
     if m.clients.get() as usize >= st.cfg.max_clients {
         return error(
@@ -370,26 +494,37 @@ async fn events(State(st): State<AppState>) -> Response {
     let guard = ClientGuard(m.clone());
     // Subscribe before the snapshot, so nothing falls between them.
     let rx = st.hub.subscribe();
-    let snap = st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone());
-    Sse::new(feed(rx, snap.to_string(), guard))
+    let mut snap = st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone());
+    if !private {
+        snap = redacted(snap);
+    }
+    Sse::new(feed(rx, snap.to_string(), guard, private))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
 /// The live feed of one client: the snapshot, then every published message; a client
 /// that fell behind the ring is told how many it missed and continues with the newest.
+/// Without `private`, only messages that carry no words (state, service health) go out.
 fn feed(
     rx: broadcast::Receiver<Arc<str>>,
     snapshot: String,
     guard: ClientGuard,
+    private: bool,
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
     stream::unfold(
         (rx, Some(snapshot), guard),
-        |(mut rx, snap, guard)| async move {
+        move |(mut rx, snap, guard)| async move {
             if let Some(s) = snap {
                 return Some((Ok(SseEvent::default().data(s)), (rx, None, guard)));
             }
-            match rx.recv().await {
+            let msg = loop {
+                match rx.recv().await {
+                    Ok(msg) if !private && !public_message(&msg) => continue,
+                    other => break other,
+                }
+            };
+            match msg {
                 Ok(msg) => Some((Ok(SseEvent::default().data(&*msg)), (rx, None, guard))),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     guard.0.clients_lagged.add(1);
@@ -402,9 +537,70 @@ fn feed(
     )
 }
 
+/// Live messages a client without the token may see: those without anyone's words.
+fn public_message(msg: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(msg)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+        .is_some_and(|t| matches!(t.as_str(), "state" | "llm" | "breaker"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_rebinding_names_are_refused() {
+        let known = vec!["localhost".to_string(), "panda.local".to_string()];
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "192.168.1.9",
+            "panda.local:80",
+            "panda.local.",
+        ] {
+            assert!(host_allowed(ok, &known), "{ok}");
+        }
+        for bad in ["evil.example:8080", "localhost.evil.example", "[zz]:1", ""] {
+            assert!(!host_allowed(bad, &known), "{bad}");
+        }
+        assert!(host_allowed("anything", &["*".to_string()]));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_query_token_works() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(given_token(&h, None), Some("abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("BEARER  abc "),
+        );
+        assert_eq!(given_token(&h, None), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(given_token(&h, None), None);
+        assert_eq!(
+            given_token(&HeaderMap::new(), Some("x=1&access_token=t%2B1")),
+            Some("t%2B1")
+        );
+        assert_eq!(percent_decode("t%2B1"), "t+1");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn only_wordless_messages_are_public() {
+        assert!(public_message(r#"{"type":"state","state":"idle"}"#));
+        assert!(!public_message(
+            r#"{"type":"text","turn":1,"text":"my PIN"}"#
+        ));
+        assert!(!public_message(r#"{"type":"turn","turn":{}}"#));
+        assert!(!public_message("not json"));
+    }
 
     #[test]
     fn token_comparison() {

@@ -3,6 +3,12 @@
 "use strict";
 (function () {
   const turns = new Map();
+  // Off this machine the page needs the API token for transcripts and answers (it shows
+  // only the state without it): open it as http://host:8080/#token=TOKEN. The fragment
+  // never leaves the browser; the token goes as RFC 6750's access_token parameter,
+  // because an EventSource cannot send an Authorization header.
+  const tokenMatch = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  const auth = tokenMatch ? "?access_token=" + encodeURIComponent(decodeURIComponent(tokenMatch[1])) : "";
   const $ = (id) => document.getElementById(id);
   const ms = (v) => (v === null || v === undefined ? "" : v + " ms");
 
@@ -101,13 +107,13 @@
   }
 
   function connect() {
-    const es = new EventSource("/api/events");
+    const es = new EventSource("/api/events" + auth);
     es.onopen = () => { $("conn").textContent = "live"; };
     es.onmessage = (e) => { try { onMessage(JSON.parse(e.data)); } catch (err) { /* ignore a bad message */ } };
     es.onerror = () => { $("conn").textContent = "reconnecting…"; };
   }
   function poll() {
-    fetch("/api/status", { cache: "no-store" })
+    fetch("/api/status" + auth, { cache: "no-store" })
       .then((r) => (r.ok ? r.json() : null))
       .then((snap) => { if (snap) services(snap); })
       .catch(() => { /* the feed's reconnect shows the outage */ });
