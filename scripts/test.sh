@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# Runs Panda's whole test suite on a fresh machine: system packages, models and test
-# recordings (scripts/setup.sh, debug profile), then `cargo test`. Device tests require
-# PulseAudio (installed by setup) and fail rather than skip when REQUIRE_PULSEAUDIO=1;
-# the status page test needs Debian's Chromium and ChromeDriver (installed here, test
-# only) and fails rather than skips when REQUIRE_CHROMIUM=1.
+# Runs Panda's whole test suite on a fresh machine: system packages (scripts/setup.sh
+# --packages, plus Debian's Chromium and ChromeDriver for the status-page test), one
+# build of the test profile, the models and test recordings, then the tests.
+#
+# One build: `cargo test --no-run` builds the library, the `panda` binary the tests run
+# and the one integration-test binary (tests/it) together; the model installer then runs
+# from that same binary. (Building the binary separately with `cargo build` compiled
+# whisper.cpp, ONNX Runtime's bindings and everything that depends on a dev-dependency's
+# features a second time.)
+#
+# Device tests (tests/it/real_devices.rs) need PulseAudio and fail rather than skip when
+# REQUIRE_PULSEAUDIO=1; the status-page test needs Chromium and fails rather than skips
+# when REQUIRE_CHROMIUM=1. They run in a second pass, one at a time: real-time playback
+# and recording under another test's load underruns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD_PROFILE=debug scripts/setup.sh
+start=$(date +%s)
+phase() { echo "=== test.sh: $1 ($(( $(date +%s) - start )) s since start)"; }
+
+phase "system packages"
+scripts/setup.sh --packages
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -16,5 +29,18 @@ fi
 export GGML_NATIVE=OFF
 export REQUIRE_PULSEAUDIO="${REQUIRE_PULSEAUDIO:-1}"
 export REQUIRE_CHROMIUM="${REQUIRE_CHROMIUM:-1}"
-# Every test binary runs even when one fails, so a failure report is complete.
-cargo test --locked --no-fail-fast -- --test-threads 2 "$@"
+
+phase "build (test profile, once)"
+cargo test --locked --no-run
+
+phase "models and test recordings"
+target/debug/panda models install --test-data
+
+# Every test runs even when one fails, so a failure report is complete.
+phase "tests"
+status=0
+cargo test --locked --no-fail-fast -- --test-threads 2 --skip real_devices:: "$@" || status=$?
+phase "device tests (one at a time)"
+cargo test --locked --test it -- --test-threads 1 real_devices:: "$@" || status=$?
+phase "done (exit $status)"
+exit $status

@@ -464,9 +464,23 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
-            dir: PathBuf::from("state"),
+            dir: default_state_dir(),
         }
     }
+}
+
+/// Where a user's Panda keeps its state when nothing says otherwise: the XDG state
+/// directory (`$XDG_STATE_HOME/panda`, else `~/.local/state/panda`) — never the current
+/// directory, so a checkout or a working directory never collects timers and memories.
+/// The service sets `/var/lib/panda` (systemd's `StateDirectory`).
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("panda");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/state/panda");
+    }
+    PathBuf::from("/var/lib/panda")
 }
 
 /// `[memory]`: long-term memory (facts, identity, past turns) and how it is searched.

@@ -849,7 +849,7 @@ impl Iterator for RingSource {
 
     fn next(&mut self) -> Option<f32> {
         self.polled += 1;
-        if self.polled % 256 == 0 {
+        if self.polled.is_multiple_of(256) {
             self.shared.polled.store(self.polled, Ordering::Relaxed);
         }
         let epoch = self.shared.flush_epoch.load(Ordering::Acquire);

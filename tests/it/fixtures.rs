@@ -1,6 +1,6 @@
 //! The bundled recording used by the README's first command.
 
-mod common;
+use crate::common;
 
 const FIXTURE: &str = "tests/fixtures/hey-panda-what-time.wav";
 

@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests: the installed models, speech made with
 //! espeak-ng at test time, and running the real `panda` binary.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,17 +50,7 @@ pub fn espeak_wav(dir: &Path, name: &str, voice: &str, parts: &[&str], gap_ms: u
         );
     }
     let path = dir.join(format!("{name}.wav"));
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 22_050,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    for s in pcm {
-        w.write_sample(s).unwrap();
-    }
-    w.finalize().unwrap();
+    write_wav(&path, 22_050, &pcm);
     path
 }
 
@@ -101,15 +90,49 @@ impl Run {
     }
 }
 
+/// The one way the tests launch `panda`: the binary under test with the test models and
+/// warnings-only logging (a test adds its own arguments and environment).
+pub fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_panda"));
+    c.env("PANDA_MODELS__DIR", models_dir())
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// [`command`] keeping its state (timers, memory) in `state`.
+pub fn command_in(state: &Path) -> Command {
+    let mut c = command();
+    c.env("PANDA_STATE__DIR", state);
+    c
+}
+
 /// Runs the `panda` binary with the test models.
 pub fn panda(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
-        .args(args)
-        .env("PANDA_MODELS__DIR", models_dir())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running panda");
+    let out = command().args(args).output().expect("running panda");
     Run::from_output(out)
+}
+
+/// The texts of a run's `answer` events.
+pub fn answers(r: &Run) -> Vec<String> {
+    r.of_type("answer")
+        .iter()
+        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Writes 16-bit mono `pcm` at `rate_hz` as a WAV file.
+pub fn write_wav(path: &Path, rate_hz: u32, pcm: &[i16]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate_hz,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for s in pcm {
+        w.write_sample(*s).unwrap();
+    }
+    w.finalize().unwrap();
 }
 
 /// The llama.cpp server `scripts/llm-server.sh` starts (or `LLM_TEST_URL`), if it answers.

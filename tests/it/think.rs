@@ -2,7 +2,7 @@
 //! speaking Ollama NDJSON and OpenAI SSE (slow, broken, malformed, oversized), helper
 //! agents (slow, failing), and the timer service on a real state directory.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -305,15 +305,12 @@ fn ask_env(
     args: &[&str],
 ) -> common::Run {
     let state = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_panda"));
-    cmd.envs(env.iter().copied());
+    let mut cmd = common::command_in(state.path());
     cmd.arg("ask")
         .args(args)
-        .env("PANDA_MODELS__DIR", common::models_dir())
-        .env("PANDA_STATE__DIR", state.path())
         .env("PANDA_LLM__URL", llm_url)
         .env("PANDA_LLM__BACKEND", "openai")
-        .env("RUST_LOG", "warn");
+        .envs(env.iter().copied());
     // The temp dir must outlive the process.
     let state = Box::leak(Box::new(state));
     if let Some(u) = agents_url {
@@ -362,12 +359,7 @@ async fn ask_async(
     .expect("panda ask ran")
 }
 
-fn answers(r: &common::Run) -> Vec<String> {
-    r.of_type("answer")
-        .iter()
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect()
-}
+use crate::common::answers;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_mid_stream_death_the_turn_apologises_and_the_next_works() {

@@ -1,6 +1,6 @@
 //! Speech-to-text with the real converted tiny.en model on CPU.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -106,7 +106,7 @@ fn cancel_during_transcription() {
 #[test]
 fn missing_model_names_the_file() {
     let clip = common::models_dir().join("testdata/alsa/Front_Center.wav");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command()
         .args(["transcribe", clip.to_str().unwrap()])
         .env("PANDA_MODELS__DIR", "/nonexistent-models")
         .output()

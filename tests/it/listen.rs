@@ -1,9 +1,9 @@
 //! The listening pipeline end to end through the real `panda listen` binary: wake word,
 //! VAD, endpointing and Whisper on speech made at test time, and bad input.
 
-mod common;
+use crate::common;
 
-use common::{espeak_wav, panda};
+use crate::common::{espeak_wav, panda};
 
 /// espeak-ng voices that are not among the wake word templates (unseen speakers).
 const VOICES: &[&str] = &["en-us+m3", "en-gb+f3", "en-us+m5"];
@@ -87,9 +87,8 @@ fn noise_gives_nothing() {
 fn stdin_and_raw_input() {
     let raw = common::models_dir().join("testdata/pocketsphinx/goforward.raw");
     let bytes = std::fs::read(&raw).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+    let mut child = common::command()
         .args(["listen", "--no-wake", "--raw", "-"])
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -268,9 +267,8 @@ fn enroll_builds_a_wake_word_from_recordings() {
         &["Hey panda.", "What time is it?"],
         700,
     );
-    let r = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+    let r = common::command()
         .args(["listen", "--no-stt", q.to_str().unwrap()])
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .env("PANDA_WAKE__MODEL", &out)
         .output()
         .unwrap();

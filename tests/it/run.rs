@@ -3,7 +3,7 @@
 //! (authentication, body limits, bad JSON, rate limits, the live feed, metrics); and
 //! SIGTERM in the middle of a turn.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -17,11 +17,9 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn panda_cmd(state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_panda"));
-    c.env("PANDA_MODELS__DIR", common::models_dir())
-        .env("PANDA_STATE__DIR", state)
-        // No LLM server in these tests: a dead port answers at once.
-        .env("PANDA_LLM__URL", "http://127.0.0.1:9");
+    let mut c = common::command_in(state);
+    // No LLM server in these tests: a dead port answers at once.
+    c.env("PANDA_LLM__URL", "http://127.0.0.1:9");
     c
 }
 
@@ -69,9 +67,8 @@ fn a_recorded_question_gets_a_spoken_answer() {
         "{text}"
     );
     // The exchange was remembered as a turn.
-    let mem = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let mem = common::command()
         .args(["memory", "export"])
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .env("PANDA_STATE__DIR", state.path())
         .output()
         .unwrap();
@@ -120,17 +117,7 @@ const TOKEN: &str = "test-token-7f3a";
 
 fn silence_wav(dir: &Path, seconds: u32) -> PathBuf {
     let path = dir.join("silence.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    for _ in 0..16_000 * seconds {
-        w.write_sample(0i16).unwrap();
-    }
-    w.finalize().unwrap();
+    common::write_wav(&path, 16_000, &vec![0i16; 16_000 * seconds as usize]);
     path
 }
 
@@ -938,7 +925,7 @@ fn check_config_refuses_values_that_would_crash_or_hang_run() {
         ("PANDA_RUN__STALL_MS", "0"),
         ("PANDA_CONVERSATION__MAX_ANSWER_CHARS", "0"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+        let out = common::command()
             .arg("check-config")
             .env(key, value)
             .output()
@@ -948,7 +935,7 @@ fn check_config_refuses_values_that_would_crash_or_hang_run() {
         eprintln!("{key}={value}: {}", err.trim());
     }
     // --config naming a directory is an error, not silently the defaults.
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command()
         .args(["check-config"])
         .arg(dir.path())
         .output()
@@ -959,7 +946,7 @@ fn check_config_refuses_values_that_would_crash_or_hang_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command()
         .arg("--config")
         .arg(dir.path())
         .arg("check-config")
@@ -1059,10 +1046,9 @@ fn bad_inputs_are_refused_clearly_and_bounded() {
     std::fs::write(&broken, bytes).unwrap();
     let clip = dir.path().join("clip.wav");
     std::fs::write(&clip, panda::listen::wake::wav_bytes(&vec![0i16; 16_000])).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command()
         .arg("transcribe")
         .arg(&clip)
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .env("PANDA_STT__MODEL", &broken)
         .output()
         .unwrap();

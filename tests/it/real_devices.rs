@@ -4,7 +4,7 @@
 //! Without PulseAudio the test says so loudly; with `REQUIRE_PULSEAUDIO=1` (CI, after
 //! `scripts/setup.sh` installed it) a missing sound server is a failure, never a pass.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -181,7 +181,7 @@ fn listen_on_a_virtual_microphone() {
 #[test]
 fn no_sound_server_is_a_clear_error() {
     // With PulseAudio pointed at nothing and no ALSA card, the default device cannot open.
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command()
         .args([
             "listen",
             "--device",
@@ -191,7 +191,6 @@ fn no_sound_server_is_a_clear_error() {
             "3",
         ])
         .env("PULSE_SERVER", "unix:/nonexistent/pulse/native")
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -207,7 +206,7 @@ fn no_sound_server_is_a_clear_error() {
 
 #[test]
 fn daemon_mode_retries_a_missing_device_until_stopped() {
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command()
         .args([
             "listen",
             "--device",
@@ -219,7 +218,6 @@ fn daemon_mode_retries_a_missing_device_until_stopped() {
             "3",
         ])
         .env("PULSE_SERVER", "unix:/nonexistent/pulse/native")
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .env("PANDA_AUDIO__RETRY_DELAY_MS", "500")
         .env("RUST_LOG", "error")
         .output()

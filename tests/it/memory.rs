@@ -3,11 +3,11 @@
 //! SIGKILL, refusal of damaged or foreign files, bad input from the CLI, and the voice
 //! skills (remember / recall / forget, memories in the LLM prompt) through `panda ask`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,8 @@ use rand::Rng;
 
 /// `panda ARGS` with memory in `state` (and the test models).
 fn panda_in(state: &Path, env: &[(&str, &str)], args: &[&str]) -> common::Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command_in(state)
         .args(args)
-        .env("PANDA_MODELS__DIR", common::models_dir())
-        .env("PANDA_STATE__DIR", state)
-        .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .output()
         .expect("running panda");
@@ -182,9 +179,8 @@ fn every_reported_write_survives_sigkill() {
     // (id, text) of every write a child reported as committed.
     let mut committed: Vec<(i64, String)> = Vec::new();
     for round in 0..20 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_panda"))
+        let mut child = common::command()
             .args(["memory", "add", "-", "--lines", "--json"])
-            .env("PANDA_MODELS__DIR", common::models_dir())
             .env("PANDA_STATE__DIR", state.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
@@ -351,10 +347,9 @@ fn bad_input_from_the_cli_gets_clear_outcomes() {
     }
     // Invalid UTF-8 as an argument and on stdin.
     use std::os::unix::ffi::OsStrExt;
-    let out = Command::new(env!("CARGO_BIN_EXE_panda"))
+    let out = common::command()
         .args(["memory", "add"])
         .arg(std::ffi::OsStr::from_bytes(b"caf\xe9 au lait"))
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .env("PANDA_STATE__DIR", state.path())
         .output()
         .unwrap();
@@ -365,9 +360,8 @@ fn bad_input_from_the_cli_gets_clear_outcomes() {
         "{err}"
     );
     let stdin_add = |bytes: Vec<u8>, extra: &[(&str, &str)]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_panda"))
+        let mut child = common::command()
             .args(["memory", "add", "-"])
-            .env("PANDA_MODELS__DIR", common::models_dir())
             .env("PANDA_STATE__DIR", state.path())
             .env("RUST_LOG", "warn")
             .envs(extra.iter().copied())
@@ -428,12 +422,7 @@ fn bad_input_from_the_cli_gets_clear_outcomes() {
     assert_eq!(r.code, 64, "{}", r.stderr);
 }
 
-fn answers(r: &common::Run) -> Vec<String> {
-    r.of_type("answer")
-        .iter()
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect()
-}
+use crate::common::answers;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn remember_recall_and_forget_by_voice_and_memories_reach_the_prompt() {

@@ -2,12 +2,12 @@
 //! says must be what Whisper hears; speech streams sentence by sentence; a cancel silences
 //! the output at once; bad input gets a clear outcome.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Run, panda};
+use crate::common::{Run, panda};
 use panda::app::{self, SayInput, SayOptions};
 use panda::audio::playback::{Output, SinkLog};
 use panda::bench::word_errors;
@@ -259,7 +259,7 @@ fn bad_input_gets_clear_outcomes() {
     assert_eq!(r.code, 64, "{}", r.stderr);
 
     let empty = tempfile::tempdir().unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+    let o = common::command()
         .args(["say", "hello", "-o", out])
         .env("PANDA_MODELS__DIR", empty.path())
         .output()
@@ -355,7 +355,7 @@ fn say_from_stdin_speaks_each_line_as_it_arrives() {
     use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("stdin.wav");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_panda"))
+    let mut child = common::command()
         .args([
             "say",
             "-",
@@ -364,7 +364,6 @@ fn say_from_stdin_speaks_each_line_as_it_arrives() {
             "--realtime",
             "--json",
         ])
-        .env("PANDA_MODELS__DIR", common::models_dir())
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
