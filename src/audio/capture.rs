@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::traits::{DeviceTrait, StreamTrait};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -43,46 +43,6 @@ pub struct CaptureStats {
     pub next_seq: AtomicU64,
 }
 
-/// Names of the input devices the default host offers (for errors and `panda doctor`).
-pub fn input_device_names() -> Vec<String> {
-    let host = cpal::default_host();
-    match host.input_devices() {
-        Ok(devs) => devs.map(|d| d.to_string()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-fn find_device(name: &str) -> Result<cpal::Device, AudioError> {
-    let host = cpal::default_host();
-    let no_device = |problem: String| AudioError::NoDevice {
-        name: name.to_string(),
-        problem,
-    };
-    if name == "default" {
-        return host.default_input_device().ok_or_else(|| {
-            no_device(format!(
-                "the audio host has no default input; inputs: [{}]",
-                input_device_names().join(", ")
-            ))
-        });
-    }
-    let devices = host
-        .input_devices()
-        .map_err(|e| no_device(format!("cannot list input devices: {e}")))?;
-    let mut names = Vec::new();
-    for d in devices {
-        let n = d.to_string();
-        if n == name || d.id().map(|id| id.to_string() == name).unwrap_or(false) {
-            return Ok(d);
-        }
-        names.push(n);
-    }
-    Err(no_device(format!(
-        "not found; inputs: [{}]",
-        names.join(", ")
-    )))
-}
-
 /// Opens `device` and streams frames into `tx` until `stop` is cancelled or the device
 /// fails. Blocks the calling thread (use [`spawn_capture`]).
 pub fn capture(
@@ -92,7 +52,7 @@ pub fn capture(
     stop: &CancellationToken,
     stats: &Arc<CaptureStats>,
 ) -> Result<(), AudioError> {
-    let dev = find_device(device)?;
+    let dev = super::device::find(device, super::device::Direction::Input)?;
     let failed = |problem: String| AudioError::Device {
         name: device.to_string(),
         problem,

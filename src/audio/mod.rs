@@ -10,6 +10,7 @@
 //!   PCM chunks as they arrive and goes silent when the turn is cancelled.
 
 pub mod capture;
+pub mod device;
 pub mod dsp;
 pub mod file;
 pub mod playback;

@@ -760,9 +760,7 @@ impl WavSink {
                 + Duration::from_secs_f64(
                     (self.written - origin_samples) as f64 / self.rate_hz as f64,
                 );
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((at, n as u64));
+            crate::lock(log).push((at, n as u64));
         }
     }
 }
@@ -894,47 +892,11 @@ pub struct DeviceSink {
     rate_hz: u32,
 }
 
-/// Names of the output devices the default host offers (for errors and `panda doctor`).
-pub fn output_device_names() -> Vec<String> {
-    use cpal::traits::HostTrait;
-    match cpal::default_host().output_devices() {
-        Ok(devs) => devs.map(|d| d.to_string()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 impl DeviceSink {
     /// Opens `name` (`default` for the system default) with a `buffer_ms` output buffer.
     pub fn open(name: &str, buffer_ms: u32) -> Result<Self, AudioError> {
-        use cpal::traits::{DeviceTrait, HostTrait};
-        let host = cpal::default_host();
-        let no_device = |problem: String| AudioError::NoOutputDevice {
-            name: name.to_string(),
-            problem,
-        };
-        let dev = if name == "default" {
-            host.default_output_device().ok_or_else(|| {
-                no_device(format!(
-                    "the audio host has no default output; outputs: [{}]",
-                    output_device_names().join(", ")
-                ))
-            })?
-        } else {
-            let devices = host
-                .output_devices()
-                .map_err(|e| no_device(format!("cannot list output devices: {e}")))?;
-            let mut names = Vec::new();
-            let mut found = None;
-            for d in devices {
-                let n = d.to_string();
-                if n == name || d.id().map(|id| id.to_string() == name).unwrap_or(false) {
-                    found = Some(d);
-                    break;
-                }
-                names.push(n);
-            }
-            found.ok_or_else(|| no_device(format!("not found; outputs: [{}]", names.join(", "))))?
-        };
+        use cpal::traits::DeviceTrait;
+        let dev = super::device::find(name, super::device::Direction::Output)?;
         let failed = |problem: String| AudioError::Device {
             name: name.to_string(),
             problem,

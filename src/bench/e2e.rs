@@ -126,7 +126,7 @@ pub async fn run(cfg: &Config) -> Result<(), super::BenchError> {
         };
         let r = crate::app::run(&cfg, opts, CancellationToken::new(), move |ev| {
             let now = Instant::now();
-            let mut g = m2.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = crate::lock(&m2);
             match ev {
                 Event::SpeechEnd { turn, .. } => g.entry(*turn).or_default().speech_end = Some(now),
                 Event::Transcript { turn, stt_ms, .. } => {
@@ -169,7 +169,7 @@ pub async fn run(cfg: &Config) -> Result<(), super::BenchError> {
             println!("  {q:<38} failed: {e}");
             continue;
         }
-        let g = marks.lock().unwrap_or_else(|e| e.into_inner());
+        let g = crate::lock(&marks);
         let Some(m) = g
             .values()
             .find(|m| m.speech_end.is_some() && m.first_playing.is_some())

@@ -299,7 +299,7 @@ fn noisy(base: &[f32], rng: &mut impl Rng, amount: f32) -> Vec<f32> {
         .iter()
         .map(|x| x + amount * rng.random_range(-1.0f32..1.0) / (DIM as f32).sqrt() * 3.0)
         .collect();
-    crate::memory::embed::normalize(&mut v);
+    crate::memory::embed::l2_normalize(&mut v);
     v
 }
 

@@ -79,11 +79,11 @@ pub fn tts_runs(
     first_fragment_words: usize,
     sentences: &[String],
 ) -> Result<(Vec<TtsRun>, u64), BenchError> {
-    use crate::event::{PcmChunk, Sentence, Turn};
+    use crate::event::{PcmChunk, Sentence, Speech, Turn};
     use tokio::sync::mpsc;
     let mut opts = crate::app::tts_options(cfg, voice);
     opts.first_fragment_words = first_fragment_words;
-    let (sent_tx, sent_rx) = mpsc::channel::<Sentence>(crate::app::SENTENCE_EDGE);
+    let (sent_tx, sent_rx) = mpsc::channel::<Speech>(crate::app::SENTENCE_EDGE);
     let (pcm_tx, mut pcm_rx) = mpsc::channel::<PcmChunk>(crate::app::PCM_EDGE);
     let (ev_tx, mut ev_rx) = mpsc::channel(crate::app::EVENT_EDGE);
     // Events are not needed here; drain them so the thread never waits on them.
@@ -103,14 +103,14 @@ pub fn tts_runs(
             token: CancellationToken::new(),
         };
         let t0 = Instant::now();
-        let _ = sent_tx.blocking_send(Sentence {
-            turn,
+        let _ = sent_tx.blocking_send(Speech::Say(Sentence {
+            turn: turn.clone(),
             index: 0,
             text: text.clone(),
             voice: voice.to_string(),
             speed: cfg.tts.speed,
-            last: true,
-        });
+        }));
+        let _ = sent_tx.blocking_send(Speech::End { turn, index: 1 });
         let mut first = None;
         let mut samples = 0usize;
         while let Some(c) = pcm_rx.blocking_recv() {
@@ -441,23 +441,13 @@ fn non_wake_speech(cfg: &Config, minutes: f64) -> Result<Vec<i16>, BenchError> {
 
 /// CPU time of the calling thread.
 fn thread_cpu() -> std::time::Duration {
-    let mut ts = libc_timespec {
+    let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-#[repr(C)]
-struct libc_timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-unsafe extern "C" {
-    fn clock_gettime(clk: i32, ts: *mut libc_timespec) -> i32;
 }
 
 /// Wake word and VAD CPU time over `audio`: (wake RTF, VAD RTF, false wakes).
@@ -781,7 +771,7 @@ pub fn route(cfg: &Config) -> Result<(), BenchError> {
     );
     let (mut cold_all, mut warm_all) = (Vec::new(), Vec::new());
     for u in utterances {
-        let key = crate::think::router::normalize(u);
+        let key = crate::think::router::normalize_utterance(u);
         let t = Instant::now();
         let mut label = String::new();
         for _ in 0..n {

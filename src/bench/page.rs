@@ -38,23 +38,6 @@ fn rss_mb(f: &mut std::fs::File) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Raises the open-file limit to its hard maximum (each client is a socket).
-fn raise_nofile() -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-            return r.rlim_cur;
-        }
-    }
-    0
-}
-
 /// One turn's events, as the pipeline publishes them; returns the time they took.
 fn publish_turn(hub: &Hub, turn: u64) -> Duration {
     let t = Instant::now();
@@ -96,7 +79,7 @@ fn publish_turn(hub: &Hub, turn: u64) -> Duration {
     hub.observe(&Event::Answer {
         turn,
         text: "The capital of France is Paris, a city on the Seine.".into(),
-        source: "llm",
+        source: crate::event::AnswerSource::Llm,
     });
     hub.observe(&Event::Playing { turn, sentence: 0 });
     hub.observe(&Event::Spoken {
@@ -111,12 +94,14 @@ fn publish_turn(hub: &Hub, turn: u64) -> Duration {
 
 /// Runs the benchmark with `clients` live clients for `seconds`.
 pub async fn run(cfg: &Config, clients: usize, seconds: u64) -> Result<(), std::io::Error> {
-    let limit = raise_nofile();
+    let limit = crate::web::conn::raise_fd_limit();
     let mut web = cfg.web.clone();
     web.listen = "127.0.0.1:0".into();
     web.rate_per_s = 1_000_000;
     web.burst = 1_000_000;
     web.max_clients = clients + 16;
+    // Every client holds a connection; the server keeps its own descriptor reserve.
+    web.max_connections = clients + 64;
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(&web, metrics.clone());
     let (ask_tx, _ask_rx) = tokio::sync::mpsc::channel(1);
@@ -199,9 +184,7 @@ pub async fn run(cfg: &Config, clients: usize, seconds: u64) -> Result<(), std::
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(0.0);
                         let now = origin.elapsed().as_secs_f64() * 1000.0;
-                        lat.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(now - sent);
+                        crate::lock(&lat).push(now - sent);
                     }
                 }
             }));
@@ -235,7 +218,7 @@ pub async fn run(cfg: &Config, clients: usize, seconds: u64) -> Result<(), std::
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_mb(&mut status);
-    let lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let lat = crate::lock(&latencies).clone();
     let expected = connected.load(Relaxed) * seconds;
     println!(
         "  RSS {rss_before:.0} MB → {rss_after:.0} MB with the clients ({:.1} KB per client)",

@@ -256,11 +256,7 @@ async fn connection(mut sock: TcpStream, handler: Handler, stats: Arc<ServerStat
                 sock.write_all(b"0\r\n\r\n").await.is_ok()
             }
         };
-        stats
-            .intervals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((req.target.clone(), start, Instant::now()));
+        crate::lock(&stats.intervals).push((req.target.clone(), start, Instant::now()));
         if !ok || close {
             return;
         }

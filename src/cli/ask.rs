@@ -31,10 +31,7 @@ pub fn run(cfg: &Config, a: AskArgs) -> Result<(), Exit> {
         a.questions
     };
     if questions.iter().all(|q| q.trim().is_empty()) {
-        return Err(fail(
-            exit::USAGE,
-            "nothing to ask: the question is empty",
-        ));
+        return Err(fail(exit::USAGE, "nothing to ask: the question is empty"));
     }
     let speak = if a.no_speak {
         None

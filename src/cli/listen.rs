@@ -30,10 +30,7 @@ pub fn listen(cfg: &Config, a: ListenArgs) -> Result<(), Exit> {
                 .then(|| Duration::from_millis(cfg.audio.retry_delay_ms)),
         },
         _ => {
-            return Err(fail(
-                2,
-                "give a FILE (or - for stdin) or --device NAME",
-            ));
+            return Err(fail(2, "give a FILE (or - for stdin) or --device NAME"));
         }
     };
     let opts = ListenOptions {
@@ -97,10 +94,7 @@ pub fn enroll(
     files: &[PathBuf],
 ) -> Result<(), Exit> {
     if files.len() < 3 {
-        return Err(fail(
-            2,
-            "give at least 3 recordings of the wake word",
-        ));
+        return Err(fail(2, "give at least 3 recordings of the wake word"));
     }
     let mut clips = Vec::new();
     for f in files {

@@ -11,7 +11,6 @@
 //! them); events go to the event edge (also waits, so nothing a consumer is told is lost).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,9 +21,6 @@ use super::vad::Vad;
 use super::wake::WakeDetector;
 use crate::config::Config;
 use crate::event::{AudioFrame, Event, FRAME_MS, FRAME_SAMPLES, Turn, Utterance};
-
-/// Turn numbers are unique within the process.
-static NEXT_TURN: AtomicU64 = AtomicU64::new(1);
 
 /// What the listener needs from the outside, given at construction.
 pub struct ListenerIo {
@@ -281,17 +277,8 @@ fn end_ms(frame: &AudioFrame) -> u64 {
     frame.start_ms() + FRAME_MS as u64
 }
 
-/// A fresh turn number (for turns that do not start with a wake word: typed questions,
-/// timer announcements).
-pub fn next_turn_id() -> u64 {
-    NEXT_TURN.fetch_add(1, Ordering::Relaxed)
-}
-
 fn new_turn(root: &CancellationToken) -> Turn {
-    Turn {
-        id: NEXT_TURN.fetch_add(1, Ordering::Relaxed),
-        token: root.child_token(),
-    }
+    Turn::next(root)
 }
 
 /// Maps an endpointer decision to events and (for a finished utterance) the STT edge.

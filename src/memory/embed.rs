@@ -182,12 +182,12 @@ fn pool(hidden: &[f32], mask: &[i64]) -> Vec<f32> {
     }
     let n = n.max(1.0);
     v.iter_mut().for_each(|a| *a /= n);
-    normalize(&mut v);
+    l2_normalize(&mut v);
     v
 }
 
 /// Scales `v` to unit length (a zero vector stays zero).
-pub fn normalize(v: &mut [f32]) {
+pub fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x /= norm);
@@ -290,7 +290,7 @@ impl Embedder {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Vector>> {
         // The cache holds no invariants a panic could break.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.cache)
     }
 }
 

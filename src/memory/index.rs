@@ -331,7 +331,7 @@ mod tests {
 
     fn unit(rng: &mut impl Rng) -> Vec<f32> {
         let mut v: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
-        super::super::embed::normalize(&mut v);
+        super::super::embed::l2_normalize(&mut v);
         v
     }
 
@@ -344,7 +344,7 @@ mod tests {
                 let t = &topics[rng.random_range(0..topics.len())];
                 let noise = unit(&mut rng);
                 let mut v: Vec<f32> = t.iter().zip(&noise).map(|(a, b)| a + 0.9 * b).collect();
-                super::super::embed::normalize(&mut v);
+                super::super::embed::l2_normalize(&mut v);
                 v
             })
             .collect();
@@ -376,7 +376,7 @@ mod tests {
             let base = &items[rng.random_range(0..items.len())];
             let noise = unit(&mut rng);
             let mut q: Vec<f32> = base.iter().zip(&noise).map(|(a, b)| a + 0.5 * b).collect();
-            super::super::embed::normalize(&mut q);
+            super::super::embed::l2_normalize(&mut q);
             let exact: Vec<i64> = idx
                 .search_exact(&q, 10, &Filter::default())
                 .iter()

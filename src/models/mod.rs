@@ -119,19 +119,13 @@ pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), ModelError> {
     write_atomic(&dir.join(MANIFEST), text.as_bytes())
 }
 
-/// Writes a file through a temporary sibling and a rename, so a crash never leaves a
-/// half-written model behind.
+/// [`crate::fs::write_atomic`], its error naming the model file: a crash never leaves
+/// a half-written model behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io {
+    crate::fs::write_atomic(path, bytes).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 /// Checks every file in the manifest (and the pins) against its sha256. Returns the number

@@ -78,7 +78,7 @@ impl Phonemizer {
         let p = Self {
             voice: voice.to_string(),
         };
-        let mut g = ESPEAK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = crate::lock(&ESPEAK);
         p.ensure(&mut g)?;
         Ok(p)
     }
@@ -131,7 +131,7 @@ impl Phonemizer {
 
     /// Text → IPA with punctuation kept, whitespace collapsed.
     pub fn phonemize(&self, text: &str) -> Result<String, PhonemizeError> {
-        let mut g = ESPEAK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = crate::lock(&ESPEAK);
         self.ensure(&mut g)?;
         let mut out = String::new();
         let mut run = String::new();

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::kokoro::{self, Kokoro, KokoroError, KokoroOptions, SAMPLE_RATE_HZ};
 use super::sentences::first_fragment;
-use crate::event::{Event, PcmChunk, Sentence};
+use crate::event::{Event, PcmChunk, Sentence, Speech};
 
 /// What the TTS thread needs to start.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub struct TtsStats {
 /// The thread's connections.
 pub struct TtsIo {
     /// Sentences from the turn task (or the CLI).
-    pub sentences: mpsc::Receiver<Sentence>,
+    pub sentences: mpsc::Receiver<Speech>,
     /// Audio towards playback. When full, synthesis waits: playback sets the pace.
     pub pcm: mpsc::Sender<PcmChunk>,
     /// Events (`synthesized`, `error`).
@@ -142,41 +142,47 @@ pub fn spawn(
 
 fn serve(k: &mut Kokoro, opts: &TtsOptions, mut io: TtsIo) -> TtsStats {
     let mut stats = TtsStats::default();
-    while let Some(s) = io.sentences.blocking_recv() {
-        let _span = tracing::debug_span!("tts", turn = s.turn.id, sentence = s.index).entered();
-        if s.turn.token.is_cancelled() {
-            // Playback ends the turn on the same token; nothing to send.
-            stats.skipped_cancelled += 1;
-            continue;
+    while let Some(speech) = io.sentences.blocking_recv() {
+        match speech {
+            Speech::Say(s) => {
+                let _span =
+                    tracing::debug_span!("tts", turn = s.turn.id, sentence = s.index).entered();
+                if s.turn.token.is_cancelled() {
+                    // Playback ends the turn on the same token; nothing to send.
+                    stats.skipped_cancelled += 1;
+                    continue;
+                }
+                synthesize_sentence(k, opts, &s, &io, &mut stats);
+                stats.sentences += 1;
+            }
+            // The answer ends here, whatever its sentences made: playback must learn
+            // that it is done (a cancelled turn is ended by its token instead).
+            Speech::End { turn, index } if !turn.token.is_cancelled() => {
+                let _ = io.pcm.blocking_send(PcmChunk {
+                    turn,
+                    sentence: index,
+                    text: String::new(),
+                    samples: Vec::new(),
+                    rate_hz: SAMPLE_RATE_HZ,
+                    last: true,
+                });
+            }
+            Speech::End { .. } => {}
         }
-        let sent_last = synthesize_sentence(k, opts, &s, &io, &mut stats);
-        if s.last && !sent_last && !s.turn.token.is_cancelled() {
-            // The turn's answer ends here even if this sentence made no sound (empty
-            // after normalisation, or an error): playback must learn that it is done.
-            let _ = io.pcm.blocking_send(PcmChunk {
-                turn: s.turn.clone(),
-                sentence: s.index,
-                text: String::new(),
-                samples: Vec::new(),
-                rate_hz: SAMPLE_RATE_HZ,
-                last: true,
-            });
-        }
-        stats.sentences += 1;
     }
     stats.skipped_chars = k.skipped_chars;
     stats.unknown_symbols = k.unknown_symbols;
     stats
 }
 
-/// Synthesises one sentence piece by piece; returns whether a `last` chunk was sent.
+/// Synthesises one sentence piece by piece into PCM chunks.
 fn synthesize_sentence(
     k: &mut Kokoro,
     opts: &TtsOptions,
     s: &Sentence,
     io: &TtsIo,
     stats: &mut TtsStats,
-) -> bool {
+) {
     let error = |message: String| {
         let _ = io.events.blocking_send(Event::Error {
             stage: "tts",
@@ -185,7 +191,7 @@ fn synthesize_sentence(
     };
     if let Err(e) = k.load_voice(&s.voice) {
         error(e.to_string());
-        return false;
+        return;
     }
     let pieces: Vec<String> = if s.index == 0 && opts.first_fragment_words > 0 {
         let (head, tail) = first_fragment(&s.text, opts.first_fragment_words);
@@ -199,22 +205,21 @@ fn synthesize_sentence(
             Ok(c) => chunks.extend(c),
             Err(e) => {
                 error(e.to_string());
-                return false;
+                return;
             }
         }
     }
-    let n = chunks.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
+    for chunk in chunks {
         if s.turn.token.is_cancelled() {
             stats.skipped_cancelled += 1;
-            return false;
+            return;
         }
         let t0 = Instant::now();
         let audio = match k.synthesize_chunk(&chunk, &s.voice, s.speed) {
             Ok(a) => a,
             Err(e) => {
                 error(e.to_string());
-                return false;
+                return;
             }
         };
         stats.calls += 1;
@@ -225,23 +230,18 @@ fn synthesize_sentence(
             audio_ms: audio.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64,
             synth_ms: t0.elapsed().as_millis() as u64,
         });
-        let last = s.last && i + 1 == n;
         let sent = io.pcm.blocking_send(PcmChunk {
             turn: s.turn.clone(),
             sentence: s.index,
             text: chunk.text,
             samples: audio,
             rate_hz: SAMPLE_RATE_HZ,
-            last,
+            last: false,
         });
         if sent.is_err() {
-            return false; // playback is gone (shutdown)
-        }
-        if last {
-            return true;
+            return; // playback is gone (shutdown)
         }
     }
-    false
 }
 
 /// Voices installed in `model_dir/voices`, sorted (no model load needed).

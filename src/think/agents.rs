@@ -328,7 +328,7 @@ impl Agents {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    crate::lock(m)
 }
 
 fn join_url(base: &str, path: &str) -> String {

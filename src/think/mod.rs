@@ -17,6 +17,7 @@
 pub mod agents;
 pub mod breaker;
 pub mod conversation;
+pub mod driver;
 pub mod llm;
 pub mod router;
 pub mod timers;

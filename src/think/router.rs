@@ -286,12 +286,12 @@ pub struct Router {
 }
 
 /// Words that carry no intent: the wake phrase and politeness.
-const FILLER: &[&str] = &[
+const NO_INTENT_WORDS: &[&str] = &[
     "hey", "panda", "please", "ok", "okay", "um", "uh", "so", "just", "now", "oh", "well",
 ];
 
 /// Lower-cases, expands contractions, drops punctuation and the wake phrase.
-pub fn normalize(text: &str) -> String {
+pub fn normalize_utterance(text: &str) -> String {
     let lower = text.to_lowercase().replace(['’', '‘'], "'");
     let mut words = Vec::new();
     for raw in lower.split(|c: char| c.is_whitespace() || c == ',' || c == '-') {
@@ -334,14 +334,14 @@ pub fn normalize(text: &str) -> String {
 
 fn content_words(s: &str) -> Vec<String> {
     s.split_whitespace()
-        .filter(|w| !FILLER.contains(w))
+        .filter(|w| !NO_INTENT_WORDS.contains(w))
         .map(String::from)
         .collect()
 }
 
 fn compile(example: &str) -> (Option<Regex>, Vec<String>) {
     if !example.contains('{') {
-        return (None, content_words(&normalize(example)));
+        return (None, content_words(&normalize_utterance(example)));
     }
     let mut re = String::from(
         r"^(?:(?:please|can you|could you|would you|will you|i want you to|i'd like you to)\s+)*",
@@ -355,7 +355,7 @@ fn compile(example: &str) -> (Option<Regex>, Vec<String>) {
         if let Some(name) = tok.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
             re.push_str(&format!("(?P<{name}>.+?)"));
         } else {
-            re.push_str(&regex::escape(&normalize(tok)));
+            re.push_str(&regex::escape(&normalize_utterance(tok)));
         }
     }
     re.push_str(r"(?:\s+please)?$");
@@ -402,14 +402,8 @@ impl Router {
 
     /// Routes `text`.
     pub fn route(&self, text: &str) -> Routed {
-        let key = normalize(text);
-        if let Some((route, confidence)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned()
-        {
+        let key = normalize_utterance(text);
+        if let Some((route, confidence)) = crate::lock(&self.cache).get(&key).cloned() {
             return Routed {
                 route,
                 confidence,
@@ -417,10 +411,7 @@ impl Router {
             };
         }
         let (route, confidence) = self.route_uncached(&key, text);
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(key, (route.clone(), confidence));
+        crate::lock(&self.cache).put(key, (route.clone(), confidence));
         Routed {
             route,
             confidence,

@@ -116,7 +116,7 @@ async fn save(path: &Path, list: &[TimerEntry]) -> Result<(), TimerError> {
                 problem: e.to_string(),
             })?;
         }
-        crate::models::write_atomic(&path, &bytes).map_err(|e| TimerError::Io {
+        crate::fs::write_atomic(&path, &bytes).map_err(|e| TimerError::Io {
             path: path.clone(),
             problem: e.to_string(),
         })

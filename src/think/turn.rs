@@ -22,14 +22,14 @@ use super::llm::{LlmClient, LlmError};
 use super::router::{Route, Router, Skill};
 use super::timers::{Timers, parse_clock, parse_duration};
 use crate::config::Config;
-use crate::event::{Event, Sentence, Turn};
+use crate::event::{Event, Sentence, Speech, Turn};
 use crate::memory::{Filter, Kind, Memory, NewMemory};
 use crate::speak::sentences::SentenceSplitter;
 
 /// Where a turn's answer goes.
 pub struct TurnIo<'a> {
     /// Sentences for TTS (absent with `--no-speak`).
-    pub sentences: Option<&'a mpsc::Sender<Sentence>>,
+    pub sentences: Option<&'a mpsc::Sender<Speech>>,
     /// Answer text as it is produced (CLI streaming); called with every piece.
     pub on_text: &'a mut (dyn FnMut(&str) + Send),
 }
@@ -39,16 +39,15 @@ pub struct TurnIo<'a> {
 pub struct TurnOutcome {
     /// The whole answer text.
     pub answer: String,
-    /// `skill`, `agent`, `llm`, `template`, `apology`, `none`.
-    pub source: &'static str,
-    /// The route label.
-    pub route: String,
-    /// The utterance asked Panda to stop talking.
-    pub stop: bool,
+    /// Where it came from.
+    pub source: AnswerSource,
 }
 
-/// Speaks a turn's answer: splits text into sentences and queues them.
-struct Speaker<'a, 'b> {
+pub use crate::event::AnswerSource;
+
+/// A turn's answer on its way out: text is split into sentences and queued for TTS
+/// (and streamed to the caller); it speaks nothing itself.
+struct AnswerQueue<'a, 'b> {
     io: &'a mut TurnIo<'b>,
     events: &'a mpsc::Sender<Event>,
     turn: &'a Turn,
@@ -60,7 +59,7 @@ struct Speaker<'a, 'b> {
     said_anything: bool,
 }
 
-impl Speaker<'_, '_> {
+impl AnswerQueue<'_, '_> {
     async fn push(&mut self, delta: &str) {
         if delta.is_empty() {
             return;
@@ -98,14 +97,13 @@ impl Speaker<'_, '_> {
             .await;
         if let Some(tx) = self.io.sentences {
             let _ = tx
-                .send(Sentence {
+                .send(Speech::Say(Sentence {
                     turn: self.turn.clone(),
                     index: self.index,
                     text,
                     voice: self.voice.clone(),
                     speed: self.speed,
-                    last: false,
-                })
+                }))
                 .await;
         }
         self.index += 1;
@@ -117,13 +115,9 @@ impl Speaker<'_, '_> {
         }
         if let Some(tx) = self.io.sentences {
             let _ = tx
-                .send(Sentence {
+                .send(Speech::End {
                     turn: self.turn.clone(),
                     index: self.index,
-                    text: String::new(),
-                    voice: self.voice.clone(),
-                    speed: self.speed,
-                    last: true,
                 })
                 .await;
         }
@@ -339,26 +333,28 @@ impl Thinker {
             .await;
         let events = self.events.clone();
         let mut sp = self.speaker(io, &events, turn);
-        let mut stop = false;
         let source = match routed.route {
             Route::Skill { skill, slots } => {
                 if skill == Skill::Stop {
-                    stop = true;
-                    "none"
+                    AnswerSource::None
                 } else if matches!(skill, Skill::Remember | Skill::Recall | Skill::Forget) {
                     let answer = self.memory_skill(skill, turn, text, &slots).await;
                     sp.say(&answer).await;
-                    "skill"
+                    AnswerSource::Skill
                 } else {
                     let answer = self.skill(skill, &slots).await;
                     // A language switch speaks its confirmation in the new voice.
                     sp.voice = self.voice();
                     sp.say(&answer).await;
-                    "skill"
+                    AnswerSource::Skill
                 }
             }
             Route::Agents(calls) => self.agents_turn(turn, text, &calls, &mut sp).await,
-            Route::Llm => self.llm_turn(turn, text, None, &mut sp).await,
+            // Without an LLM, what was said is an apology.
+            Route::Llm => self
+                .llm_turn(turn, text, None, &mut sp)
+                .await
+                .unwrap_or(AnswerSource::Apology),
         };
         sp.finish().await;
         let answer = sp.text.trim().to_string();
@@ -373,12 +369,7 @@ impl Thinker {
                 .await;
             self.pending.insert(turn.id, text.to_string());
         }
-        TurnOutcome {
-            answer,
-            source,
-            route: label,
-            stop,
-        }
+        TurnOutcome { answer, source }
     }
 
     fn speaker<'a, 'b>(
@@ -386,8 +377,8 @@ impl Thinker {
         io: &'a mut TurnIo<'b>,
         events: &'a mpsc::Sender<Event>,
         turn: &'a Turn,
-    ) -> Speaker<'a, 'b> {
-        Speaker {
+    ) -> AnswerQueue<'a, 'b> {
+        AnswerQueue {
             io,
             events,
             turn,
@@ -412,14 +403,12 @@ impl Thinker {
             .send(Event::Answer {
                 turn: turn.id,
                 text: answer.clone(),
-                source: "timer",
+                source: AnswerSource::Timer,
             })
             .await;
         TurnOutcome {
             answer,
-            source: "timer",
-            route: "timer".into(),
-            stop: false,
+            source: AnswerSource::Timer,
         }
     }
 
@@ -705,8 +694,8 @@ impl Thinker {
         turn: &Turn,
         text: &str,
         calls: &[super::router::AgentCall],
-        sp: &mut Speaker<'_, '_>,
-    ) -> &'static str {
+        sp: &mut AnswerQueue<'_, '_>,
+    ) -> AnswerSource {
         let asks: Vec<(String, HashMap<String, String>)> = calls
             .iter()
             .map(|c| (c.agent.clone(), c.slots.clone()))
@@ -767,7 +756,7 @@ impl Thinker {
                         });
                     spoken_fallback.push(rendered);
                 }
-                Err(AgentError::Cancelled) => return "none",
+                Err(AgentError::Cancelled) => return AnswerSource::None,
                 Err(e) => {
                     tracing::warn!(error = %e, "agent call failed");
                     let what = cfg.map(|c| c.description).unwrap_or_default();
@@ -782,38 +771,37 @@ impl Thinker {
             for s in &spoken_fallback {
                 sp.say(s).await;
             }
-            return "apology";
+            return AnswerSource::Apology;
         }
         if self.cfg.llm.enabled && !self.llm_is_down() {
             let ctx = context.join("\n");
-            let src = self.llm_turn(turn, text, Some(&ctx), sp).await;
-            if src == "llm" {
-                return "agent";
-            }
-            if sp.said_anything && src != "unreachable" {
-                return src;
+            match self.llm_turn(turn, text, Some(&ctx), sp).await {
+                Some(AnswerSource::Llm) => return AnswerSource::Agent,
+                Some(src) if sp.said_anything => return src,
+                _ => {}
             }
         }
         for s in &spoken_fallback {
             sp.say(s).await;
         }
-        "template"
+        AnswerSource::Template
     }
 
-    /// Streams an LLM answer into the speaker. Returns `llm`, `apology`, or
-    /// `unreachable` (nothing said; the caller may fall back).
+    /// Streams an LLM answer into the speaker. Returns where the answer came from, or
+    /// `None` when the LLM could not be reached and nothing was said (with agent context
+    /// the caller then falls back to the agents' templates).
     async fn llm_turn(
         &mut self,
         turn: &Turn,
         text: &str,
         context: Option<&str>,
-        sp: &mut Speaker<'_, '_>,
-    ) -> &'static str {
+        sp: &mut AnswerQueue<'_, '_>,
+    ) -> Option<AnswerSource> {
         if !self.cfg.llm.enabled {
             if context.is_none() {
                 sp.say("I can't answer that without a language model, and none is configured. I can tell you the time, set timers, and more: ask me what I can do.").await;
             }
-            return "unreachable";
+            return None;
         }
         if self.llm_is_down() {
             if context.is_none() {
@@ -821,9 +809,9 @@ impl Thinker {
                     "Sorry, my language model is not reachable right now, so I can't answer that.",
                 )
                 .await;
-                return "apology";
+                return Some(AnswerSource::Apology);
             }
-            return "unreachable";
+            return None;
         }
         let memories = self.prompt_memories(text).await;
         let messages = self.conv.messages(text, context, &memories);
@@ -855,7 +843,7 @@ impl Thinker {
                     t2.cancel();
                     return;
                 }
-                b2.lock().unwrap_or_else(|e| e.into_inner()).push_str(d);
+                crate::lock(&b2).push_str(d);
                 n2.notify_one();
             })
             .await
@@ -865,9 +853,7 @@ impl Thinker {
         let mut filled = sp.said_anything;
         // Whether the model itself has said anything (a filler does not count).
         let mut llm_said = false;
-        let take = |buf: &Arc<Mutex<String>>| {
-            std::mem::take(&mut *buf.lock().unwrap_or_else(|e| e.into_inner()))
-        };
+        let take = |buf: &Arc<Mutex<String>>| std::mem::take(&mut *crate::lock(buf));
         let result = loop {
             tokio::select! {
                 biased;
@@ -875,8 +861,18 @@ impl Thinker {
                     break r.unwrap_or_else(|e| Err(LlmError::Interrupted(format!("the LLM task failed: {e}"))));
                 }
                 _ = notify.notified() => {
-                    let d = take(&buf);
+                    let mut d = take(&buf);
                     llm_said |= !d.is_empty();
+                    // Never past the bound, however much arrived at once.
+                    let room = max_chars.saturating_sub(sp.text.len());
+                    if d.len() > room {
+                        let mut cut = room;
+                        while !d.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        d.truncate(cut);
+                        stream_token.cancel();
+                    }
                     sp.push(&d).await;
                     if sp.text.len() >= max_chars || sp.index >= max_sentences {
                         stream_token.cancel();
@@ -917,7 +913,7 @@ impl Thinker {
                 })
                 .await;
             self.llm_down_until = None;
-            return "llm";
+            return Some(AnswerSource::Llm);
         }
         sp.push(&rest).await;
         let (first_token_ms, total_ms, malformed, error) = match &result {
@@ -942,9 +938,9 @@ impl Thinker {
         match result {
             Ok(_) => {
                 self.llm_down_until = None;
-                "llm"
+                Some(AnswerSource::Llm)
             }
-            Err(LlmError::Cancelled) => "none",
+            Err(LlmError::Cancelled) => Some(AnswerSource::None),
             Err(e) => {
                 tracing::warn!(error = %e, "LLM answer failed");
                 let got_text = llm_said;
@@ -954,7 +950,7 @@ impl Thinker {
                     | LlmError::Status { .. } => {
                         self.llm_down_until = Some(Instant::now() + Duration::from_secs(10));
                         if context.is_some() && !got_text {
-                            return "unreachable";
+                            return None;
                         }
                         "Sorry, my language model is not reachable right now, so I can't answer that."
                     }
@@ -964,21 +960,21 @@ impl Thinker {
                     LlmError::NotAStream { .. } => {
                         self.llm_down_until = Some(Instant::now() + Duration::from_secs(10));
                         if context.is_some() && !got_text {
-                            return "unreachable";
+                            return None;
                         }
                         "Sorry, the address set for my language model answers with a web page, not a language model, so I can't answer that."
                     }
                     LlmError::Oversize { .. } | LlmError::Server(_) => {
                         "Sorry, something went wrong with that answer."
                     }
-                    LlmError::Disabled | LlmError::Cancelled => return "none",
+                    LlmError::Disabled | LlmError::Cancelled => return Some(AnswerSource::None),
                 };
                 // End the broken sentence before apologising.
                 if let Some(s) = sp.splitter.finish() {
                     sp.queue(s).await;
                 }
                 sp.say(apology).await;
-                "apology"
+                Some(AnswerSource::Apology)
             }
         }
     }

@@ -123,7 +123,7 @@ impl Connections {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Entry>)> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.open)
     }
 
     /// Registers a new connection; at the limit the oldest idle one is closed to make

@@ -158,7 +158,7 @@ impl Hub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.inner)
     }
 
     /// A new live client's receiver (the page subscribes, then reads the snapshot).
@@ -442,7 +442,7 @@ impl Hub {
                 Event::Answer { turn, text, source } => {
                     let rec = Self::with_turn(&mut g, *turn, kept, |t| {
                         t.answer = text.clone();
-                        t.source = source.to_string();
+                        t.source = source.as_str().to_string();
                     });
                     publish.push(serde_json::json!({"type": "turn", "turn": rec}));
                 }

@@ -54,6 +54,27 @@ pub fn espeak_wav(dir: &Path, name: &str, voice: &str, parts: &[&str], gap_ms: u
     path
 }
 
+/// `parts` spoken by the Kokoro voice `voice` (`panda say`), each followed by `gaps_ms[i]`
+/// (the last gap repeats) of silence, as 16 kHz mono samples.
+pub fn kokoro_speech(
+    dir: &Path,
+    name: &str,
+    voice: &str,
+    parts: &[&str],
+    gaps_ms: &[u32],
+) -> Vec<i16> {
+    let mut pcm: Vec<i16> = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let wav = dir.join(format!("{name}-{i}.wav"));
+        let r = panda(&["say", p, "--voice", voice, "-o", wav.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        pcm.extend(panda::audio::file::read_16k_mono(&wav).unwrap());
+        let gap = gaps_ms.get(i).or(gaps_ms.last()).copied().unwrap_or(0);
+        pcm.extend(std::iter::repeat_n(0i16, 16 * gap as usize));
+    }
+    pcm
+}
+
 /// Output of a `panda` run.
 pub struct Run {
     pub events: Vec<Value>,

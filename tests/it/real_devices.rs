@@ -491,21 +491,7 @@ impl SpeakerRecording {
 /// Plays `parts` (spoken by Kokoro's am_michael, with pauses between them) into the
 /// virtual microphone; returns when playback has ended.
 fn say_into_mic(pulse: &Pulse, dir: &Path, name: &str, parts: &[&str]) -> Instant {
-    let mut pcm: Vec<i16> = Vec::new();
-    for (i, p) in parts.iter().enumerate() {
-        let wav = dir.join(format!("{name}-{i}.wav"));
-        let r = common::panda(&[
-            "say",
-            p,
-            "--voice",
-            "am_michael",
-            "-o",
-            wav.to_str().unwrap(),
-        ]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        pcm.extend(panda::audio::file::read_16k_mono(&wav).unwrap());
-        pcm.extend(std::iter::repeat_n(0i16, 16_000 * 6 / 10));
-    }
+    let pcm = common::kokoro_speech(dir, name, "am_michael", parts, &[600]);
     let mic = dir.join(format!("{name}-16k.wav"));
     std::fs::write(&mic, panda::listen::wake::wav_bytes(&pcm)).unwrap();
     let ok = pulse

@@ -589,29 +589,18 @@ fn a_barge_in_before_the_first_audio_lets_the_next_question_through() {
     // "Hey panda. Tell me about rivers." then, 0.8 s later while the LLM still thinks,
     // "Hey panda. What time is it?"
     let mut pcm: Vec<i16> = vec![0; 16_000];
-    for (i, part) in [
-        "Hey panda.",
-        "Tell me about rivers.",
-        "Hey panda.",
-        "What time is it?",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let wav = dir.path().join(format!("{i}.wav"));
-        let r = common::panda(&[
-            "say",
-            part,
-            "--voice",
-            "am_michael",
-            "-o",
-            wav.to_str().unwrap(),
-        ]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        pcm.extend(panda::audio::file::read_16k_mono(&wav).unwrap());
-        let gap = if i == 1 { 800 } else { 600 };
-        pcm.extend(std::iter::repeat_n(0i16, 16 * gap));
-    }
+    pcm.extend(common::kokoro_speech(
+        dir.path(),
+        "barge",
+        "am_michael",
+        &[
+            "Hey panda.",
+            "Tell me about rivers.",
+            "Hey panda.",
+            "What time is it?",
+        ],
+        &[600, 800, 600],
+    ));
     pcm.extend(std::iter::repeat_n(0i16, 16_000 * 3));
     let input = dir.path().join("barge.wav");
     std::fs::write(&input, panda::listen::wake::wav_bytes(&pcm)).unwrap();
@@ -934,30 +923,13 @@ fn check_config_refuses_values_that_would_crash_or_hang_run() {
         assert_eq!(out.status.code(), Some(78), "{key}={value}: {err}");
         eprintln!("{key}={value}: {}", err.trim());
     }
-    // --config naming a directory is an error, not silently the defaults.
-    let out = common::command()
-        .args(["check-config"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(78),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = common::command()
-        .arg("--config")
-        .arg(dir.path())
-        .arg("check-config")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(78),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // --config naming a directory is an error, not silently the defaults (both forms).
+    let d = dir.path().to_str().unwrap();
+    for args in [vec!["check-config", d], vec!["--config", d, "check-config"]] {
+        let out = common::command().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {err}");
+    }
 }
 
 #[test]

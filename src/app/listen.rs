@@ -1,0 +1,57 @@
+//! `panda listen`: listening → STT stage → the caller (JSON lines).
+//!
+//! Shutdown: cancelling the root token stops the source; its sender drops, the
+//! listener's `recv` returns `None`, it flushes and drops its senders, the STT stage ends
+//! when the utterance edge closes, and the event stream ends when every sender is gone.
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::topology::{spawn_stt_stage, start_listening, start_stt};
+use super::{AppError, EVENT_EDGE, ListenOptions, ListenSummary, UTTERANCE_EDGE};
+use crate::config::Config;
+use crate::event::{Event, Utterance};
+use crate::listen::listener::WakeVerifier;
+
+/// Runs the listening pipeline until the input ends or `root` is cancelled, handing every
+/// event to `on_event` in order.
+pub async fn listen(
+    cfg: &Config,
+    opts: ListenOptions,
+    root: CancellationToken,
+    mut on_event: impl FnMut(&Event),
+) -> Result<ListenSummary, AppError> {
+    let verify = opts.use_wake && cfg.wake.verify;
+    let stt = if opts.transcribe || verify {
+        Some(start_stt(cfg).await?)
+    } else {
+        None
+    };
+    let verifier = stt
+        .as_ref()
+        .filter(|_| verify)
+        .map(|h| WakeVerifier::new(h.clone(), &cfg.wake.phrase, cfg.wake.verify_window_ms));
+    let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
+    let listening = start_listening(
+        cfg,
+        opts.input,
+        opts.use_wake,
+        verifier,
+        utt_tx,
+        ev_tx.clone(),
+        &root,
+    )?;
+    let stage = spawn_stt_stage(utt_rx, stt.filter(|_| opts.transcribe), ev_tx, None);
+    while let Some(ev) = ev_rx.recv().await {
+        on_event(&ev);
+    }
+    let _ = stage.await;
+    let (frames, frames_dropped) = listening.frames();
+    // A file source ends by itself; a device only when `root` is cancelled.
+    listening.join(std::time::Duration::from_secs(3600)).await?;
+    Ok(ListenSummary {
+        frames,
+        frames_dropped,
+    })
+}

@@ -1,0 +1,209 @@
+//! `panda run`: the whole appliance in one process (the topology is drawn in
+//! [`crate::app`]'s module doc).
+//!
+//! Barge-in: a wake word while an answer plays cancels that turn's token — the LLM
+//! stream is dropped, TTS stops between chunks, playback flushes — and the new turn
+//! proceeds. While Panda speaks the listener takes no utterance without the wake word
+//! (the endpointer is armed only by a wake). Shutdown (SIGTERM, or the end of a
+//! recording): the source stops, the listener drains, the driver finishes or cancels its
+//! turn, TTS and playback drain, all under `[run] grace_ms`; memory is flushed before
+//! anything that can hang, and the audio threads are joined last.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::shutdown::{Consume, Extras, consume};
+use super::systemd::{Progress, sd_notify, watchdog_interval};
+use super::topology::{
+    spawn_stt_stage, start_listening, start_speaking, start_stt, start_thinking,
+};
+use super::{
+    ASK_EDGE, AppError, EVENT_EDGE, HEARD_EDGE, Input, QUESTION_EDGE, RunOptions, RunSummary,
+    UTTERANCE_EDGE,
+};
+use crate::config::Config;
+use crate::event::{Event, Question, Utterance};
+use crate::listen::listener::WakeVerifier;
+use crate::think::agents::Agents;
+use crate::think::driver::{ActiveTurn, Driver, Host, Source};
+use crate::think::turn::TurnOutcome;
+use crate::web::{Hub, State};
+
+/// The driver's host in the appliance: the status page and the watchdog's progress.
+struct Page {
+    hub: Arc<Hub>,
+    progress: Arc<Progress>,
+}
+
+impl Host for Page {
+    fn busy(&mut self) {
+        self.progress.begin();
+    }
+
+    fn idle(&mut self) {
+        self.progress.end();
+        // Nothing is being answered or played: back to listening.
+        if self.hub.state() == State::Thinking {
+            self.hub.set_state(State::Listening);
+        }
+    }
+
+    fn asked(&mut self, turn: u64, text: &str) {
+        self.hub.asked(turn, text);
+    }
+
+    fn text(&mut self, turn: u64, delta: &str) {
+        self.hub.text(turn, delta);
+    }
+
+    fn answered(&mut self, _turn: u64, _outcome: &TurnOutcome) {
+        self.hub.flush_text(true);
+    }
+}
+
+/// Runs the appliance until the recording ends or `root` is cancelled; every event goes
+/// to `on_event`.
+pub async fn run(
+    cfg: &Config,
+    opts: RunOptions,
+    root: CancellationToken,
+    mut on_event: impl FnMut(&Event),
+) -> Result<RunSummary, AppError> {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let hub = Hub::new(&cfg.web, metrics.clone());
+    let (ev_tx, ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
+
+    // Models first (each on its owner thread), so a missing one fails before audio flows.
+    let stt = start_stt(cfg).await?;
+    let thinking = start_thinking(cfg, &ev_tx, &root, None).await?;
+    let speaking = start_speaking(cfg, &cfg.tts.voice, opts.output.clone(), &ev_tx).await?;
+
+    let active = ActiveTurn::default();
+    let (ask_tx, ask_rx) = mpsc::channel::<String>(ASK_EDGE);
+    let mut summary = RunSummary::default();
+    let web_root = root.child_token();
+    let mut web_task = None;
+    if opts.web && cfg.web.enabled {
+        let handle = web_handle(cfg, ask_tx, active.clone(), thinking.agents.clone());
+        let (addr, task) =
+            crate::web::serve(&cfg.web, hub.clone(), handle, web_root.clone()).await?;
+        summary.web_addr = Some(addr);
+        web_task = Some(task);
+    } else {
+        drop(ask_tx);
+    }
+
+    // The listening path and the STT stage.
+    let verifier = (opts.use_wake && cfg.wake.verify)
+        .then(|| WakeVerifier::new(stt.clone(), &cfg.wake.phrase, cfg.wake.verify_window_ms));
+    let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
+    let (q_tx, q_rx) = mpsc::channel::<Question>(QUESTION_EDGE);
+    let file_mode = matches!(opts.input, Input::File(_));
+    let listening = start_listening(
+        cfg,
+        opts.input.clone(),
+        opts.use_wake,
+        verifier,
+        utt_tx,
+        ev_tx.clone(),
+        &root,
+    )?;
+    let _stt_stage = spawn_stt_stage(utt_rx, Some(stt), ev_tx.clone(), Some(q_tx));
+    hub.set_state(State::Listening);
+
+    // The turn driver.
+    let progress = Arc::new(Progress::default());
+    let (reports_tx, reports_rx) = mpsc::channel::<Event>(HEARD_EDGE);
+    let driver = Driver {
+        thinker: thinking.thinker,
+        sentences: Some(speaking.sentences.clone()),
+        reports: reports_rx,
+        root: root.clone(),
+        active: active.clone(),
+    };
+    let source = Source::Live {
+        spoken: q_rx,
+        typed: ask_rx,
+        end_with_spoken: file_mode,
+    };
+    let missed = thinking.missed;
+    let mut host = Page {
+        hub: hub.clone(),
+        progress: progress.clone(),
+    };
+    let driver = tokio::spawn(async move { driver.run(source, &missed, &mut host).await });
+    drop(ev_tx);
+    sd_notify("READY=1");
+
+    let extras = Extras {
+        hub: Some(hub.clone()),
+        barge_in: cfg.run.barge_in.then(|| active.clone()),
+        watchdog: watchdog_interval(cfg.run.watchdog_ms).map(|every| (progress, every)),
+    };
+    let parts = Consume {
+        events: ev_rx,
+        reports: reports_tx,
+        driver,
+        speaking: Some(speaking),
+        on_event: &mut on_event,
+    };
+    summary.turns = consume(cfg, &root, parts, extras).await.len();
+
+    web_root.cancel();
+    if let Some(t) = web_task {
+        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
+    }
+    // Memory is flushed before anything that can hang (a device thread stuck in a dying
+    // sound server): every turn is over or past its grace by now.
+    if let Some(m) = thinking.memory
+        && let Err(e) = m.close().await
+    {
+        tracing::warn!(error = %e, "memory: closing failed");
+    }
+    summary.frames_dropped = listening.frames().1;
+    if let Err(e) = listening
+        .join(Duration::from_millis(cfg.run.grace_ms))
+        .await
+    {
+        tracing::warn!(error = %e, "audio source ended with an error");
+    }
+    Ok(summary)
+}
+
+/// What the status page's API may do: queue typed questions, stop the turn in progress,
+/// read the agents' health and the LLM's settings.
+fn web_handle(
+    cfg: &Config,
+    asks: mpsc::Sender<String>,
+    active: ActiveTurn,
+    agents: Arc<Agents>,
+) -> crate::web::WebHandle {
+    crate::web::WebHandle {
+        asks,
+        stop: Arc::new(move || active.cancel(None)),
+        agents: Arc::new(move || {
+            serde_json::Value::Array(
+                agents
+                    .health()
+                    .into_iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "name": h.name,
+                            "healthy": h.healthy,
+                            "breaker": h.breaker,
+                            "calls": h.calls,
+                        })
+                    })
+                    .collect(),
+            )
+        }),
+        llm: serde_json::json!({
+            "enabled": cfg.llm.enabled,
+            "url": cfg.llm.url,
+            "model": cfg.llm.model,
+        }),
+    }
+}

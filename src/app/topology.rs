@@ -1,0 +1,339 @@
+//! The building blocks the pipelines are composed of: each starts one part of the
+//! topology (its threads or tasks, its bounded edges) and hands back what the composition
+//! needs to feed it, read it and stop it. `listen`, `say`, `ask` and `run` are short
+//! compositions of these.
+//!
+//! | block | starts | threads / tasks |
+//! |---|---|---|
+//! | [`start_stt`] | Whisper, loaded and warmed up | `panda-stt` |
+//! | [`start_listening`] | audio source → listener | `panda-capture` or `panda-file-source`, `panda-listener` |
+//! | [`spawn_stt_stage`] | utterances → transcripts (→ questions) | a tokio task |
+//! | [`start_speaking`] | sentences → Kokoro → playback | `panda-tts`, `panda-playback` |
+//! | [`start_thinking`] | memory, agents, timers, the thinker | `panda-memory`, `panda-embed`, tokio tasks |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{AUDIO_EDGE, AppError, Input, PCM_EDGE, SENTENCE_EDGE};
+use crate::audio::capture::{CaptureStats, spawn_capture};
+use crate::audio::file::spawn_source;
+use crate::audio::playback::{self, Output, PlaybackIo};
+use crate::audio::{AudioError, EdgeStats};
+use crate::config::Config;
+use crate::event::{AudioFrame, Event, PcmChunk, Question, Speech, Utterance};
+use crate::listen::listener::{self, ListenerIo, WakeVerifier};
+use crate::listen::stt::{self, SttError, SttHandle};
+use crate::speak::kokoro::{KokoroError, voice_language};
+use crate::speak::tts::{self, TtsIo, TtsOptions};
+use crate::think::timers::{self, TimerEntry};
+use crate::think::{agents::Agents, turn::Thinker};
+
+/// Loads Whisper on its owner thread (off the runtime: loading blocks).
+pub async fn start_stt(cfg: &Config) -> Result<SttHandle, AppError> {
+    let model = cfg.model_path(&cfg.stt.model);
+    let stt_cfg = cfg.stt.clone();
+    let (handle, _worker) = tokio::task::spawn_blocking(move || stt::spawn(&stt_cfg, &model))
+        .await
+        .map_err(|_| AppError::Thread("the Whisper loader"))??;
+    Ok(handle)
+}
+
+/// The running listening path: the audio source and the listener threads.
+pub struct Listening {
+    listener: std::thread::JoinHandle<()>,
+    source: std::thread::JoinHandle<Result<(), AudioError>>,
+    file_stats: Arc<EdgeStats>,
+    cap_stats: Arc<CaptureStats>,
+}
+
+/// Starts the listener (wake word, VAD, endpointing; `verifier` is the wake word's
+/// Whisper second stage) and then the source, wired by the audio edge. Finished
+/// utterances go to `utterances`, events to `events`. Cancelling `root` stops the source;
+/// the listener then drains and ends.
+pub fn start_listening(
+    cfg: &Config,
+    input: Input,
+    use_wake: bool,
+    verifier: Option<WakeVerifier>,
+    utterances: mpsc::Sender<Utterance>,
+    events: mpsc::Sender<Event>,
+    root: &CancellationToken,
+) -> Result<Listening, AppError> {
+    let (frame_tx, frame_rx) = mpsc::channel::<AudioFrame>(AUDIO_EDGE);
+    let listener = listener::spawn(
+        cfg.clone(),
+        use_wake,
+        verifier,
+        ListenerIo {
+            frames: frame_rx,
+            utterances,
+            events,
+            root: root.clone(),
+        },
+    )?;
+    let file_stats = Arc::new(EdgeStats::default());
+    let cap_stats = Arc::new(CaptureStats::default());
+    let source = match input {
+        Input::File(spec) => spawn_source(spec, frame_tx, root.clone(), file_stats.clone()),
+        Input::Device { name, retry } => spawn_capture(
+            name,
+            cfg.audio.ring_capacity_ms,
+            retry,
+            frame_tx,
+            root.clone(),
+            cap_stats.clone(),
+        ),
+    };
+    Ok(Listening {
+        listener,
+        source,
+        file_stats,
+        cap_stats,
+    })
+}
+
+impl Listening {
+    /// Frames the source delivered and frames dropped on the audio edge.
+    pub fn frames(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.file_stats.frames_sent.load(Relaxed)
+                + self.cap_stats.edge.frames_sent.load(Relaxed),
+            self.file_stats.frames_dropped.load(Relaxed)
+                + self.cap_stats.edge.frames_dropped.load(Relaxed),
+        )
+    }
+
+    /// Waits up to `grace` for the listener and the source to end; returns the source's
+    /// error. A device thread stuck in a dying sound server is left behind (joined on a
+    /// detached thread, never on the runtime's blocking pool, which would hold the exit).
+    pub async fn join(self, grace: Duration) -> Result<(), AppError> {
+        let Listening {
+            listener, source, ..
+        } = self;
+        let joined = join_detached(move || {
+            let _ = listener.join();
+            source.join()
+        });
+        match tokio::time::timeout(grace, joined).await {
+            Ok(Ok(Ok(r))) => r.map_err(AppError::from),
+            Ok(Ok(Err(_))) => Err(AppError::Thread("the audio source")),
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                tracing::warn!("the audio source did not stop in time; exiting without it");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs a blocking join on its own detached thread; the receiver gets its result. Unlike
+/// `spawn_blocking`, a join that never returns does not hold up the runtime's shutdown.
+pub fn join_detached<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = std::thread::Builder::new()
+        .name("panda-join".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    rx
+}
+
+/// The speech-to-text stage: one utterance at a time through Whisper, a `transcript`
+/// event each; with `questions`, each transcript also goes on to the turn driver. A
+/// cancelled turn's utterance ends at Whisper's next abort check and its text is dropped.
+/// Ends when the utterance edge closes.
+pub fn spawn_stt_stage(
+    mut utterances: mpsc::Receiver<Utterance>,
+    stt: Option<SttHandle>,
+    events: mpsc::Sender<Event>,
+    questions: Option<mpsc::Sender<Question>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(u) = utterances.recv().await {
+            let Some(stt) = &stt else { continue };
+            if u.turn.token.is_cancelled() {
+                continue;
+            }
+            let turn = u.turn.id;
+            let span = tracing::info_span!("turn", turn);
+            let result = stt
+                .transcribe(&u.samples, &u.turn.token)
+                .instrument(span)
+                .await;
+            let (ev, text) = match result {
+                Ok(out) => (
+                    Event::Transcript {
+                        turn,
+                        text: out.text.clone(),
+                        audio_ms: out.audio_ms,
+                        stt_ms: out.stt_ms,
+                        confidence: out.confidence,
+                    },
+                    Some(out.text),
+                ),
+                Err(SttError::Cancelled) => (Event::Cancelled { turn, stage: "stt" }, None),
+                Err(e) => (
+                    Event::Error {
+                        stage: "stt",
+                        message: e.to_string(),
+                    },
+                    None,
+                ),
+            };
+            if events.send(ev).await.is_err() {
+                return;
+            }
+            if let (Some(q), Some(text)) = (&questions, text)
+                && q.send(Question { turn: u.turn, text }).await.is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// A running speaking path: the sentence edge into it and its two threads.
+pub struct Speaking {
+    /// Sentences in (closing every sender ends TTS, then playback drains and ends).
+    pub sentences: mpsc::Sender<Speech>,
+    /// The Kokoro thread.
+    pub tts_thread: std::thread::JoinHandle<tts::TtsStats>,
+    /// The playback thread.
+    pub player: std::thread::JoinHandle<Result<playback::PlaybackSummary, AudioError>>,
+    /// Kokoro's load and warm-up.
+    pub info: tts::TtsInfo,
+}
+
+impl Speaking {
+    /// Waits (off the runtime) until TTS and playback have ended; playback's result.
+    pub fn join(
+        tts_thread: std::thread::JoinHandle<tts::TtsStats>,
+        player: std::thread::JoinHandle<Result<playback::PlaybackSummary, AudioError>>,
+    ) -> tokio::sync::oneshot::Receiver<Result<playback::PlaybackSummary, AppError>> {
+        join_detached(move || {
+            let _ = tts_thread.join();
+            match player.join() {
+                Ok(r) => r.map_err(AppError::from),
+                Err(_) => Err(AppError::Thread("playback")),
+            }
+        })
+    }
+}
+
+/// Starts TTS (model loaded and warmed up) and playback (output opened), wired by the PCM
+/// edge; both report to `events`.
+pub async fn start_speaking(
+    cfg: &Config,
+    voice: &str,
+    output: Output,
+    events: &mpsc::Sender<Event>,
+) -> Result<Speaking, AppError> {
+    check_voice(cfg, voice)?;
+    let (sent_tx, sent_rx) = mpsc::channel::<Speech>(SENTENCE_EDGE);
+    let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
+    let topts = tts_options(cfg, voice);
+    let tts_io = TtsIo {
+        sentences: sent_rx,
+        pcm: pcm_tx,
+        events: events.clone(),
+    };
+    let (tts_thread, info) = tokio::task::spawn_blocking(move || tts::spawn(topts, tts_io))
+        .await
+        .map_err(|_| AppError::Thread("the Kokoro loader"))??;
+    let pb_events = events.clone();
+    let player = tokio::task::spawn_blocking(move || {
+        playback::spawn(
+            output,
+            PlaybackIo {
+                chunks: pcm_rx,
+                events: pb_events,
+            },
+        )
+    })
+    .await
+    .map_err(|_| AppError::Thread("opening the output"))??;
+    Ok(Speaking {
+        sentences: sent_tx,
+        tts_thread,
+        player,
+        info,
+    })
+}
+
+/// The TTS options `[tts]` and `[models]` describe, for `voice`.
+pub fn tts_options(cfg: &Config, voice: &str) -> TtsOptions {
+    TtsOptions {
+        model_dir: cfg.model_path(&cfg.tts.model_dir),
+        ort_lib: cfg.model_path(std::path::Path::new(crate::onnx::ORT_LIB)),
+        threads: cfg.tts.threads as usize,
+        gpu: cfg.tts.gpu,
+        voice: voice.to_string(),
+        first_fragment_words: cfg.tts.first_fragment_words as usize,
+    }
+}
+
+/// Checks that `voice` is installed; the error lists the installed voices.
+pub fn check_voice(cfg: &Config, voice: &str) -> Result<(), KokoroError> {
+    let dir = cfg.model_path(&cfg.tts.model_dir);
+    let installed = tts::installed_voices(&dir);
+    if installed.is_empty() {
+        return Err(KokoroError::Missing(dir.join("voices")));
+    }
+    if !installed.iter().any(|v| v == voice) || voice_language(voice).is_none() {
+        return Err(KokoroError::UnknownVoice {
+            name: voice.to_string(),
+            installed: installed.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// The thinking path's parts: the thinker (with memory, agents and timers), the agents
+/// (for the status page's health view), the timers that fell due while Panda was off,
+/// and memory (closed last at shutdown).
+pub struct Thinking {
+    /// Answers questions.
+    pub thinker: Thinker,
+    /// Helper agents (their health runs in the background until `root` is cancelled).
+    pub agents: std::sync::Arc<Agents>,
+    /// Timers due while Panda was not running.
+    pub missed: Vec<TimerEntry>,
+    /// Long-term memory, when enabled.
+    pub memory: Option<crate::memory::Memory>,
+}
+
+/// Opens memory, starts the agents' health checks and the timer task, and builds the
+/// thinker; `voice` overrides `[tts] voice`.
+pub async fn start_thinking(
+    cfg: &Config,
+    events: &mpsc::Sender<Event>,
+    root: &CancellationToken,
+    voice: Option<String>,
+) -> Result<Thinking, AppError> {
+    let memory = if cfg.memory.enabled {
+        Some(crate::memory::Memory::open(cfg).await?)
+    } else {
+        None
+    };
+    let http = crate::think::http_client(cfg.llm.connect_timeout_ms);
+    let agents = Agents::new(&cfg.agents, http.clone(), Some(events.clone()));
+    agents.spawn_health(root);
+    let (timer_handle, missed) =
+        timers::spawn(&cfg.state.dir, events.clone(), root.clone()).await?;
+    let mut thinker = Thinker::new(cfg, http, agents.clone(), timer_handle, events.clone());
+    thinker.set_voice(voice);
+    thinker.set_memory(memory.clone());
+    Ok(Thinking {
+        thinker,
+        agents,
+        missed,
+        memory,
+    })
+}

@@ -1,0 +1,306 @@
+//! The turn driver: one turn at a time, whatever started it — a spoken question (already
+//! transcribed), a typed one (`panda ask`, the status page's API), or a timer going off
+//! (announced between answers). Runs as one tokio task that owns the [`Thinker`].
+//!
+//! For each turn it mints the [`Turn`] (number and token under the root; spoken turns
+//! come minted by the listener), asks the thinker, and — when the answer is spoken —
+//! waits until playback reports what was heard, so memory keeps only what the user
+//! actually heard and the next turn does not talk over this one. A turn cancelled before
+//! any of its audio reached playback (a stop or a barge-in while Panda was still
+//! thinking) gets no such report: it ends [`HEARD_AFTER_CANCEL`] after its cancel, heard
+//! = nothing. (Without that the driver once waited forever and Panda never answered
+//! again while its watchdog still said "ok".)
+//!
+//! The host (`app`) sees each turn through a [`Host`]: the status page and the watchdog's
+//! progress in `panda run`, stdout in `panda ask`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::timers::{self, TimerEntry};
+use super::turn::{AnswerSource, Thinker, TurnIo, TurnOutcome};
+use crate::event::{Event, Question, Speech, Turn};
+
+/// After a turn is cancelled, how long the driver waits for playback's report of what
+/// was heard. Playback flushes within 50 ms of a cancel and reports at once; a turn whose
+/// audio never reached playback is never reported, and counts as heard = nothing.
+pub const HEARD_AFTER_CANCEL: Duration = Duration::from_millis(1500);
+
+/// Where the driver's questions come from.
+pub enum Source {
+    /// `panda ask`: these questions in order; then, with `wait_timers`, every pending
+    /// timer is waited for and announced.
+    List {
+        /// The questions.
+        questions: VecDeque<String>,
+        /// Stay until no timer is pending.
+        wait_timers: bool,
+    },
+    /// `panda run`: transcribed questions from the listener and typed ones from the API,
+    /// until both edges close — or, for a recording (`end_with_spoken`), until the
+    /// spoken ones do.
+    Live {
+        /// Transcribed questions (the STT stage).
+        spoken: mpsc::Receiver<Question>,
+        /// Typed questions (`POST /api/ask`).
+        typed: mpsc::Receiver<String>,
+        /// A recording's last question ends the run.
+        end_with_spoken: bool,
+    },
+}
+
+/// What the host learns about each turn.
+pub trait Host: Send {
+    /// A job (a turn, or a spoken question being dropped) starts; the watchdog's
+    /// progress clock runs until [`Host::idle`].
+    fn busy(&mut self) {}
+    /// The driver waits for the next job.
+    fn idle(&mut self) {}
+    /// A typed question became turn `turn`.
+    fn asked(&mut self, _turn: u64, _text: &str) {}
+    /// A piece of answer text as it is produced.
+    fn text(&mut self, turn: u64, delta: &str);
+    /// The answer is complete (all its text produced; it may still be playing).
+    fn answered(&mut self, _turn: u64, _outcome: &TurnOutcome) {}
+}
+
+/// A turn the driver finished, for `panda ask`'s summary.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// The question (empty for an announcement).
+    pub question: String,
+    /// The answer as generated.
+    pub answer: String,
+    /// Where it came from.
+    pub source: AnswerSource,
+}
+
+/// The turn in progress, for barge-in and `POST /api/stop`: shared between the driver
+/// (which sets it) and the event consumer and API (which cancel it).
+#[derive(Clone, Default)]
+pub struct ActiveTurn(Arc<std::sync::Mutex<Option<Turn>>>);
+
+impl ActiveTurn {
+    fn set(&self, turn: Option<Turn>) {
+        *crate::lock(&self.0) = turn;
+    }
+
+    /// Cancels the turn in progress unless it is `except` (the new turn of a barge-in);
+    /// true if one was cancelled.
+    pub fn cancel(&self, except: Option<u64>) -> bool {
+        let g = crate::lock(&self.0);
+        match &*g {
+            Some(t) if Some(t.id) != except && !t.token.is_cancelled() => {
+                t.token.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One thing to do.
+enum Job {
+    Spoken(Question),
+    Typed(String),
+    Announce(String),
+}
+
+/// The driver (see the module doc).
+pub struct Driver {
+    /// Answers questions (skills, agents, the LLM, memory).
+    pub thinker: Thinker,
+    /// Sentences to TTS; `None` when answers are not spoken (`--no-speak`).
+    pub sentences: Option<mpsc::Sender<Speech>>,
+    /// Playback's reports (`spoken`) and timers going off (`timer_fired`), from the event
+    /// consumer.
+    pub reports: mpsc::Receiver<Event>,
+    /// Cancelled at shutdown.
+    pub root: CancellationToken,
+    /// The turn in progress.
+    pub active: ActiveTurn,
+}
+
+impl Driver {
+    /// Runs turns from `source` until it is exhausted or the root token is cancelled.
+    /// `missed` timers (due while Panda was off) are announced first.
+    pub async fn run(
+        mut self,
+        mut source: Source,
+        missed: &[TimerEntry],
+        host: &mut dyn Host,
+    ) -> Vec<Answered> {
+        let mut fired: VecDeque<String> = timers::missed_announcements(missed).into();
+        let mut done = Vec::new();
+        while let Some(job) = self.next_job(&mut source, &mut fired).await {
+            host.busy();
+            let (turn, text, announce) = match job {
+                Job::Spoken(q) if q.turn.token.is_cancelled() || q.text.trim().is_empty() => {
+                    host.idle();
+                    continue;
+                }
+                Job::Spoken(q) => (q.turn, q.text, false),
+                Job::Typed(q) => {
+                    let t = Turn::next(&self.root);
+                    host.asked(t.id, &q);
+                    (t, q, false)
+                }
+                Job::Announce(text) => (Turn::next(&self.root), text, true),
+            };
+            self.active.set(Some(turn.clone()));
+            let outcome = self.one_turn(&turn, &text, announce, host).await;
+            host.answered(turn.id, &outcome);
+            if self.sentences.is_some() && !outcome.answer.is_empty() {
+                self.wait_heard(&turn, &mut fired).await;
+            } else {
+                // Not spoken: what was generated is what the user got.
+                self.thinker
+                    .heard(turn.id, &outcome.answer, turn.token.is_cancelled())
+                    .await;
+            }
+            self.active.set(None);
+            host.idle();
+            done.push(Answered {
+                question: if announce { String::new() } else { text },
+                answer: outcome.answer,
+                source: outcome.source,
+            });
+        }
+        done
+    }
+
+    async fn one_turn(
+        &mut self,
+        turn: &Turn,
+        text: &str,
+        announce: bool,
+        host: &mut dyn Host,
+    ) -> TurnOutcome {
+        let tid = turn.id;
+        let mut on_text = |d: &str| host.text(tid, d);
+        let mut io = TurnIo {
+            sentences: self.sentences.as_ref(),
+            on_text: &mut on_text,
+        };
+        let span = tracing::info_span!("turn", turn = turn.id);
+        if announce {
+            self.thinker
+                .announce(turn, text, &mut io)
+                .instrument(span)
+                .await
+        } else {
+            self.thinker
+                .turn(turn, text, &mut io)
+                .instrument(span)
+                .await
+        }
+    }
+
+    /// The next job: a timer announcement that is due, else whatever the source offers
+    /// first. `None` when the source is exhausted or the run stops.
+    async fn next_job(&mut self, source: &mut Source, fired: &mut VecDeque<String>) -> Option<Job> {
+        loop {
+            if self.root.is_cancelled() {
+                return None;
+            }
+            if let Some(text) = fired.pop_front() {
+                return Some(Job::Announce(text));
+            }
+            match source {
+                Source::List {
+                    questions,
+                    wait_timers,
+                } => {
+                    if let Some(q) = questions.pop_front() {
+                        return Some(Job::Typed(q));
+                    }
+                    if !*wait_timers || self.thinker.pending_timers().await == 0 {
+                        return None;
+                    }
+                    // Stay for the timers still pending; each is announced as it fires.
+                    let report = tokio::select! {
+                        _ = self.root.cancelled() => return None,
+                        r = self.reports.recv() => r?,
+                    };
+                    if let Event::TimerFired { label, .. } = report {
+                        fired.push_back(timers::announcement(&label));
+                    }
+                }
+                Source::Live {
+                    spoken,
+                    typed,
+                    end_with_spoken,
+                } => {
+                    let (spoken_open, typed_open) = (!spoken.is_closed(), !typed.is_closed());
+                    if !spoken_open && (!typed_open || *end_with_spoken) && spoken.is_empty() {
+                        return None;
+                    }
+                    tokio::select! {
+                        _ = self.root.cancelled() => return None,
+                        q = spoken.recv(), if spoken_open || !spoken.is_empty() => match q {
+                            Some(q) => return Some(Job::Spoken(q)),
+                            None => continue,
+                        },
+                        a = typed.recv(), if typed_open => match a {
+                            Some(a) => return Some(Job::Typed(a)),
+                            None => continue,
+                        },
+                        r = self.reports.recv() => match r {
+                            Some(Event::TimerFired { label, .. }) => {
+                                fired.push_back(timers::announcement(&label));
+                            }
+                            Some(_) => {}
+                            None => return None,
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until playback reports what was heard of `turn`'s answer (or the run stops)
+    /// and tells the thinker, which stores the exchange as heard. Timers that go off
+    /// meanwhile are queued in `fired` for after this answer. A turn cancelled before its
+    /// audio reached playback ends [`HEARD_AFTER_CANCEL`] after the cancel.
+    async fn wait_heard(&mut self, turn: &Turn, fired: &mut VecDeque<String>) {
+        let deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+        tokio::pin!(deadline);
+        let mut cancelled = false;
+        loop {
+            let report = tokio::select! {
+                _ = self.root.cancelled() => return,
+                _ = turn.token.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + HEARD_AFTER_CANCEL);
+                    continue;
+                }
+                _ = &mut deadline, if cancelled => {
+                    self.thinker.heard(turn.id, "", true).await;
+                    return;
+                }
+                r = self.reports.recv() => r,
+            };
+            match report {
+                Some(Event::Spoken {
+                    turn: t,
+                    heard,
+                    interrupted,
+                    ..
+                }) if t == turn.id => {
+                    self.thinker.heard(t, &heard, interrupted).await;
+                    return;
+                }
+                Some(Event::TimerFired { label, .. }) => {
+                    fired.push_back(timers::announcement(&label));
+                }
+                Some(_) => continue,
+                None => return,
+            }
+        }
+    }
+}
