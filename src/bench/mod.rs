@@ -566,7 +566,7 @@ pub fn count_wakes(det: &mut WakeDetector, verifier: &WakeVerifier, pcm: &[i16])
 pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
     let dir = &cfg.models.dir;
     let synth = |text: &str| {
-        crate::models::install::synthesize_wake_clips(dir, text, UNSEEN_VOICES, &[1.0])
+        crate::listen::templates::synthesize_wake_clips(dir, text, UNSEEN_VOICES, &[1.0])
             .map_err(BenchError::Synth)
     };
     let mut positives = Vec::new();

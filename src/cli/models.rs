@@ -13,12 +13,15 @@ pub fn run(cfg: &Config, cmd: ModelsCmd) -> Result<(), Exit> {
             test_data,
             rebuild_wake,
         } => {
-            install::install(install::InstallOptions {
-                dir: dir.unwrap_or_else(|| cfg.models.dir.clone()),
-                cache: cache.unwrap_or_else(install::default_cache),
-                test_data,
-                rebuild_wake,
-            })?;
+            install::install(
+                install::InstallOptions {
+                    dir: dir.unwrap_or_else(|| cfg.models.dir.clone()),
+                    cache: cache.unwrap_or_else(install::default_cache),
+                    test_data,
+                    rebuild_wake,
+                },
+                &panda::listen::templates::DefaultTemplates,
+            )?;
         }
         ModelsCmd::Verify { dir } => {
             let dir = dir.unwrap_or_else(|| cfg.models.dir.clone());

@@ -9,5 +9,6 @@
 pub mod endpoint;
 pub mod listener;
 pub mod stt;
+pub mod templates;
 pub mod vad;
 pub mod wake;

@@ -175,42 +175,20 @@ pub fn pin_for(rel: &str) -> Option<&'static str> {
     FILE_PINS.iter().find(|(p, _)| *p == rel).map(|(_, h)| *h)
 }
 
-/// Voices whose "hey panda" renderings make the default wake word templates (DESIGN §4).
-/// The other English voices stay out: they are the unseen speakers recall is measured on.
-pub const TEMPLATE_VOICES: &[&str] = &[
-    "af_heart",
-    "af_bella",
-    "af_sarah",
-    "af_nova",
-    "am_adam",
-    "am_michael",
-    "am_onyx",
-    "am_fenrir",
-    "bf_emma",
-    "bf_alice",
-    "bm_george",
-    "bm_daniel",
-];
-/// Speaking speeds for the Kokoro templates. Measured (`panda bench wake`, threshold 0.5
-/// with the Whisper check, unseen Kokoro voices): two speeds per voice gave 93% recall at
-/// 0.20 of a core during speech; one gave 91% at 0.09 — the cheaper set is the default.
-pub const TEMPLATE_SPEEDS: &[f32] = &[1.0];
-/// espeak-ng voices added as extra templates (formant synthesis is far from Kokoro's
-/// neural voices; both kinds widen what the DTW templates cover). Other espeak variants
-/// stay out for testing.
-pub const TEMPLATE_ESPEAK_VOICES: &[&str] = &["en-us", "en-gb", "en-us+f2", "en-gb-x-rp+m1"];
-/// espeak-ng speaking rates (words per minute) for the extra templates. One rate lost the
-/// unseen espeak voice en-gb+f3 in the tests; two keep every tested voice above 0.65.
-pub const TEMPLATE_ESPEAK_WPM: &[u32] = &[140, 180];
-
 /// Manifest keys ending in this record how a file was made, not a file's hash.
 pub const RECIPE_SUFFIX: &str = "#recipe";
 
-/// What the default wake word is built from, as recorded in the manifest.
-fn wake_recipe() -> String {
-    format!(
-        "kokoro {TEMPLATE_VOICES:?} x {TEMPLATE_SPEEDS:?}; espeak {TEMPLATE_ESPEAK_VOICES:?} x {TEMPLATE_ESPEAK_WPM:?}"
-    )
+/// What builds the default wake word at install time. The listening stage owns how its
+/// templates are made (`listen::templates`); the installer only decides when to build
+/// them (missing, or made by another recipe) and records the result, so `models` imports
+/// no stage.
+pub trait WakeTemplates {
+    /// A description of what the templates are made from (voices, speeds); a different
+    /// one than the manifest records rebuilds an installed wake word.
+    fn recipe(&self) -> String;
+    /// Builds the wake word file `out` with the installed models in `models_dir`;
+    /// returns how many templates it holds.
+    fn build(&self, models_dir: &Path, out: &Path) -> Result<usize, String>;
 }
 
 /// Install options.
@@ -250,7 +228,7 @@ fn progress(step: usize, steps: usize, what: &str) {
 }
 
 /// Runs the whole installation.
-pub fn install(opts: InstallOptions) -> Result<(), ModelError> {
+pub fn install(opts: InstallOptions, wake: &dyn WakeTemplates) -> Result<(), ModelError> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&opts.dir).map_err(|source| ModelError::Io {
         path: opts.dir.clone(),
@@ -272,7 +250,7 @@ pub fn install(opts: InstallOptions) -> Result<(), ModelError> {
     inst.onnxruntime()?;
     inst.kokoro()?;
     inst.minilm()?;
-    inst.wake()?;
+    inst.wake(wake)?;
     if inst.opts.test_data {
         inst.test_data()?;
     }
@@ -531,38 +509,22 @@ impl Installer {
         Ok(())
     }
 
-    fn wake(&mut self) -> Result<(), ModelError> {
+    fn wake(&mut self, wake: &dyn WakeTemplates) -> Result<(), ModelError> {
         self.next("default wake word \"hey panda\" (Kokoro voices → rustpotter templates)");
         let rel = paths::WAKE_DEFAULT;
         // A template recipe change (voices, speeds) rebuilds an installed wake word.
         let recipe_key = format!("{rel}{RECIPE_SUFFIX}");
-        let recipe = wake_recipe();
+        let recipe = wake.recipe();
         let same_recipe = self.manifest.get(&recipe_key) == Some(&recipe);
         if !self.opts.rebuild_wake && same_recipe && self.done(rel) {
             eprintln!("      {rel} verified");
             return Ok(());
         }
         let t = Instant::now();
-        let mut clips = synthesize_wake_clips(
-            &self.opts.dir,
-            "Hey panda.",
-            TEMPLATE_VOICES,
-            TEMPLATE_SPEEDS,
-        )
-        .map_err(ModelError::Wake)?;
-        for v in TEMPLATE_ESPEAK_VOICES {
-            for &wpm in TEMPLATE_ESPEAK_WPM {
-                let pcm = espeak_clip("Hey panda.", v, wpm).map_err(ModelError::Wake)?;
-                clips.push((format!("espeak_{v}_{wpm}.wav"), pcm));
-            }
-        }
-        crate::listen::wake::build_reference("hey_panda", &clips, &self.opts.dir.join(rel))
-            .map_err(|e| ModelError::Wake(e.to_string()))?;
-        eprintln!(
-            "      {} templates ({:.1} s)",
-            clips.len(),
-            t.elapsed().as_secs_f64()
-        );
+        let n = wake
+            .build(&self.opts.dir, &self.opts.dir.join(rel))
+            .map_err(ModelError::Wake)?;
+        eprintln!("      {n} templates ({:.1} s)", t.elapsed().as_secs_f64());
         self.manifest.insert(recipe_key, recipe);
         self.record(rel)
     }
@@ -639,59 +601,6 @@ pub fn convert_ct2(model: &[u8], assets_sdist: &Path) -> Result<Vec<u8>, ModelEr
     let mut out = Vec::with_capacity(model.len() + 1_000_000);
     ct2::convert_whisper(&m, (shape[0], shape[1], &mel), &tokens, &mut out)?;
     Ok(out)
-}
-
-/// Renders `text` with each voice at each speed through Kokoro; returns labelled 16 kHz clips.
-pub fn synthesize_wake_clips(
-    dir: &Path,
-    text: &str,
-    voices: &[&str],
-    speeds: &[f32],
-) -> Result<Vec<(String, Vec<i16>)>, String> {
-    let mut k = crate::speak::kokoro::Kokoro::load(
-        &dir.join(paths::KOKORO_DIR),
-        &dir.join(paths::ORT_LIB),
-        2,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut clips = Vec::new();
-    for v in voices {
-        for &s in speeds {
-            // American phonemes for every voice, British ones included: the default
-            // templates and their recall/false-accept figures were measured this way.
-            let audio = k
-                .synthesize_in(text, v, "en-us", s)
-                .map_err(|e| e.to_string())?;
-            let pcm =
-                crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
-            clips.push((format!("{v}_{s}.wav"), pcm));
-        }
-    }
-    Ok(clips)
-}
-
-/// Renders `text` with the espeak-ng command (install time only) → 16 kHz mono.
-pub fn espeak_clip(text: &str, voice: &str, wpm: u32) -> Result<Vec<i16>, String> {
-    let out = Command::new("espeak-ng")
-        .args(["-v", voice, "-s", &wpm.to_string(), "--stdout", text])
-        .output()
-        .map_err(|e| format!("espeak-ng: {e} (install the espeak-ng package)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "espeak-ng -v {voice}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    // espeak writes a streaming WAV header with unknown lengths; take the PCM after the
-    // 44-byte header (22050 Hz mono s16le).
-    let pcm: Vec<f32> = out
-        .stdout
-        .get(44..)
-        .unwrap_or(&[])
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
-        .collect();
-    Ok(crate::audio::dsp::to_16k_mono(&pcm, 22_050, 1))
 }
 
 fn zip_member(path: &Path, member: &str) -> Result<Vec<u8>, ModelError> {

@@ -20,6 +20,7 @@ pub mod conversation;
 pub mod driver;
 pub mod llm;
 pub mod router;
+pub mod skills;
 pub mod timers;
 pub mod turn;
 

@@ -11,9 +11,10 @@ const FIXTURE: &str = "tests/fixtures/hey-panda-what-time.wav";
 #[ignore = "regenerates a committed file"]
 fn regenerate_bundled_recording() {
     let dir = common::models_dir();
-    let a = panda::models::install::synthesize_wake_clips(&dir, "Hey panda.", &["af_sky"], &[1.0])
-        .unwrap();
-    let b = panda::models::install::synthesize_wake_clips(
+    let a =
+        panda::listen::templates::synthesize_wake_clips(&dir, "Hey panda.", &["af_sky"], &[1.0])
+            .unwrap();
+    let b = panda::listen::templates::synthesize_wake_clips(
         &dir,
         "What time is it?",
         &["af_sky"],
