@@ -29,8 +29,9 @@ use crate::listen::listener::{self, ListenerIo, WakeVerifier};
 use crate::listen::stt::{self, SttError, SttHandle};
 use crate::speak::kokoro::{KokoroError, voice_language};
 use crate::speak::tts::{self, TtsIo, TtsOptions};
+use crate::think::agents::Agents;
 use crate::think::timers::{self, TimerEntry};
-use crate::think::{agents::Agents, turn::Thinker};
+use crate::think::turn::{Thinker, ThinkerDeps};
 
 /// Loads Whisper on its owner thread (off the runtime: loading blocks).
 pub async fn start_stt(cfg: &Config) -> Result<SttHandle, AppError> {
@@ -327,9 +328,17 @@ pub async fn start_thinking(
     agents.spawn_health(root);
     let (timer_handle, missed) =
         timers::spawn(&cfg.state.dir, events.clone(), root.clone()).await?;
-    let mut thinker = Thinker::new(cfg, http, agents.clone(), timer_handle, events.clone());
-    thinker.set_voice(voice);
-    thinker.set_memory(memory.clone());
+    let thinker = Thinker::new(
+        cfg,
+        ThinkerDeps {
+            http,
+            agents: agents.clone(),
+            timers: timer_handle,
+            events: events.clone(),
+            memory: memory.clone(),
+            voice,
+        },
+    );
     Ok(Thinking {
         thinker,
         agents,

@@ -158,15 +158,34 @@ const SUMMARY_EDGE: usize = 1;
 /// A background summary: (the summary it condensed, the condensed text).
 type Summary = (String, String);
 
+/// What a [`Thinker`] works with, given at construction.
+pub struct ThinkerDeps {
+    /// The shared, pooled HTTP client (LLM).
+    pub http: reqwest::Client,
+    /// Helper agents behind their breakers.
+    pub agents: Arc<Agents>,
+    /// The timer service.
+    pub timers: Timers,
+    /// Events out.
+    pub events: mpsc::Sender<Event>,
+    /// Long-term memory (absent when `[memory] enabled = false`).
+    pub memory: Option<Memory>,
+    /// A voice for every language (`panda ask --voice`); `None`: `[tts] voice` and the
+    /// language's own voices.
+    pub voice: Option<String>,
+}
+
 impl Thinker {
-    /// A thinker over the shared clients and the timer service.
-    pub fn new(
-        cfg: &Config,
-        http: reqwest::Client,
-        agents: Arc<Agents>,
-        timers: Timers,
-        events: mpsc::Sender<Event>,
-    ) -> Self {
+    /// A thinker over the shared clients, the timer service and memory.
+    pub fn new(cfg: &Config, deps: ThinkerDeps) -> Self {
+        let ThinkerDeps {
+            http,
+            agents,
+            timers,
+            events,
+            memory,
+            voice,
+        } = deps;
         Self {
             cfg: cfg.clone(),
             router: Router::new(&cfg.router, &cfg.agents),
@@ -178,20 +197,10 @@ impl Thinker {
             llm_down_until: None,
             pending: HashMap::new(),
             summaries: mpsc::channel(SUMMARY_EDGE),
-            voice_override: None,
-            memory: None,
+            voice_override: voice,
+            memory,
             forget_after: HashMap::new(),
         }
-    }
-
-    /// Gives the thinker its long-term memory.
-    pub fn set_memory(&mut self, memory: Option<Memory>) {
-        self.memory = memory;
-    }
-
-    /// Uses `voice` for every language (`panda ask --voice`).
-    pub fn set_voice(&mut self, voice: Option<String>) {
-        self.voice_override = voice;
     }
 
     fn voice(&self) -> String {
