@@ -197,12 +197,8 @@ pub async fn run(cfg: &Config, turns: usize, warmup: usize) -> Result<(), super:
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(i) = line.find("status page at http://") {
-                let url: String = line[i + "status page at ".len()..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-                    .collect();
-                let _ = url_tx.send(url.trim_end_matches('/').to_string());
+            if let Some(url) = crate::web::status_page_url(&line) {
+                let _ = url_tx.send(url);
             }
         }
     });

@@ -639,28 +639,16 @@ impl Thinker {
             );
             sp.say("That's where I'll stop; ask me if you want more.")
                 .await;
-            let _ = self
-                .events
-                .send(Event::Llm {
-                    turn: turn.id,
-                    first_token_ms: result.as_ref().ok().map(|a| a.first_token_ms),
-                    total_ms: result.as_ref().map_or(0, |a| a.total_ms),
-                    malformed: 0,
-                    error: None,
-                })
-                .await;
-            self.llm_down_until = None;
-            return Some(AnswerSource::Llm);
+        } else {
+            sp.push(&rest).await;
         }
-        sp.push(&rest).await;
+        let malformed_here =
+            || self.llm.stats.malformed_lines.load(Ordering::Relaxed) - malformed_before;
         let (first_token_ms, total_ms, malformed, error) = match &result {
             Ok(a) => (Some(a.first_token_ms), a.total_ms, a.malformed, None),
-            Err(e) => (
-                None,
-                0,
-                self.llm.stats.malformed_lines.load(Ordering::Relaxed) - malformed_before,
-                Some(e.to_string()),
-            ),
+            // Closed at the answer bound: an answer, not a failure.
+            Err(_) if capped => (None, 0, malformed_here(), None),
+            Err(e) => (None, 0, malformed_here(), Some(e.to_string())),
         };
         let _ = self
             .events
@@ -674,6 +662,10 @@ impl Thinker {
             .await;
         match result {
             Ok(_) => {
+                self.llm_down_until = None;
+                Some(AnswerSource::Llm)
+            }
+            Err(_) if capped => {
                 self.llm_down_until = None;
                 Some(AnswerSource::Llm)
             }

@@ -20,5 +20,5 @@ pub mod conn;
 pub mod server;
 pub mod status;
 
-pub use server::{WebError, WebHandle, serve};
+pub use server::{WebError, WebHandle, serve, status_page_url};
 pub use status::{Hub, State};

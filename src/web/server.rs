@@ -162,6 +162,18 @@ pub async fn serve(
     Ok((addr, task))
 }
 
+/// The status page's address in a `panda run` log line ("status page at http://…/"),
+/// without the trailing slash or the colour codes that may follow it: what the soak
+/// benchmark and the tests read to find a daemon started on port 0.
+pub fn status_page_url(line: &str) -> Option<String> {
+    let i = line.find("status page at http://")?;
+    let url: String = line[i + "status page at ".len()..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
+        .collect();
+    Some(url.trim_end_matches('/').to_string())
+}
+
 /// The names a `Host` header may carry besides IP literals: `localhost`, this
 /// machine's name and `name.local`, and `[web] allowed_hosts`.
 fn known_hosts(allowed: &[String]) -> Vec<String> {

@@ -6,16 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// The status page address in a `panda run` log line ("status page at http://…/"),
-/// without the trailing slash or the colour codes that may follow it.
-pub fn status_page_url(line: &str) -> Option<String> {
-    let i = line.find("status page at http://")?;
-    let url: String = line[i + "status page at ".len()..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-        .collect();
-    Some(url.trim_end_matches('/').to_string())
-}
+pub use panda::web::status_page_url;
 
 /// The model directory the tests use (installed by `panda models install --test-data`).
 pub fn models_dir() -> PathBuf {
