@@ -108,10 +108,9 @@ pub async fn consume(
             }
             _ = root.cancelled(), if !stopping => {
                 stopping = true;
-                if extras.hub.is_some() {
-                    sd_notify("STOPPING=1");
-                }
+                // Only the appliance (the one with a status page) talks to systemd.
                 if let Some(h) = &extras.hub {
+                    sd_notify("STOPPING=1");
                     h.set_state(crate::web::State::Idle);
                 }
                 grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(cfg.run.grace_ms));
