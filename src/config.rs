@@ -179,8 +179,20 @@ pub struct WakeConfig {
     /// Second-stage check: Whisper on the audio before a template detection must hear the
     /// phrase's last word. Templates give recall, this gives precision.
     pub verify: bool,
-    /// Audio the second-stage check transcribes, ending at the detection.
+    /// Audio the second-stage check transcribes, ending `verify_delay_ms` after the
+    /// detection.
     pub verify_window_ms: u64,
+    /// The second-stage check waits this long after a template detection, so that it
+    /// hears the whole phrase: an eager detection fires while "panda" is still being
+    /// said, and Whisper cannot confirm half a word.
+    pub verify_delay_ms: u64,
+    /// Acknowledge a wake with a short chime on the speaker (`panda run` on a sound card;
+    /// never into a WAV file). The microphone's VAD is held while it plays, so the chime
+    /// is never taken for the question.
+    pub earcon: bool,
+    /// A WAV file to play as the chime instead of the built-in two-tone one (relative to
+    /// `[models] dir` unless absolute; empty for the built-in one). At most 2 s.
+    pub earcon_file: PathBuf,
 }
 
 impl Default for WakeConfig {
@@ -196,6 +208,9 @@ impl Default for WakeConfig {
             phrase: "hey panda".into(),
             verify: true,
             verify_window_ms: 1500,
+            verify_delay_ms: 300,
+            earcon: true,
+            earcon_file: PathBuf::new(),
         }
     }
 }
@@ -227,8 +242,19 @@ pub struct EndpointConfig {
     pub hangover_ms: u64,
     /// An utterance is cut here even if the speaker goes on.
     pub max_utterance_ms: u64,
-    /// After a wake word, give up if no speech starts within this time.
-    pub no_speech_timeout_ms: u64,
+    /// After a wake word, how long the question has to start (people pause after a wake
+    /// word, waiting for the device to show it heard them); then a `no_question` event
+    /// and back to idle. (`no_speech_timeout_ms` is the old name.)
+    #[serde(alias = "no_speech_timeout_ms")]
+    pub question_timeout_ms: u64,
+    /// Voicing that runs on from a wake detection for at most this long is the wake
+    /// phrase's own tail, not the question; longer, it is a question said in the same
+    /// breath.
+    pub wake_tail_ms: u64,
+    /// A question said in the same breath as the wake word is transcribed from this long
+    /// before the detection (the wake phrase, dropped from the transcript afterwards), so
+    /// that Whisper hears whole words.
+    pub wake_lookback_ms: u64,
 }
 
 impl Default for EndpointConfig {
@@ -238,7 +264,9 @@ impl Default for EndpointConfig {
             speech_start_ms: 90,
             hangover_ms: 800,
             max_utterance_ms: 15_000,
-            no_speech_timeout_ms: 5_000,
+            question_timeout_ms: 5_000,
+            wake_tail_ms: 600,
+            wake_lookback_ms: 1_000,
         }
     }
 }
@@ -436,6 +464,10 @@ pub struct ConversationConfig {
     pub max_answer_chars: usize,
     /// Longest answer spoken, in sentences (the same cut).
     pub max_answer_sentences: usize,
+    /// After an answer that was heard whole, listen this long for a follow-up without the
+    /// wake word (0: only after an answer that asks something back, i.e. ends in "?",
+    /// and then for `[endpoint] question_timeout_ms`). Silence returns to idle.
+    pub follow_up_ms: u64,
 }
 
 impl Default for ConversationConfig {
@@ -449,6 +481,7 @@ impl Default for ConversationConfig {
             filler_after_ms: 1500,
             max_answer_chars: 1500,
             max_answer_sentences: 30,
+            follow_up_ms: 0,
         }
     }
 }
@@ -955,6 +988,7 @@ impl Config {
         int("wake.min_scores", w.min_scores, 1, 100)?;
         int("wake.refractory_ms", w.refractory_ms, 0, 60_000)?;
         int("wake.verify_window_ms", w.verify_window_ms, 200, 10_000)?;
+        int("wake.verify_delay_ms", w.verify_delay_ms, 0, 2_000)?;
         int("vad.mode", self.vad.mode, 0, 3)?;
         int("endpoint.pre_roll_ms", e.pre_roll_ms, 0, 5_000)?;
         int("endpoint.speech_start_ms", e.speech_start_ms, 10, 5_000)?;
@@ -969,10 +1003,18 @@ impl Config {
             ));
         }
         int(
-            "endpoint.no_speech_timeout_ms",
-            e.no_speech_timeout_ms,
+            "endpoint.question_timeout_ms",
+            e.question_timeout_ms,
             0,
             600_000,
+        )?;
+        int("endpoint.wake_tail_ms", e.wake_tail_ms, 30, 5_000)?;
+        int("endpoint.wake_lookback_ms", e.wake_lookback_ms, 0, 3_000)?;
+        int(
+            "conversation.follow_up_ms",
+            self.conversation.follow_up_ms,
+            0,
+            60_000,
         )?;
         int("stt.beam_size", self.stt.beam_size, 0, 16)?;
         int("stt.threads", self.stt.threads, 0, MAX_THREADS)?;

@@ -113,6 +113,29 @@ pub struct Utterance {
     pub start_ms: u64,
     /// Why the utterance ended.
     pub end: EndReason,
+    /// The wake phrase, when the utterance came after one (or in the same breath): a
+    /// leading wake phrase is dropped from its transcript.
+    pub wake_phrase: Option<String>,
+}
+
+/// What the turn driver asks of the listener (a control edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenControl {
+    /// Listen this long for a follow-up question without the wake word.
+    FollowUp {
+        /// The window in milliseconds.
+        window_ms: u64,
+    },
+}
+
+/// A short sound playback plays outside any answer (the wake earcon): playback takes it
+/// only when no answer is playing.
+#[derive(Debug, Clone)]
+pub struct Cue {
+    /// Mono samples at `rate_hz`.
+    pub samples: std::sync::Arc<[f32]>,
+    /// Sample rate of `samples`.
+    pub rate_hz: u32,
 }
 
 /// One sentence for the speaking path (turn task → TTS).
@@ -222,11 +245,21 @@ pub enum Event {
         /// Why it ended.
         reason: EndReason,
     },
-    /// No speech followed the wake word in time.
-    NoSpeech {
+    /// No question followed the wake word (or no follow-up came) in time: back to idle,
+    /// nothing goes to the LLM.
+    NoQuestion {
         /// Turn.
         turn: u64,
         /// Stream position where listening gave up.
+        at_ms: u64,
+    },
+    /// After an answer, the listener waits for a follow-up without the wake word.
+    FollowUp {
+        /// The turn a follow-up would be.
+        turn: u64,
+        /// How long it listens.
+        window_ms: u64,
+        /// Stream position where it started listening.
         at_ms: u64,
     },
     /// A transcript.

@@ -56,6 +56,7 @@ pub async fn ask(
         reports: reports_rx,
         root: root.clone(),
         active: ActiveTurn::default(),
+        follow_up: None,
     };
     let source = Source::List {
         questions: opts.questions.into(),

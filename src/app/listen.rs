@@ -11,7 +11,7 @@ use super::topology::{spawn_stt_stage, start_listening, start_stt};
 use super::{AppError, EVENT_EDGE, ListenOptions, ListenSummary, UTTERANCE_EDGE};
 use crate::config::Config;
 use crate::event::{Event, Utterance};
-use crate::listen::listener::WakeVerifier;
+use crate::listen::listener::{ListenerOptions, WakeVerifier};
 
 /// Runs the listening pipeline until the input ends or `root` is cancelled, handing every
 /// event to `on_event` in order.
@@ -30,16 +30,21 @@ pub async fn listen(
     let verifier = stt
         .as_ref()
         .filter(|_| verify)
-        .map(|h| WakeVerifier::new(h.clone(), &cfg.wake.phrase, cfg.wake.verify_window_ms));
+        .map(|h| WakeVerifier::new(h.clone(), &cfg.wake));
     let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
     let listening = start_listening(
         cfg,
         opts.input,
-        opts.use_wake,
-        verifier,
+        ListenerOptions {
+            use_wake: opts.use_wake,
+            verifier,
+            // No speaker here, no earcon to hold for.
+            hold_after_wake_ms: 0,
+        },
         utt_tx,
         ev_tx.clone(),
+        None,
         &root,
     )?;
     let stage = spawn_stt_stage(utt_rx, stt.filter(|_| opts.transcribe), ev_tx, None);

@@ -74,6 +74,15 @@ pub const HEARD_EDGE: usize = 8;
 /// waits (the utterance edge behind it absorbs the delay); one per spoken turn.
 pub const QUESTION_EDGE: usize = 2;
 
+/// Control edge, turn driver → listener: follow-up requests (one per answer at most).
+/// When full the driver waits; the listener reads it between frames, every 30 ms.
+pub const LISTEN_CONTROL_EDGE: usize = 2;
+
+/// Control edge, event consumer → playback: the wake earcon. When full, an earcon is
+/// already waiting to play and the new one is dropped (counted in the log): two chimes
+/// for one wake would only be noise.
+pub const CUE_EDGE: usize = 1;
+
 /// Errors that stop a pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

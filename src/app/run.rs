@@ -21,14 +21,15 @@ use super::topology::{
     spawn_stt_stage, start_listening, start_speaking, start_stt, start_thinking,
 };
 use super::{
-    ASK_EDGE, AppError, EVENT_EDGE, HEARD_EDGE, Input, QUESTION_EDGE, RunOptions, RunSummary,
-    UTTERANCE_EDGE,
+    ASK_EDGE, AppError, EVENT_EDGE, HEARD_EDGE, Input, LISTEN_CONTROL_EDGE, QUESTION_EDGE,
+    RunOptions, RunSummary, UTTERANCE_EDGE,
 };
+use crate::audio::playback::Output;
 use crate::config::Config;
-use crate::event::{Event, Question, Utterance};
-use crate::listen::listener::WakeVerifier;
+use crate::event::{Cue, Event, ListenControl, Question, Utterance};
+use crate::listen::listener::{ListenerOptions, WakeVerifier};
 use crate::think::agents::Agents;
-use crate::think::driver::{ActiveTurn, Driver, Host, Source};
+use crate::think::driver::{ActiveTurn, Driver, FollowUp, Host, Source};
 use crate::think::turn::TurnOutcome;
 use crate::web::{Hub, State};
 
@@ -96,19 +97,29 @@ pub async fn run(
         drop(ask_tx);
     }
 
-    // The listening path and the STT stage.
-    let verifier = (opts.use_wake && cfg.wake.verify)
-        .then(|| WakeVerifier::new(stt.clone(), &cfg.wake.phrase, cfg.wake.verify_window_ms));
+    // The listening path and the STT stage. The earcon plays on a sound card only (a
+    // WAV answer file gets answers, not chimes); the listener holds its VAD meanwhile.
+    let verifier =
+        (opts.use_wake && cfg.wake.verify).then(|| WakeVerifier::new(stt.clone(), &cfg.wake));
+    let earcon = earcon(cfg, &opts)?;
+    let hold_after_wake_ms = earcon.as_ref().map_or(0, |c| {
+        crate::audio::earcon::duration_ms(c) + crate::audio::earcon::OUTPUT_LATENCY_MS
+    });
     let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
     let (q_tx, q_rx) = mpsc::channel::<Question>(QUESTION_EDGE);
+    let (control_tx, control_rx) = mpsc::channel::<ListenControl>(LISTEN_CONTROL_EDGE);
     let file_mode = matches!(opts.input, Input::File(_));
     let listening = start_listening(
         cfg,
         opts.input.clone(),
-        opts.use_wake,
-        verifier,
+        ListenerOptions {
+            use_wake: opts.use_wake,
+            verifier,
+            hold_after_wake_ms,
+        },
         utt_tx,
         ev_tx.clone(),
+        Some(control_rx),
         &root,
     )?;
     let _stt_stage = spawn_stt_stage(utt_rx, Some(stt), ev_tx.clone(), Some(q_tx));
@@ -123,6 +134,12 @@ pub async fn run(
         reports: reports_rx,
         root: root.clone(),
         active: active.clone(),
+        // Follow-ups need a wake word to be optional *after* an answer only.
+        follow_up: opts.use_wake.then(|| FollowUp {
+            listener: control_tx,
+            window_ms: cfg.conversation.follow_up_ms,
+            question_window_ms: cfg.endpoint.question_timeout_ms,
+        }),
     };
     let source = Source::Live {
         spoken: q_rx,
@@ -142,6 +159,7 @@ pub async fn run(
         hub: Some(hub.clone()),
         barge_in: cfg.run.barge_in.then(|| active.clone()),
         watchdog: watchdog_interval(cfg.run.watchdog_ms).map(|every| (progress, every)),
+        earcon: earcon.map(|c| (speaking.cues.clone(), c)),
     };
     let parts = Consume {
         events: ev_rx,
@@ -171,6 +189,20 @@ pub async fn run(
         tracing::warn!(error = %e, "audio source ended with an error");
     }
     Ok(summary)
+}
+
+/// The wake earcon `panda run` plays, if any: `[wake] earcon` on, a wake word in use and
+/// answers going to a sound card.
+fn earcon(cfg: &Config, opts: &RunOptions) -> Result<Option<Cue>, AppError> {
+    if !(cfg.wake.earcon && opts.use_wake && matches!(opts.output, Output::Device { .. })) {
+        return Ok(None);
+    }
+    if cfg.wake.earcon_file.as_os_str().is_empty() {
+        return Ok(Some(crate::audio::earcon::chime()));
+    }
+    Ok(Some(crate::audio::earcon::load(
+        &cfg.model_path(&cfg.wake.earcon_file),
+    )?))
 }
 
 /// What the status page's API may do: queue typed questions, stop the turn in progress,

@@ -37,6 +37,7 @@ pub async fn say(
         tts_thread,
         player,
         info,
+        ..
     } = start_speaking(cfg, &opts.voice, opts.output.clone(), &ev_tx).await?;
 
     let turn = Turn::next(&root);

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::systemd::{Progress, sd_notify};
 use super::topology::Speaking;
 use crate::config::Config;
-use crate::event::Event;
+use crate::event::{Cue, Event};
 use crate::think::driver::{ActiveTurn, Answered};
 
 /// What the consumer serves besides the caller (all optional: `panda ask` has none).
@@ -32,6 +32,8 @@ pub struct Extras {
     pub barge_in: Option<ActiveTurn>,
     /// The watchdog's view of the driver, and its interval.
     pub watchdog: Option<(Arc<Progress>, Duration)>,
+    /// The wake earcon and playback's cue edge: played on every wake.
+    pub earcon: Option<(mpsc::Sender<Cue>, Cue)>,
 }
 
 /// The parts the consumer waits on.
@@ -164,5 +166,12 @@ fn observe(ev: &Event, extras: &Extras, progress: Option<&Progress>) {
             h.metrics.barge_ins.add(1);
         }
         tracing::info!(turn, "barge-in: the answer in progress is cancelled");
+    }
+    // After the barge-in's cancel, so playback has silenced the old answer first (its
+    // select takes a cancel before a cue).
+    if let (Event::Wake { .. }, Some((cues, cue))) = (ev, &extras.earcon)
+        && let Err(mpsc::error::TrySendError::Full(_)) = cues.try_send(cue.clone())
+    {
+        tracing::debug!("an earcon is already waiting to play; this one is dropped");
     }
 }

@@ -18,14 +18,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{AUDIO_EDGE, AppError, Input, PCM_EDGE, SENTENCE_EDGE};
+use super::{AUDIO_EDGE, AppError, CUE_EDGE, Input, PCM_EDGE, SENTENCE_EDGE};
 use crate::audio::capture::{CaptureStats, spawn_capture};
 use crate::audio::file::spawn_source;
 use crate::audio::playback::{self, Output, PlaybackIo};
 use crate::audio::{AudioError, EdgeStats};
 use crate::config::Config;
-use crate::event::{AudioFrame, Event, PcmChunk, Question, Speech, Utterance};
-use crate::listen::listener::{self, ListenerIo, WakeVerifier};
+use crate::event::{AudioFrame, Cue, Event, ListenControl, PcmChunk, Question, Speech, Utterance};
+use crate::listen::listener::{self, ListenerIo, ListenerOptions};
 use crate::listen::stt::{self, SttError, SttHandle};
 use crate::speak::kokoro::{KokoroError, voice_language};
 use crate::speak::tts::{self, TtsIo, TtsOptions};
@@ -51,29 +51,29 @@ pub struct Listening {
     cap_stats: Arc<CaptureStats>,
 }
 
-/// Starts the listener (wake word, VAD, endpointing; `verifier` is the wake word's
-/// Whisper second stage) and then the source, wired by the audio edge. Finished
-/// utterances go to `utterances`, events to `events`. Cancelling `root` stops the source;
+/// Starts the listener (wake word, VAD, endpointing, the hand-off: `opts`) and then the
+/// source, wired by the audio edge. Finished utterances go to `utterances`, events to
+/// `events`; `control` carries the driver's follow-up requests. Cancelling `root` stops the source;
 /// the listener then drains and ends.
 pub fn start_listening(
     cfg: &Config,
     input: Input,
-    use_wake: bool,
-    verifier: Option<WakeVerifier>,
+    opts: ListenerOptions,
     utterances: mpsc::Sender<Utterance>,
     events: mpsc::Sender<Event>,
+    control: Option<mpsc::Receiver<ListenControl>>,
     root: &CancellationToken,
 ) -> Result<Listening, AppError> {
     let (frame_tx, frame_rx) = mpsc::channel::<AudioFrame>(AUDIO_EDGE);
     let listener = listener::spawn(
         cfg.clone(),
-        use_wake,
-        verifier,
+        opts,
         ListenerIo {
             frames: frame_rx,
             utterances,
             events,
             root: root.clone(),
+            control,
         },
     )?;
     let file_stats = Arc::new(EdgeStats::default());
@@ -169,16 +169,23 @@ pub fn spawn_stt_stage(
                 .instrument(span)
                 .await;
             let (ev, text) = match result {
-                Ok(out) => (
-                    Event::Transcript {
-                        turn,
-                        text: out.text.clone(),
-                        audio_ms: out.audio_ms,
-                        stt_ms: out.stt_ms,
-                        confidence: out.confidence,
-                    },
-                    Some(out.text),
-                ),
+                Ok(mut out) => {
+                    // The hand-off's fallback: a wake phrase Whisper heard at the start
+                    // (a question said in the same breath) is not part of the question.
+                    if let Some(p) = &u.wake_phrase {
+                        out.text = listener::strip_wake_phrase(&out.text, p);
+                    }
+                    (
+                        Event::Transcript {
+                            turn,
+                            text: out.text.clone(),
+                            audio_ms: out.audio_ms,
+                            stt_ms: out.stt_ms,
+                            confidence: out.confidence,
+                        },
+                        Some(out.text),
+                    )
+                }
                 Err(SttError::Cancelled) => (Event::Cancelled { turn, stage: "stt" }, None),
                 Err(e) => (
                     Event::Error {
@@ -204,6 +211,8 @@ pub fn spawn_stt_stage(
 pub struct Speaking {
     /// Sentences in (closing every sender ends TTS, then playback drains and ends).
     pub sentences: mpsc::Sender<Speech>,
+    /// Cues (the wake earcon) straight to playback.
+    pub cues: mpsc::Sender<Cue>,
     /// The Kokoro thread.
     pub tts_thread: std::thread::JoinHandle<tts::TtsStats>,
     /// The playback thread.
@@ -239,6 +248,7 @@ pub async fn start_speaking(
     check_voice(cfg, voice)?;
     let (sent_tx, sent_rx) = mpsc::channel::<Speech>(SENTENCE_EDGE);
     let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
+    let (cue_tx, cue_rx) = mpsc::channel::<Cue>(CUE_EDGE);
     let topts = tts_options(cfg, voice);
     let tts_io = TtsIo {
         sentences: sent_rx,
@@ -255,6 +265,7 @@ pub async fn start_speaking(
             PlaybackIo {
                 chunks: pcm_rx,
                 events: pb_events,
+                cues: Some(cue_rx),
             },
         )
     })
@@ -262,6 +273,7 @@ pub async fn start_speaking(
     .map_err(|_| AppError::Thread("opening the output"))??;
     Ok(Speaking {
         sentences: sent_tx,
+        cues: cue_tx,
         tts_thread,
         player,
         info,

@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod device;
 pub mod dsp;
+pub mod earcon;
 pub mod file;
 pub mod playback;
 

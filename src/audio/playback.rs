@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::AudioError;
 use super::dsp::{Resampler, f32_to_i16};
-use crate::event::{Event, PcmChunk, Turn};
+use crate::event::{Cue, Event, PcmChunk, Turn};
 
 /// How often the thread feeds the sink and checks progress. Also the granularity of
 /// "first audio" events.
@@ -178,6 +178,8 @@ pub struct PlaybackIo {
     pub chunks: mpsc::Receiver<PcmChunk>,
     /// Events out (`playing`, `spoken`, `cancelled`).
     pub events: mpsc::Sender<Event>,
+    /// Short sounds outside any answer (the wake earcon); `None` where nothing sends any.
+    pub cues: Option<mpsc::Receiver<Cue>>,
 }
 
 /// Starts the playback thread. Returns once the output is open (or failed to open).
@@ -277,6 +279,8 @@ struct Active {
     written: u64,
     /// The last chunk has arrived.
     complete: bool,
+    /// A cue, not an answer: nothing is reported for it.
+    cue: bool,
 }
 
 struct Player {
@@ -358,6 +362,10 @@ impl Player {
                     self.progress().await;
                     self.check_stall().await;
                 }
+                cue = async { self.io.cues.as_mut().expect("guarded").recv().await }, if self.io.cues.is_some() => match cue {
+                    Some(c) => self.play_cue(c),
+                    None => self.io.cues = None,
+                },
                 _ = async { tokio::time::sleep_until(self.reopen.as_ref().expect("guarded").next).await },
                     if !self.sink.present() && self.active.is_none() && self.reopen.is_some() => {
                     self.try_reopen();
@@ -403,6 +411,7 @@ impl Player {
             base: None,
             written: 0,
             complete: false,
+            cue: false,
         });
         let mut out = Vec::with_capacity(
             c.samples.len() * out_rate as usize / c.rate_hz.max(1) as usize + 64,
@@ -427,6 +436,39 @@ impl Player {
         // Start at once rather than on the next tick: first audio is latency.
         let _ = self.feed();
         self.progress().await;
+    }
+
+    /// Plays a cue now if nothing else plays (a barge-in's cancel has been handled first:
+    /// the select is biased to it); an answer that is playing keeps the speaker.
+    fn play_cue(&mut self, c: Cue) {
+        if self.active.is_some() || self.held.is_some() || !self.sink.present() {
+            tracing::debug!("cue skipped: the speaker is busy or missing");
+            return;
+        }
+        let out_rate = self.sink.rate_hz();
+        let mut resampler = Resampler::new(c.rate_hz, out_rate);
+        let mut out = Vec::with_capacity(
+            c.samples.len() * out_rate as usize / c.rate_hz.max(1) as usize + 64,
+        );
+        resampler.process(&c.samples, &mut out);
+        resampler.finish(&mut out);
+        self.last_played = (self.sink.played(), Instant::now());
+        self.active = Some(Active {
+            // A turn of its own that nothing cancels: the cue is a few hundred ms.
+            turn: Turn {
+                id: 0,
+                token: tokio_util::sync::CancellationToken::new(),
+            },
+            resampler,
+            segments: Vec::new(),
+            queued: out.len() as u64,
+            base: None,
+            written: 0,
+            complete: true,
+            cue: true,
+        });
+        self.queue.extend(out);
+        let _ = self.feed();
     }
 
     /// Hands queued samples to the sink as far as it takes them.
@@ -592,6 +634,9 @@ impl Player {
 
     async fn end_turn(&mut self, interrupted: bool) {
         let Some(a) = self.active.take() else { return };
+        if a.cue {
+            return;
+        }
         let played = a
             .base
             .map(|b| self.sink.played().saturating_sub(b))

@@ -551,7 +551,8 @@ pub fn count_wakes(det: &mut WakeDetector, verifier: &WakeVerifier, pcm: &[i16])
             .is_some()
         {
             n += 1;
-            let end = (seq + 1) * FRAME_SAMPLES;
+            // As the listener does: the check hears the window ending its delay later.
+            let end = ((seq + 1 + verifier.delay_frames) * FRAME_SAMPLES).min(all.len());
             let start = end.saturating_sub(verifier.window_frames * FRAME_SAMPLES);
             if verifier.check(&all[start..end], &token).0 {
                 verified += 1;
@@ -596,7 +597,7 @@ pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
         neg_secs / 60.0
     );
     let (stt, _w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model))?;
-    let verifier = WakeVerifier::new(stt, &cfg.wake.phrase, cfg.wake.verify_window_ms);
+    let verifier = WakeVerifier::new(stt, &cfg.wake);
     println!(
         "{:>9} | {:^27} | {:^27}",
         "", "templates only", "+ Whisper check"

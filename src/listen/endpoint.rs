@@ -4,13 +4,30 @@
 //! Pure — no I/O, no clocks, no threads: time is counted in frames, so it is unit-tested
 //! exhaustively and driven by the listener thread. It keeps a short history of recent
 //! frames at all times so the utterance can include audio from before the speech start
-//! (pre-roll): soft onsets and words spoken straight after the wake word are not clipped.
+//! (pre-roll): soft onsets are not clipped.
 //!
 //! ```text
 //!   Idle ──arm()──▶ Waiting ──N voiced frames──▶ InSpeech ──hangover of silence──▶ Idle (SpeechEnd)
 //!                      │                            └──max length / end of stream──▶ Idle (SpeechEnd)
-//!                      └──no-speech timeout──▶ Idle (NoSpeech)
+//!                      └──question timeout──▶ Idle (NoSpeech)
 //! ```
+//!
+//! **The hand-off after a wake word** ([`Arm::Wake`]). The question is the *next* speech,
+//! not the wake phrase: a detection usually fires while "panda" is still sounding, and
+//! people pause after a wake word, waiting for the device to show it heard them. So:
+//! - voicing that runs on from the detection (the phrase's own tail) does not start the
+//!   question; where it stops, the question's audio may begin (the pre-roll never reaches
+//!   back past the tail's end);
+//! - if that voicing goes on for longer than a tail can (`tail` frames: "hey panda what
+//!   time is it" in one breath), it *is* the question: the utterance then starts
+//!   `lookback` frames before the detection, wake phrase included — Whisper hears a
+//!   whole sentence rather than a half-word — and the listener's STT stage drops the
+//!   leading wake phrase from the transcript;
+//! - frames under a `hold` (the earcon playing) never count as voiced;
+//! - speech then has `question_timeout` frames to start.
+//!
+//! A follow-up ([`Arm::FollowUp`]) listens without a wake word: nothing from before the
+//! arming belongs to it (that was Panda's own answer).
 
 use std::collections::VecDeque;
 
@@ -28,8 +45,14 @@ pub struct EndpointParams {
     pub hangover: usize,
     /// Maximum utterance length in frames (pre-roll included).
     pub max_len: usize,
-    /// Frames to wait for speech after `arm`.
-    pub no_speech: usize,
+    /// Frames to wait for the question to start after a wake word.
+    pub question_timeout: usize,
+    /// Voicing that runs on from a wake detection for at most this many frames is the
+    /// wake phrase's tail; longer, it is the question said in the same breath.
+    pub tail: usize,
+    /// Frames before a detection an in-one-breath question's utterance starts at (the
+    /// wake phrase, so that Whisper hears whole words).
+    pub lookback: usize,
 }
 
 impl From<&EndpointConfig> for EndpointParams {
@@ -40,9 +63,32 @@ impl From<&EndpointConfig> for EndpointParams {
             start: frames(c.speech_start_ms).max(1),
             hangover: frames(c.hangover_ms).max(1),
             max_len: frames(c.max_utterance_ms).max(2),
-            no_speech: frames(c.no_speech_timeout_ms).max(1),
+            question_timeout: frames(c.question_timeout_ms).max(1),
+            tail: frames(c.wake_tail_ms).max(1),
+            lookback: frames(c.wake_lookback_ms),
         }
     }
+}
+
+/// How the endpointer is armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// A wake word was detected on the frame about to be pushed: the question is the next
+    /// speech (see the module doc). The first `hold` frames count as unvoiced (the earcon
+    /// is playing).
+    Wake {
+        /// Frames masked from the VAD.
+        hold: usize,
+    },
+    /// Listen for a follow-up without the wake word for `timeout` frames; nothing from
+    /// before the arming is part of it.
+    FollowUp {
+        /// Frames to wait for speech.
+        timeout: usize,
+    },
+    /// Any speech is an utterance (no wake word): the plain pre-roll, the question
+    /// timeout.
+    Open,
 }
 
 /// What the state machine decided on a frame.
@@ -78,13 +124,31 @@ enum State {
     InSpeech { silence_run: usize },
 }
 
+/// The current arming's rules.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    /// Sequence number of the first frame after arming.
+    at: u64,
+    /// Frames to wait for speech.
+    timeout: usize,
+    /// Frames (from `at`) whose voicing is masked.
+    hold: usize,
+    /// The wake phrase's tail may still be sounding (wake arming, no unvoiced frame yet).
+    tail_open: bool,
+    /// The earliest frame the utterance may start at.
+    floor: u64,
+}
+
 /// The endpointer. Feed every frame through [`Endpointer::push`], armed or not.
 #[derive(Debug)]
 pub struct Endpointer {
     p: EndpointParams,
     state: State,
-    /// Recent frames (seq, samples), at most `pre_roll + start` of them while not in speech.
+    /// Recent frames (seq, samples): enough for the pre-roll or the wake lookback.
     history: VecDeque<(u64, Box<[i16; FRAME_SAMPLES]>)>,
+    armed: Option<Armed>,
+    /// Set by `arm`, filled in from the next pushed frame's number.
+    pending: Option<Arm>,
     utterance: Vec<i16>,
     utterance_start: u64,
     utterance_frames: usize,
@@ -96,27 +160,39 @@ impl Endpointer {
         Self {
             p,
             state: State::Idle,
-            history: VecDeque::with_capacity(p.pre_roll + p.start + 1),
+            history: VecDeque::with_capacity(Self::history_cap(&p) + 1),
+            armed: None,
+            pending: None,
             utterance: Vec::new(),
             utterance_start: 0,
             utterance_frames: 0,
         }
     }
 
-    /// Starts waiting for speech (called on a wake word). Re-arming while an utterance is
-    /// being collected is ignored: the current utterance finishes first.
-    pub fn arm(&mut self) {
+    fn history_cap(p: &EndpointParams) -> usize {
+        // Enough for the pre-roll before a start, or for the lookback before a detection
+        // plus the tail after it.
+        (p.pre_roll + p.start).max(p.lookback + p.tail + p.start)
+    }
+
+    /// Starts waiting for speech, by the rules of `how`, from the next pushed frame.
+    /// Re-arming while waiting or collecting is ignored: the current utterance finishes
+    /// first.
+    pub fn arm(&mut self, how: Arm) {
         if self.state == State::Idle {
             self.state = State::Waiting {
                 waited: 0,
                 voiced_run: 0,
             };
+            self.pending = Some(how);
         }
     }
 
     /// Stops waiting or collecting and forgets the current utterance (turn cancelled).
     pub fn disarm(&mut self) {
         self.state = State::Idle;
+        self.armed = None;
+        self.pending = None;
         self.utterance = Vec::new();
         self.utterance_frames = 0;
     }
@@ -138,6 +214,9 @@ impl Endpointer {
         samples: &[i16; FRAME_SAMPLES],
         voiced: bool,
     ) -> Option<Endpoint> {
+        if let Some(how) = self.pending.take() {
+            self.armed = Some(self.rules(how, seq));
+        }
         match self.state {
             State::Idle => {
                 self.remember(seq, samples);
@@ -145,29 +224,53 @@ impl Endpointer {
             }
             State::Waiting { waited, voiced_run } => {
                 self.remember(seq, samples);
+                let mut a = self.armed.expect("waiting is armed");
+                let voiced = voiced && seq >= a.at + a.hold as u64;
                 let voiced_run = if voiced { voiced_run + 1 } else { 0 };
-                if voiced_run >= self.p.start {
-                    // Speech started: the utterance is the history up to now (pre-roll
-                    // plus the voiced run), and collection continues in InSpeech.
-                    let keep = (self.p.pre_roll + voiced_run).min(self.history.len());
-                    let skip = self.history.len() - keep;
+                let waited = waited + 1;
+                if a.tail_open && !voiced {
+                    // The wake phrase has stopped sounding: the question starts here at
+                    // the earliest.
+                    a.tail_open = false;
+                    a.floor = a.floor.max(seq);
+                    self.armed = Some(a);
+                }
+                let started = if a.tail_open {
+                    // Voicing that runs on from the detection: the tail, unless it lasts.
+                    (voiced_run >= self.p.tail.max(self.p.start)).then(|| {
+                        a.floor = a.at.saturating_sub(self.p.lookback as u64);
+                        a.at
+                    })
+                } else {
+                    (voiced_run >= self.p.start).then(|| {
+                        let at_seq = seq + 1 - voiced_run as u64;
+                        a.floor = a.floor.max(at_seq.saturating_sub(self.p.pre_roll as u64));
+                        at_seq
+                    })
+                };
+                if let Some(at_seq) = started {
+                    // Speech started: the utterance is the history from the floor on,
+                    // and collection continues in InSpeech.
                     self.utterance.clear();
-                    self.utterance_start = self.history[skip].0;
-                    for (_, f) in self.history.iter().skip(skip) {
+                    self.utterance_frames = 0;
+                    self.utterance_start = seq;
+                    for (s, f) in self.history.iter().filter(|(s, _)| *s >= a.floor) {
+                        if self.utterance_frames == 0 {
+                            self.utterance_start = *s;
+                        }
                         self.utterance.extend_from_slice(&f[..]);
+                        self.utterance_frames += 1;
                     }
-                    self.utterance_frames = keep;
                     self.history.clear();
                     self.state = State::InSpeech { silence_run: 0 };
-                    let at_seq = seq + 1 - voiced_run as u64;
                     if self.utterance_frames >= self.p.max_len {
                         return Some(self.end(seq, EndReason::MaxLength));
                     }
                     return Some(Endpoint::SpeechStart { at_seq });
                 }
-                let waited = waited + 1;
-                if waited >= self.p.no_speech {
+                if waited >= a.timeout {
                     self.state = State::Idle;
+                    self.armed = None;
                     return Some(Endpoint::NoSpeech { at_seq: seq });
                 }
                 self.state = State::Waiting { waited, voiced_run };
@@ -200,15 +303,43 @@ impl Endpointer {
             State::InSpeech { .. } => Some(self.end(last_seq, EndReason::EndOfStream)),
             State::Waiting { .. } => {
                 self.state = State::Idle;
+                self.armed = None;
                 Some(Endpoint::NoSpeech { at_seq: last_seq })
             }
             State::Idle => None,
         }
     }
 
+    /// The rules of an arming that takes effect at frame `at`.
+    fn rules(&self, how: Arm, at: u64) -> Armed {
+        match how {
+            Arm::Wake { hold } => Armed {
+                at,
+                timeout: self.p.question_timeout,
+                hold,
+                tail_open: true,
+                floor: at,
+            },
+            Arm::FollowUp { timeout } => Armed {
+                at,
+                timeout: timeout.max(1),
+                hold: 0,
+                tail_open: false,
+                floor: at,
+            },
+            Arm::Open => Armed {
+                at,
+                timeout: self.p.question_timeout,
+                hold: 0,
+                tail_open: false,
+                floor: 0,
+            },
+        }
+    }
+
     fn remember(&mut self, seq: u64, samples: &[i16; FRAME_SAMPLES]) {
-        let cap = self.p.pre_roll + self.p.start;
-        while self.history.len() >= cap.max(1) {
+        let cap = Self::history_cap(&self.p).max(1);
+        while self.history.len() >= cap {
             self.history.pop_front();
         }
         self.history.push_back((seq, Box::new(*samples)));
@@ -216,6 +347,7 @@ impl Endpointer {
 
     fn end(&mut self, seq: u64, reason: EndReason) -> Endpoint {
         self.state = State::Idle;
+        self.armed = None;
         self.utterance_frames = 0;
         Endpoint::SpeechEnd {
             samples: std::mem::take(&mut self.utterance),
@@ -235,17 +367,24 @@ mod tests {
         start: 3,
         hangover: 4,
         max_len: 20,
-        no_speech: 10,
+        question_timeout: 10,
+        tail: 6,
+        lookback: 3,
     };
 
     /// Drives the machine with a voiced pattern ('x' voiced, '.' silence), arming before
     /// frame `arm_at`; returns (seq, event) pairs. Each frame's samples hold its seq.
     fn run(p: EndpointParams, pattern: &str, arm_at: usize) -> Vec<(u64, Endpoint)> {
+        run_as(p, pattern, arm_at, Arm::Open)
+    }
+
+    /// [`run`] with the arming `how`.
+    fn run_as(p: EndpointParams, pattern: &str, arm_at: usize, how: Arm) -> Vec<(u64, Endpoint)> {
         let mut e = Endpointer::new(p);
         let mut out = Vec::new();
         for (i, c) in pattern.chars().enumerate() {
             if i == arm_at {
-                e.arm();
+                e.arm(how);
             }
             let f = [i as i16; FRAME_SAMPLES];
             if let Some(ev) = e.push(i as u64, &f, c == 'x') {
@@ -348,13 +487,13 @@ mod tests {
     #[test]
     fn rearm_during_speech_is_ignored_and_disarm_forgets() {
         let mut e = Endpointer::new(P);
-        e.arm();
+        e.arm(Arm::Open);
         let f = [0i16; FRAME_SAMPLES];
         for i in 0..4 {
             e.push(i, &f, true);
         }
         assert!(e.in_speech());
-        e.arm();
+        e.arm(Arm::Wake { hold: 0 });
         assert!(e.in_speech());
         e.disarm();
         assert!(!e.is_armed());
@@ -368,7 +507,9 @@ mod tests {
             speech_start_ms: 90,
             hangover_ms: 800,
             max_utterance_ms: 15_000,
-            no_speech_timeout_ms: 5_000,
+            question_timeout_ms: 5_000,
+            wake_tail_ms: 600,
+            wake_lookback_ms: 1_000,
         };
         let p = EndpointParams::from(&c);
         assert_eq!(
@@ -378,8 +519,84 @@ mod tests {
                 start: 3,
                 hangover: 27,
                 max_len: 500,
-                no_speech: 167
+                question_timeout: 167,
+                tail: 20,
+                lookback: 34,
             }
         );
+    }
+
+    fn utterance(ev: &[(u64, Endpoint)]) -> (u64, Vec<i16>) {
+        ev.iter()
+            .find_map(|(_, e)| match e {
+                Endpoint::SpeechEnd {
+                    samples, start_seq, ..
+                } => Some((*start_seq, frames_of(samples))),
+                _ => None,
+            })
+            .expect("an utterance")
+    }
+
+    #[test]
+    fn the_wake_phrase_tail_is_not_the_question() {
+        // Armed on frame 4 with the phrase still sounding for three frames, a long pause
+        // (longer than the hangover), then the question.
+        //              0123456789012345678901234
+        let pattern = "xxxxxxx.......xxxxx.......";
+        let p = EndpointParams {
+            question_timeout: 20,
+            ..P
+        };
+        let ev = run_as(p, pattern, 4, Arm::Wake { hold: 0 });
+        let starts: Vec<_> = ev
+            .iter()
+            .filter(|(_, e)| matches!(e, Endpoint::SpeechStart { .. }))
+            .collect();
+        assert_eq!(starts.len(), 1, "{ev:?}");
+        assert_eq!(starts[0].1, Endpoint::SpeechStart { at_seq: 14 });
+        let (start, frames) = utterance(&ev);
+        // Two frames of pre-roll, all after the tail (frames 4–6).
+        assert_eq!(start, 12);
+        assert!(frames.iter().all(|&f| f >= 7), "{frames:?}");
+    }
+
+    #[test]
+    fn a_short_pause_after_the_tail_still_keeps_the_tail_out() {
+        // The tail ends at frame 6, the question starts at 8: the pre-roll (2 frames)
+        // would reach back into the tail; it stops at the tail's end.
+        let ev = run_as(P, "xxxxxxx.xxxxx.......", 4, Arm::Wake { hold: 0 });
+        let (start, frames) = utterance(&ev);
+        assert_eq!(start, 7);
+        assert_eq!(frames[0], 7);
+    }
+
+    #[test]
+    fn one_breath_takes_the_wake_phrase_along() {
+        // Voicing runs on past the tail limit (6 frames): the question was said in the
+        // same breath; the utterance starts `lookback` (3) frames before the detection.
+        let ev = run_as(P, "xxxxxxxxxxxxxxx.....", 4, Arm::Wake { hold: 0 });
+        assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 4 });
+        let (start, frames) = utterance(&ev);
+        assert_eq!(start, 1);
+        assert_eq!(frames[0], 1);
+    }
+
+    #[test]
+    fn a_hold_masks_voicing_and_the_question_may_start_after_it() {
+        // The earcon's 4 frames after the arm are voiced on the microphone: not speech.
+        let ev = run_as(P, "..xxxx........", 2, Arm::Wake { hold: 4 });
+        assert_eq!(ev, vec![(11, Endpoint::NoSpeech { at_seq: 11 })]);
+        let ev = run_as(P, "..xxxxxxxx.........", 2, Arm::Wake { hold: 4 });
+        assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 6 });
+    }
+
+    #[test]
+    fn a_follow_up_has_its_own_timeout_and_no_audio_from_before() {
+        let ev = run_as(P, "xxxx....", 4, Arm::FollowUp { timeout: 3 });
+        assert_eq!(ev, vec![(6, Endpoint::NoSpeech { at_seq: 6 })]);
+        let ev = run_as(P, "xxxx.xxxx.......", 4, Arm::FollowUp { timeout: 30 });
+        let (start, frames) = utterance(&ev);
+        assert_eq!(start, 4, "pre-roll stops at the arming");
+        assert!(frames.iter().all(|&f| f >= 4));
     }
 }

@@ -6,21 +6,27 @@
 //! wake word (always — it will also carry barge-in), and the VAD only while an utterance
 //! is wanted. On a wake it mints the turn: a child of the root token.
 //!
+//! After a wake the question is the *next* speech (the hand-off: see
+//! [`super::endpoint`]); with the earcon on, the VAD is held while it plays. After an
+//! answer the turn driver may ask for a follow-up ([`ListenControl::FollowUp`]): the
+//! listener then takes the next speech without the wake word, for a while.
+//!
 //! Edges: frames arrive on the audio edge (the source drops when it is full); utterances
 //! leave on a control edge (`blocking_send`: the listener waits for speech-to-text to take
-//! them); events go to the event edge (also waits, so nothing a consumer is told is lost).
+//! them); events go to the event edge (also waits, so nothing a consumer is told is lost);
+//! the driver's requests arrive on the listen-control edge, read between frames.
 
 use std::collections::VecDeque;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::endpoint::{Endpoint, EndpointParams, Endpointer};
+use super::endpoint::{Arm, Endpoint, EndpointParams, Endpointer};
 use super::stt::SttHandle;
 use super::vad::Vad;
 use super::wake::WakeDetector;
 use crate::config::Config;
-use crate::event::{AudioFrame, Event, FRAME_MS, FRAME_SAMPLES, Turn, Utterance};
+use crate::event::{AudioFrame, Event, FRAME_MS, FRAME_SAMPLES, ListenControl, Turn, Utterance};
 
 /// What the listener needs from the outside, given at construction.
 pub struct ListenerIo {
@@ -32,6 +38,19 @@ pub struct ListenerIo {
     pub events: mpsc::Sender<Event>,
     /// Parent of every turn token; cancelled on shutdown.
     pub root: CancellationToken,
+    /// Requests from the turn driver (follow-ups); `None` where nothing asks.
+    pub control: Option<mpsc::Receiver<ListenControl>>,
+}
+
+/// How the listener decides and hands off, given at construction.
+#[derive(Default)]
+pub struct ListenerOptions {
+    /// A wake word opens turns (else every utterance is one: `panda listen --no-wake`).
+    pub use_wake: bool,
+    /// The wake word's Whisper second stage.
+    pub verifier: Option<WakeVerifier>,
+    /// After a wake, the VAD is held this long (the earcon plays on the speaker).
+    pub hold_after_wake_ms: u64,
 }
 
 /// Second-stage wake word check: Whisper on the last moments of audio must have heard the
@@ -41,8 +60,10 @@ pub struct ListenerIo {
 pub struct WakeVerifier {
     /// The speech-to-text worker (shared with the turn task; checks are rare).
     pub stt: SttHandle,
-    /// Audio the check transcribes, ending at the detection.
+    /// Audio the check transcribes, ending `delay_frames` after the detection.
     pub window_frames: usize,
+    /// Frames the check waits after a detection (so that it hears the whole phrase).
+    pub delay_frames: usize,
     /// Word that must be heard (the wake phrase's last word, e.g. `panda`).
     pub keyword: String,
     /// Initial prompt that steers Whisper's spelling (the wake phrase, e.g. `Hey Panda.`).
@@ -50,12 +71,13 @@ pub struct WakeVerifier {
 }
 
 impl WakeVerifier {
-    /// Builds the verifier for a wake phrase such as "hey panda".
-    pub fn new(stt: SttHandle, phrase: &str, window_ms: u64) -> Self {
-        let (keyword, prompt) = phrase_parts(phrase);
+    /// Builds the verifier for `[wake]`'s phrase (e.g. "hey panda"), window and delay.
+    pub fn new(stt: SttHandle, wake: &crate::config::WakeConfig) -> Self {
+        let (keyword, prompt) = phrase_parts(&wake.phrase);
         Self {
             stt,
-            window_frames: (window_ms / FRAME_MS as u64).max(1) as usize,
+            window_frames: (wake.verify_window_ms / FRAME_MS as u64).max(1) as usize,
+            delay_frames: wake.verify_delay_ms.div_ceil(FRAME_MS as u64) as usize,
             keyword,
             prompt,
         }
@@ -151,6 +173,46 @@ pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
             .any(|p| close(&[p[0].clone(), p[1].clone()].concat()))
 }
 
+/// Drops a leading wake phrase — or what Whisper made of it — from a transcript: the
+/// words up to the first that [`mentions_keyword`], when every word before it is one of
+/// the phrase's own (give or take a letter) or a filler ("okay", "um"); the rest starts
+/// with a capital. "Hey Panda, what time is it?" → "What time is it?"; "Tapeanda. What
+/// time is it?" → "What time is it?"; "What do pandas eat?" stays; a transcript that is
+/// only the phrase becomes empty.
+pub fn strip_wake_phrase(text: &str, phrase: &str) -> String {
+    const FILLERS: &[&str] = &["okay", "ok", "um", "uh", "oh", "so", "hi", "hey", "and"];
+    let (keyword, _) = phrase_parts(phrase);
+    let plain = |w: &str| -> Vec<char> {
+        w.to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .collect()
+    };
+    let phrase_words: Vec<Vec<char>> = phrase.split_whitespace().map(plain).collect();
+    let lead_in = |w: &str| {
+        let w = plain(w);
+        FILLERS.iter().any(|f| plain(f) == w)
+            || phrase_words
+                .iter()
+                .any(|p| *p == w || (p.len() >= 3 && edit_distance(p, &w) <= 1))
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let limit = words.len().min(phrase_words.len() + 2);
+    let Some(cut) = (0..limit)
+        .take_while(|&i| i == 0 || lead_in(words[i - 1]))
+        .find(|&i| mentions_keyword(&words[..=i].join(" "), &keyword))
+    else {
+        return text.trim().to_string();
+    };
+    let rest = words[cut + 1..].join(" ");
+    let rest = rest.trim_start_matches(|c: char| !c.is_alphanumeric());
+    let mut chars = rest.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// The letters of `w` that are not vowels (for "panda": p, n, d).
 fn consonants(w: &[char]) -> Vec<char> {
     w.iter()
@@ -183,7 +245,13 @@ pub enum Trigger {
 
 /// Runs the listener until the audio edge closes or `root` is cancelled. Build the
 /// [`Trigger`] on the thread that runs this (see [`spawn`]).
-pub fn run(cfg: &Config, mut trigger: Trigger, verifier: Option<WakeVerifier>, io: ListenerIo) {
+pub fn run(
+    cfg: &Config,
+    mut trigger: Trigger,
+    verifier: Option<WakeVerifier>,
+    hold_after_wake_ms: u64,
+    io: ListenerIo,
+) {
     let mut vad = Vad::new(cfg.vad.mode);
     let mut ep = Endpointer::new(EndpointParams::from(&cfg.endpoint));
     let ListenerIo {
@@ -191,8 +259,14 @@ pub fn run(cfg: &Config, mut trigger: Trigger, verifier: Option<WakeVerifier>, i
         utterances,
         events,
         root,
+        mut control,
     } = io;
+    let frames_of = |ms: u64| ms.div_ceil(FRAME_MS as u64) as usize;
+    let hold = frames_of(hold_after_wake_ms);
+    let wake_phrase = matches!(trigger, Trigger::Wake(_)).then(|| cfg.wake.phrase.clone());
     let mut turn: Option<Turn> = None;
+    // A template detection waiting for the second-stage check: (hit, due frame, at_ms).
+    let mut pending = None;
     let mut last_seq = 0u64;
     // The most recent audio, for the second-stage wake check.
     let window = verifier.as_ref().map_or(0, |v| v.window_frames);
@@ -224,11 +298,34 @@ pub fn run(cfg: &Config, mut trigger: Trigger, verifier: Option<WakeVerifier>, i
             });
             turn = None;
         }
+        while let Some(cmd) = control.as_mut().and_then(|c| c.try_recv().ok()) {
+            match cmd {
+                ListenControl::FollowUp { window_ms } if !ep.is_armed() => {
+                    let t = new_turn(&root);
+                    emit(Event::FollowUp {
+                        turn: t.id,
+                        window_ms,
+                        at_ms: frame.start_ms(),
+                    });
+                    turn = Some(t);
+                    ep.arm(Arm::FollowUp {
+                        timeout: frames_of(window_ms),
+                    });
+                }
+                // Already waiting for or hearing speech (a wake came first).
+                ListenControl::FollowUp { .. } => {}
+            }
+        }
         match &mut trigger {
             Trigger::Wake(det) => {
                 if let Some(hit) = det.process(frame.seq, &frame.samples)
                     && !ep.is_armed()
+                    && pending.is_none()
                 {
+                    let due = frame.seq + verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
+                    pending = Some((hit, due, end_ms(&frame)));
+                }
+                if let Some((hit, _, at_ms)) = pending.take_if(|(_, due, _)| frame.seq >= *due) {
                     let (accepted, heard) = match &verifier {
                         None => (true, None),
                         Some(v) => {
@@ -236,40 +333,44 @@ pub fn run(cfg: &Config, mut trigger: Trigger, verifier: Option<WakeVerifier>, i
                                 recent.iter().flat_map(|f| f.iter().copied()).collect();
                             let (ok, heard) = v.check(&audio, &root.child_token());
                             if !ok {
-                                tracing::info!(score = hit.score, heard = ?heard, "wake word rejected by the second stage");
+                                tracing::info!(score = hit.score, at_ms, heard = ?heard, "wake word rejected by the second stage");
                             }
                             (ok, heard)
                         }
                     };
-                    if accepted {
+                    if accepted && !ep.is_armed() {
                         let t = new_turn(&root);
                         emit(Event::Wake {
                             turn: t.id,
                             name: hit.name,
                             score: hit.score,
                             heard,
-                            at_ms: end_ms(&frame),
+                            at_ms,
                         });
                         turn = Some(t);
-                        ep.arm();
+                        // This frame is still the phrase's (kept as history): the
+                        // hand-off starts with the next one.
+                        ep.push(frame.seq, &frame.samples, false);
+                        ep.arm(Arm::Wake { hold });
+                        continue;
                     }
                 }
             }
             Trigger::Always => {
                 if !ep.is_armed() {
-                    ep.arm();
+                    ep.arm(Arm::Open);
                 }
             }
         }
         let voiced = ep.is_armed() && vad.is_voiced(&frame.samples);
         if let Some(e) = ep.push(frame.seq, &frame.samples, voiced)
-            && !deliver(e, &mut turn, &utterances, &root, &emit)
+            && !deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit)
         {
             return;
         }
     }
     if let Some(e) = ep.finish(last_seq) {
-        deliver(e, &mut turn, &utterances, &root, &emit);
+        deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit);
     }
 }
 
@@ -288,6 +389,7 @@ fn deliver(
     turn: &mut Option<Turn>,
     utterances: &mpsc::Sender<Utterance>,
     root: &CancellationToken,
+    wake_phrase: &Option<String>,
     emit: &impl Fn(Event),
 ) -> bool {
     let ms = |seq: u64| seq * FRAME_MS as u64;
@@ -302,7 +404,7 @@ fn deliver(
         }
         Endpoint::NoSpeech { at_seq } => {
             if let Some(t) = turn.take() {
-                emit(Event::NoSpeech {
+                emit(Event::NoQuestion {
                     turn: t.id,
                     at_ms: ms(at_seq),
                 });
@@ -328,6 +430,7 @@ fn deliver(
                     samples,
                     start_ms: ms(start_seq),
                     end: reason,
+                    wake_phrase: wake_phrase.clone(),
                 })
                 .is_ok()
         }
@@ -338,14 +441,18 @@ fn deliver(
 /// not `Send`); a load error is returned here, before any audio flows.
 pub fn spawn(
     cfg: Config,
-    use_wake: bool,
-    verifier: Option<WakeVerifier>,
+    opts: ListenerOptions,
     io: ListenerIo,
 ) -> Result<std::thread::JoinHandle<()>, super::wake::WakeError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let handle = std::thread::Builder::new()
         .name("panda-listener".into())
         .spawn(move || {
+            let ListenerOptions {
+                use_wake,
+                verifier,
+                hold_after_wake_ms,
+            } = opts;
             let trigger = if use_wake {
                 match WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model)) {
                     Ok(d) => Trigger::Wake(Box::new(d)),
@@ -358,7 +465,7 @@ pub fn spawn(
                 Trigger::Always
             };
             let _ = ready_tx.send(Ok(()));
-            run(&cfg, trigger, verifier, io);
+            run(&cfg, trigger, verifier, hold_after_wake_ms, io);
         })
         .expect("spawning a thread only fails when the OS is out of resources");
     match ready_rx.recv() {
@@ -399,6 +506,23 @@ mod tests {
         ] {
             let expect = heard == "pandemonium";
             assert_eq!(mentions_keyword(heard, "panda"), expect, "{heard}");
+        }
+    }
+
+    #[test]
+    fn a_leading_wake_phrase_leaves_the_transcript() {
+        for (heard, want) in [
+            ("Hey Panda, what time is it?", "What time is it?"),
+            ("hey panda what time is it", "What time is it"),
+            ("Tapeanda. What time is it?", "What time is it?"),
+            ("Hey, Banda. Set a timer.", "Set a timer."),
+            ("Okay, hey panda, stop.", "Stop."),
+            ("Hey panda.", ""),
+            ("What time is it?", "What time is it?"),
+            ("What do pandas eat?", "What do pandas eat?"),
+            ("Tell me about the panda.", "Tell me about the panda."),
+        ] {
+            assert_eq!(strip_wake_phrase(heard, "hey panda"), want, "{heard}");
         }
     }
 

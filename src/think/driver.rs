@@ -11,6 +11,10 @@
 //! = nothing. (Without that the driver once waited forever and Panda never answered
 //! again while its watchdog still said "ok".)
 //!
+//! Follow-ups: after a spoken answer heard whole, the driver may ask the listener to take
+//! the next question without the wake word ([`FollowUp`]): always when `[conversation]
+//! follow_up_ms` is set, else only when the answer asked something back (ends in "?").
+//!
 //! The host (`app`) sees each turn through a [`Host`]: the status page and the watchdog's
 //! progress in `panda run`, stdout in `panda ask`.
 
@@ -24,7 +28,7 @@ use tracing::Instrument;
 
 use super::timers::{self, TimerEntry};
 use super::turn::{AnswerSource, Thinker, TurnIo, TurnOutcome};
-use crate::event::{Event, Question, Speech, Turn};
+use crate::event::{Event, ListenControl, Question, Speech, Turn};
 
 /// After a turn is cancelled, how long the driver waits for playback's report of what
 /// was heard. Playback flushes within 50 ms of a cancel and reports at once; a turn whose
@@ -80,6 +84,31 @@ pub struct Answered {
     pub source: AnswerSource,
 }
 
+/// When and how long to listen for a follow-up, and where to ask for it.
+pub struct FollowUp {
+    /// The listener's control edge.
+    pub listener: mpsc::Sender<ListenControl>,
+    /// `[conversation] follow_up_ms`: after every answer heard whole (0: only after a
+    /// question).
+    pub window_ms: u64,
+    /// The window after an answer that asks something back, when `window_ms` is 0
+    /// (`[endpoint] question_timeout_ms`).
+    pub question_window_ms: u64,
+}
+
+impl FollowUp {
+    /// The window after `answer`, heard whole: `None` for no follow-up.
+    pub fn window_after(&self, answer: &str) -> Option<u64> {
+        if self.window_ms > 0 {
+            return Some(self.window_ms);
+        }
+        let asks = answer
+            .trim_end_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ')')
+            .ends_with(['?', '？', '¿']);
+        (asks && self.question_window_ms > 0).then_some(self.question_window_ms)
+    }
+}
+
 /// The turn in progress, for barge-in and `POST /api/stop`: shared between the driver
 /// (which sets it) and the event consumer and API (which cancel it).
 #[derive(Clone, Default)]
@@ -124,6 +153,8 @@ pub struct Driver {
     pub root: CancellationToken,
     /// The turn in progress.
     pub active: ActiveTurn,
+    /// Follow-up listening after spoken answers (`panda run` with a listener).
+    pub follow_up: Option<FollowUp>,
 }
 
 impl Driver {
@@ -139,6 +170,7 @@ impl Driver {
         let mut done = Vec::new();
         while let Some(job) = self.next_job(&mut source, &mut fired).await {
             host.busy();
+            let spoken = matches!(job, Job::Spoken(_));
             let (turn, text, announce) = match job {
                 Job::Spoken(q) if q.turn.token.is_cancelled() || q.text.trim().is_empty() => {
                     host.idle();
@@ -156,7 +188,10 @@ impl Driver {
             let outcome = self.one_turn(&turn, &text, announce, host).await;
             host.answered(turn.id, &outcome);
             if self.sentences.is_some() && !outcome.answer.is_empty() {
-                self.wait_heard(&turn, &mut fired).await;
+                let whole = self.wait_heard(&turn, &mut fired).await;
+                if spoken && whole && fired.is_empty() {
+                    self.follow_up(&outcome.answer).await;
+                }
             } else {
                 // Not spoken: what was generated is what the user got.
                 self.thinker
@@ -263,17 +298,27 @@ impl Driver {
         }
     }
 
+    /// Asks the listener for a follow-up after `answer`, if one is due.
+    async fn follow_up(&self, answer: &str) {
+        let Some(f) = &self.follow_up else { return };
+        if let Some(window_ms) = f.window_after(answer) {
+            // A closed edge: the listener has ended (the recording is over).
+            let _ = f.listener.send(ListenControl::FollowUp { window_ms }).await;
+        }
+    }
+
     /// Waits until playback reports what was heard of `turn`'s answer (or the run stops)
     /// and tells the thinker, which stores the exchange as heard. Timers that go off
     /// meanwhile are queued in `fired` for after this answer. A turn cancelled before its
-    /// audio reached playback ends [`HEARD_AFTER_CANCEL`] after the cancel.
-    async fn wait_heard(&mut self, turn: &Turn, fired: &mut VecDeque<String>) {
+    /// audio reached playback ends [`HEARD_AFTER_CANCEL`] after the cancel. True when the
+    /// answer was heard whole.
+    async fn wait_heard(&mut self, turn: &Turn, fired: &mut VecDeque<String>) -> bool {
         let deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
         tokio::pin!(deadline);
         let mut cancelled = false;
         loop {
             let report = tokio::select! {
-                _ = self.root.cancelled() => return,
+                _ = self.root.cancelled() => return false,
                 _ = turn.token.cancelled(), if !cancelled => {
                     cancelled = true;
                     deadline.as_mut().reset(tokio::time::Instant::now() + HEARD_AFTER_CANCEL);
@@ -281,7 +326,7 @@ impl Driver {
                 }
                 _ = &mut deadline, if cancelled => {
                     self.thinker.heard(turn.id, "", true).await;
-                    return;
+                    return false;
                 }
                 r = self.reports.recv() => r,
             };
@@ -293,14 +338,36 @@ impl Driver {
                     ..
                 }) if t == turn.id => {
                     self.thinker.heard(t, &heard, interrupted).await;
-                    return;
+                    return !interrupted;
                 }
                 Some(Event::TimerFired { label, .. }) => {
                     fired.push_back(timers::announcement(&label));
                 }
                 Some(_) => continue,
-                None => return,
+                None => return false,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follow_up_comes_after_a_question_or_always_when_configured() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut f = FollowUp {
+            listener: tx,
+            window_ms: 0,
+            question_window_ms: 5000,
+        };
+        assert_eq!(f.window_after("Which city do you mean?"), Some(5000));
+        assert_eq!(f.window_after("¿Qué ciudad?  "), Some(5000));
+        assert_eq!(f.window_after("He said \"why?\""), Some(5000));
+        assert_eq!(f.window_after("It is ten past five."), None);
+        assert_eq!(f.window_after(""), None);
+        f.window_ms = 8000;
+        assert_eq!(f.window_after("It is ten past five."), Some(8000));
     }
 }

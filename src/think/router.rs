@@ -77,6 +77,10 @@ const SKILL_EXAMPLES: &[(Skill, &[&str])] = &[
             "do you have the time",
             "what time is it now",
             "current time",
+            // Clipped forms, as people (and Whisper) cut them: "What time?"
+            "what time",
+            "the time",
+            "time",
         ],
     ),
     (
@@ -88,6 +92,10 @@ const SKILL_EXAMPLES: &[(Skill, &[&str])] = &[
             "what day is it today",
             "what is today's date",
             "today's date",
+            "what day",
+            "what date",
+            "the date",
+            "date",
         ],
     ),
     (
@@ -100,6 +108,8 @@ const SKILL_EXAMPLES: &[(Skill, &[&str])] = &[
             "set a {duration} timer",
             "start a {duration} timer",
             "remind me in {duration}",
+            "timer {duration}",
+            "{duration} timer",
         ],
     ),
     (
@@ -290,6 +300,27 @@ const NO_INTENT_WORDS: &[&str] = &[
     "hey", "panda", "please", "ok", "okay", "um", "uh", "so", "just", "now", "oh", "well",
 ];
 
+/// Hesitations dropped wherever they are ("uh, timer ten minutes").
+const DISFLUENCIES: &[&str] = &["uh", "um", "umm", "uhm", "er", "erm", "hmm", "mm", "ah"];
+
+/// Function words: they shape a sentence but say little about what is wanted, so a
+/// match on them counts a fifth of a match on a content word. "What time?" then covers
+/// most of "what time is it", and "what time does the train leave" stays with the LLM.
+const FUNCTION_WORDS: &[&str] = &[
+    "what", "is", "it", "the", "a", "an", "me", "do", "you", "your", "for", "of", "to", "my", "i",
+    "can", "how", "are", "in", "on", "at", "this", "that", "there", "be", "does", "did", "will",
+    "would", "could", "tell", "give", "have", "has", "with", "about", "some", "any",
+];
+
+/// A word's weight in matching (see [`FUNCTION_WORDS`]).
+fn weight(w: &str) -> f32 {
+    if FUNCTION_WORDS.contains(&w) {
+        0.2
+    } else {
+        1.0
+    }
+}
+
 /// Lower-cases, expands contractions, drops punctuation and the wake phrase.
 pub fn normalize_utterance(text: &str) -> String {
     let lower = text.to_lowercase().replace(['’', '‘'], "'");
@@ -318,7 +349,7 @@ pub fn normalize_utterance(text: &str) -> String {
         words.extend(
             expanded
                 .split(' ')
-                .filter(|s| !s.is_empty())
+                .filter(|s| !s.is_empty() && !DISFLUENCIES.contains(s))
                 .map(String::from),
         );
     }
@@ -344,7 +375,7 @@ fn compile(example: &str) -> (Option<Regex>, Vec<String>) {
         return (None, content_words(&normalize_utterance(example)));
     }
     let mut re = String::from(
-        r"^(?:(?:please|can you|could you|would you|will you|i want you to|i'd like you to)\s+)*",
+        r"^(?:(?:please|can you|could you|would you|will you|i want you to|i'd like you to|a|an|the)\s+)*",
     );
     let mut first = true;
     for tok in example.split_whitespace() {
@@ -474,6 +505,16 @@ impl Router {
                             })
                             .filter(|(_, v)| !v.is_empty())
                             .collect();
+                        // A slot that must be a duration or a clock time and is not
+                        // ("cancel the timer" is not a "{duration} timer").
+                        let typed_ok = slots.iter().all(|(k, v)| match k.as_str() {
+                            "duration" => super::timers::parse_duration(v).is_some(),
+                            "time" => super::timers::parse_clock(v).is_some(),
+                            _ => true,
+                        });
+                        if !typed_ok {
+                            continue;
+                        }
                         (1.0, slots)
                     }
                     None => continue,
@@ -482,13 +523,18 @@ impl Router {
                 if p.words.is_empty() || words.is_empty() {
                     continue;
                 }
-                let hit = p.words.iter().filter(|w| set.contains(w.as_str())).count();
-                if hit == 0 {
+                let hit: f32 = p
+                    .words
+                    .iter()
+                    .filter(|w| set.contains(w.as_str()))
+                    .map(|w| weight(w))
+                    .sum();
+                if hit == 0.0 {
                     continue;
                 }
-                let coverage = hit as f32 / p.words.len() as f32;
-                let precision = hit as f32 / words.len() as f32;
-                (coverage * precision.powf(0.25), HashMap::new())
+                let coverage = hit / p.words.iter().map(|w| weight(w)).sum::<f32>();
+                let precision = hit / words.iter().map(|w| weight(w)).sum::<f32>();
+                (coverage * precision.sqrt(), HashMap::new())
             };
             if score > best_score {
                 best_score = score;
@@ -534,6 +580,54 @@ mod tests {
         assert_eq!(target("Forget my locker number."), "skill:forget");
         assert_eq!(target("Oh, forget it."), "skill:stop");
         assert_eq!(target("I always forget my keys"), "llm");
+    }
+
+    /// Clipped, disfluent and loosely worded requests, as people say them and Whisper
+    /// writes them down, and near-misses that belong to the LLM.
+    #[test]
+    fn variants_people_say_reach_the_right_place() {
+        let cases: &[(&str, &str)] = &[
+            ("What time?", "skill:time"),
+            ("what time", "skill:time"),
+            ("Time?", "skill:time"),
+            ("The time, please.", "skill:time"),
+            ("Um, what's the time?", "skill:time"),
+            ("what time is it uh", "skill:time"),
+            ("Uh, timer ten minutes.", "skill:timer"),
+            ("Timer, 5 minutes.", "skill:timer"),
+            ("Ten minute timer.", "skill:timer"),
+            ("a timer for two minutes", "skill:timer"),
+            ("set a timer for uh 20 minutes", "skill:timer"),
+            ("What day?", "skill:date"),
+            ("The date?", "skill:date"),
+            ("What's the date?", "skill:date"),
+            ("Alarm at 7 am.", "skill:alarm"),
+            ("Cancel the timer.", "skill:cancel_timers"),
+            ("Stop!", "skill:stop"),
+            ("Uh, stop.", "skill:stop"),
+            ("The news?", "agent:scott"),
+            ("What's the news?", "agent:scott"),
+            ("the weather tomorrow?", "llm"),
+            ("What time does the train leave?", "llm"),
+            ("How much time do I need to boil an egg?", "llm"),
+            ("Tell me about the history of time.", "llm"),
+            ("What day was the moon landing?", "llm"),
+            ("I need a date for the party.", "llm"),
+        ];
+        let r = router();
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|(text, want)| {
+                let got = r.route(text).route.label();
+                (got != *want).then(|| format!("{text:?} → {got}, want {want}"))
+            })
+            .collect();
+        println!(
+            "routing variants: {}/{} right",
+            cases.len() - wrong.len(),
+            cases.len()
+        );
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 
     #[test]

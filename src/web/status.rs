@@ -23,6 +23,8 @@ pub enum State {
     Thinking,
     /// Playing an answer.
     Speaking,
+    /// After an answer, listening for a follow-up question without the wake word.
+    FollowUp,
 }
 
 impl State {
@@ -32,6 +34,7 @@ impl State {
             State::Listening => 1,
             State::Thinking => 2,
             State::Speaking => 3,
+            State::FollowUp => 4,
         }
     }
 }
@@ -458,9 +461,19 @@ impl Hub {
                         state = Some(State::Listening);
                     }
                 }
-                Event::NoSpeech { turn, .. } => {
+                Event::NoQuestion { turn, .. } => {
                     g.marks.remove(turn);
+                    publish.push(serde_json::json!({"type": "log", "at": clock(), "text": "no question heard"}));
                     state = Some(State::Listening);
+                }
+                Event::FollowUp {
+                    turn, window_ms, ..
+                } => {
+                    g.marks.entry(*turn).or_default().wake = Some(now);
+                    publish.push(serde_json::json!({"type": "log", "at": clock(), "text": format!("listening for a follow-up ({:.1} s)", *window_ms as f64 / 1000.0)}));
+                    if g.state != State::Speaking {
+                        state = Some(State::FollowUp);
+                    }
                 }
                 Event::TimerFired { label, .. } => {
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": format!("{label} went off")}));

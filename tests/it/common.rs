@@ -45,6 +45,13 @@ pub fn espeak_wav(dir: &Path, name: &str, voice: &str, parts: &[&str], gap_ms: u
     path
 }
 
+/// `text` spoken by the espeak-ng voice `voice`, as 16 kHz mono samples.
+pub fn espeak_16k(dir: &Path, voice: &str, text: &str) -> Vec<i16> {
+    let name = format!("espeak-{}", text.len() ^ voice.len() << 8);
+    let wav = espeak_wav(dir, &name, voice, &[text], 0);
+    panda::audio::file::read_16k_mono(&wav).unwrap()
+}
+
 /// `parts` spoken by the Kokoro voice `voice` (`panda say`), each followed by `gaps_ms[i]`
 /// (the last gap repeats) of silence, as 16 kHz mono samples.
 pub fn kokoro_speech(

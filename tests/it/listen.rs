@@ -46,6 +46,70 @@ fn wake_word_then_question_gives_one_wake_and_a_transcript() {
     }
 }
 
+/// People pause after the wake word, waiting for the device: the question is the next
+/// speech, however long the pause (within the question timeout), and the wake phrase is
+/// not part of it.
+#[test]
+fn the_question_after_a_pause_is_heard_whole_without_the_wake_phrase() {
+    const PAUSES_MS: [u32; 5] = [200, 600, 1000, 1500, 2000];
+    const QUESTIONS: [&str; 5] = [
+        "What time is it?",
+        "Set a timer for ten minutes.",
+        "What is the weather like tomorrow?",
+        "How far away is the moon?",
+        "Who wrote the book Moby Dick?",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    // Two espeak-ng voices and one Kokoro voice, none of them among the templates.
+    let voices: [(&str, bool); 3] = [("en-us+m3", false), ("en-gb+f3", false), ("am_puck", true)];
+    let mut failures = Vec::new();
+    for (v, kokoro) in voices {
+        let mut pcm: Vec<i16> = vec![0; 16_000];
+        for (i, (pause, q)) in PAUSES_MS.iter().zip(QUESTIONS).enumerate() {
+            let parts = ["Hey panda.", q];
+            let said: Vec<Vec<i16>> = if kokoro {
+                parts
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| {
+                        common::kokoro_speech(dir.path(), &format!("{v}{i}{j}"), v, &[p], &[0])
+                    })
+                    .collect()
+            } else {
+                parts
+                    .iter()
+                    .map(|p| common::espeak_16k(dir.path(), v, p))
+                    .collect()
+            };
+            pcm.extend(&said[0]);
+            pcm.extend(std::iter::repeat_n(0i16, 16 * *pause as usize));
+            pcm.extend(&said[1]);
+            // Long enough for the next wake to be a new turn.
+            pcm.extend(std::iter::repeat_n(0i16, 16 * 3000));
+        }
+        let wav = dir.path().join(format!("{v}.wav"));
+        common::write_wav(&wav, 16_000, &pcm);
+        let r = panda(&["listen", wav.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{v}: {}", r.stderr);
+        let wakes = r.of_type("wake");
+        let texts = r.transcripts();
+        println!("{v}: {} wakes; {texts:?}", wakes.len());
+        if wakes.len() != QUESTIONS.len() || texts.len() != QUESTIONS.len() {
+            failures.push(format!("{v}: {} wakes, transcripts {texts:?}", wakes.len()));
+            continue;
+        }
+        for ((q, t), pause) in QUESTIONS.iter().zip(&texts).zip(PAUSES_MS) {
+            let wer = panda::bench::wer(q, t);
+            if wer > 0.25 || t.contains("panda") {
+                failures.push(format!(
+                    "{v} pause {pause} ms: {q:?} heard as {t:?} (WER {wer:.2})"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 #[test]
 fn speech_without_the_wake_word_gives_no_wake() {
     let dir = tempfile::tempdir().unwrap();

@@ -97,6 +97,70 @@ fn a_recording_without_the_wake_word_is_not_answered() {
     assert!(err.contains("no question was heard"), "{err}");
 }
 
+/// A wake word with no question ends in a `no_question` event and nothing is asked; a
+/// question asked after an answer, inside the follow-up window, needs no wake word; and
+/// silence past that window ends it the same way.
+#[test]
+fn no_question_ends_quietly_and_a_follow_up_needs_no_wake_word() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let say = |t: &str| common::espeak_16k(dir.path(), "en-us", t);
+    let silence = |ms: usize| vec![0i16; 16 * ms];
+    let mut pcm = silence(500);
+    pcm.extend(say("Hey panda."));
+    pcm.extend(silence(4_500));
+    pcm.extend(say("Hey panda."));
+    pcm.extend(silence(800));
+    pcm.extend(say("What time is it?"));
+    // The answer is heard within ~5 s of the question even on a loaded machine; the
+    // follow-up window (10 s) is open from then on.
+    pcm.extend(silence(8_000));
+    pcm.extend(say("What's the date today?"));
+    pcm.extend(silence(16_000));
+    let wav = dir.path().join("follow-up.wav");
+    common::write_wav(&wav, 16_000, &pcm);
+    let r = panda_cmd(state.path())
+        .args(["run", "--json", "--realtime", "--input"])
+        .arg(&wav)
+        .arg("--output")
+        .arg(state.path().join("answers.wav"))
+        .env("PANDA_ENDPOINT__QUESTION_TIMEOUT_MS", "3000")
+        .env("PANDA_CONVERSATION__FOLLOW_UP_MS", "10000")
+        .output()
+        .unwrap();
+    let run = common::Run::from_output(r);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let seq: Vec<String> = run
+        .events
+        .iter()
+        .filter_map(|e| {
+            let t = e["type"].as_str()?;
+            let turn = e["turn"].as_u64().unwrap_or(0);
+            match t {
+                "wake" | "no_question" | "follow_up" => Some(format!("{t} {turn}")),
+                "route" => Some(format!("route {turn} {}", e["target"].as_str()?)),
+                _ => None,
+            }
+        })
+        .collect();
+    println!("{seq:#?}");
+    let turn_of = |i: usize| seq[i].split(' ').nth(1).unwrap().to_string();
+    assert_eq!(seq.len(), 8, "{seq:#?}\n{}", run.stdout);
+    // 1. A wake, then nothing: no_question for that turn, nothing routed.
+    assert!(seq[0].starts_with("wake") && seq[1] == format!("no_question {}", turn_of(0)));
+    // 2. A wake and a question: answered, then a follow-up window opens.
+    assert!(seq[2].starts_with("wake"));
+    assert_eq!(seq[3], format!("route {} skill:time", turn_of(2)));
+    assert!(seq[4].starts_with("follow_up"), "{seq:#?}");
+    // 3. The follow-up question, without the wake word, is that window's turn.
+    assert_eq!(seq[5], format!("route {} skill:date", turn_of(4)));
+    // 4. After its answer another window opens and closes on silence.
+    assert!(seq[6].starts_with("follow_up"));
+    assert_eq!(seq[7], format!("no_question {}", turn_of(6)));
+    assert_eq!(run.of_type("follow_up")[0]["window_ms"], 10000);
+    assert_eq!(common::answers(&run).len(), 2);
+}
+
 /// A daemon reading a long silent recording in real time, with the status page on a free
 /// port; killed when dropped.
 struct Daemon {

@@ -14,7 +14,7 @@
 
   function setState(s) {
     const el = $("state");
-    el.textContent = s;
+    el.textContent = s === "follow_up" ? "listening for a follow-up" : s;
     el.className = "state " + s;
     document.body.dataset.state = s;
   }
