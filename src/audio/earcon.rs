@@ -17,7 +17,7 @@ const RATE_HZ: u32 = 24_000;
 const MAX_MS: u64 = 2_000;
 /// From handing the chime to playback until it has left the room: the output buffer,
 /// the sound server and the capture path's own buffering.
-pub const OUTPUT_LATENCY_MS: u64 = 150;
+pub const OUTPUT_LATENCY_MS: u64 = 250;
 
 /// The built-in chime: two soft rising tones (E5 then B5, 70 + 110 ms) with raised-cosine
 /// edges, at about −12 dBFS. Pure tones sit outside the VAD's idea of speech and are

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod page;
 pub mod server;
 pub mod soak;
+pub mod wake;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,6 +45,9 @@ pub enum BenchError {
     /// Kokoro failed to load or run.
     #[error(transparent)]
     Tts(#[from] crate::speak::kokoro::KokoroError),
+    /// Writing or reading a benchmark's files failed.
+    #[error("benchmark files: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The benchmark's sentences: assistant answers of the usual shapes and lengths.
@@ -360,56 +364,69 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
         None => corpus(&cfg.models.dir)?,
     };
     let model = cfg.model_path(&cfg.stt.model);
-    for dynamic in [true, false] {
-        let mut c = cfg.stt.clone();
-        c.dynamic_audio_ctx = dynamic;
-        let t = Instant::now();
-        let (h, worker) = stt::spawn(&c, &model)?;
-        println!(
-            "\n== whisper {} | audio_ctx {} | load {:.0} ms (model {:.0} ms, warm-up {:.0} ms)",
-            model.display(),
-            if dynamic {
-                "sized to utterance"
-            } else {
-                "fixed 30 s"
+    // The configured setting first, then each lever on its own against the full window.
+    let full = crate::config::SttConfig {
+        dynamic_audio_ctx: false,
+        flash_attn: false,
+        ..cfg.stt.clone()
+    };
+    let settings = [
+        ("default (this config)", cfg.stt.clone()),
+        ("full 30 s window", full.clone()),
+        (
+            "window sized to utterance",
+            crate::config::SttConfig {
+                dynamic_audio_ctx: true,
+                ..full.clone()
             },
-            t.elapsed().as_secs_f64() * 1e3,
-            worker.load_time.as_secs_f64() * 1e3,
-            worker.warmup_time.as_secs_f64() * 1e3
-        );
-        println!(
-            "{:<44} {:>8} {:>8} {:>6} {:>6}",
-            "clip", "audio_ms", "stt_ms", "rtf", "wer"
-        );
+        ),
+        (
+            "full window + flash attn",
+            crate::config::SttConfig {
+                flash_attn: true,
+                ..full.clone()
+            },
+        ),
+    ];
+    println!(
+        "whisper {} on {} recorded clips, {} threads (accuracy beside speed)",
+        model.display(),
+        clips.len(),
+        if cfg.stt.threads == 0 {
+            "all".to_string()
+        } else {
+            cfg.stt.threads.to_string()
+        }
+    );
+    println!(
+        "{:<28} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "setting", "WER", "p50_ms", "p95_ms", "rtf_p50", "rtf_p95", "load_ms"
+    );
+    for (name, c) in settings {
+        let (h, worker) = stt::spawn(&c, &model)?;
         let token = CancellationToken::new();
         let (mut times, mut rtfs) = (Vec::new(), Vec::new());
         let (mut errs, mut words) = (0, 0);
         for clip in &clips {
             let pcm = crate::audio::file::read_16k_mono(&clip.path)?;
             let out = h.transcribe_blocking(&pcm, &token)?;
-            let rtf = out.stt_ms as f64 / out.audio_ms.max(1) as f64;
             let (e, n) = word_errors(&clip.reference, &out.text);
+            if e > 0 && std::env::var_os("PANDA_BENCH_VERBOSE").is_some() {
+                eprintln!("{name}: {:?} → {:?}", clip.reference, out.text);
+            }
             errs += e;
             words += n;
             times.push(out.stt_ms as f64);
-            rtfs.push(rtf);
-            let name = clip.path.file_name().unwrap_or_default().to_string_lossy();
-            println!(
-                "{:<44} {:>8} {:>8} {:>6.3} {:>6.2}",
-                name,
-                out.audio_ms,
-                out.stt_ms,
-                rtf,
-                e as f64 / n.max(1) as f64
-            );
+            rtfs.push(out.stt_ms as f64 / out.audio_ms.max(1) as f64);
         }
         println!(
-            "stt_ms p50 {:.0} p95 {:.0} | rtf p50 {:.3} p95 {:.3} | WER {:.1}% ({errs}/{words} words)",
+            "{name:<28} {:>6.1}% {:>9.0} {:>9.0} {:>8.3} {:>8.3} {:>8.0}",
+            100.0 * errs as f64 / words.max(1) as f64,
             percentile(&times, 50.0),
             percentile(&times, 95.0),
             percentile(&rtfs, 50.0),
             percentile(&rtfs, 95.0),
-            100.0 * errs as f64 / words.max(1) as f64
+            (worker.load_time + worker.warmup_time).as_secs_f64() * 1e3
         );
     }
     Ok(())
@@ -417,7 +434,7 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
 
 /// Loops the recorded corpus (no wake word in it) up to `minutes` of 16 kHz audio
 /// (at least once through).
-fn non_wake_speech(cfg: &Config, minutes: f64) -> Result<Vec<i16>, BenchError> {
+pub(crate) fn non_wake_speech(cfg: &Config, minutes: f64) -> Result<Vec<i16>, BenchError> {
     let mut all = Vec::new();
     let mut pieces = Vec::new();
     for c in corpus(&cfg.models.dir)? {
@@ -451,7 +468,7 @@ fn thread_cpu() -> std::time::Duration {
 }
 
 /// Wake word and VAD CPU time over `audio`: (wake RTF, VAD RTF, false wakes).
-fn listen_cost(cfg: &Config, audio: &[i16]) -> Result<(f64, f64, usize), BenchError> {
+pub(crate) fn listen_cost(cfg: &Config, audio: &[i16]) -> Result<(f64, f64, usize), BenchError> {
     let mut wake = WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model))?;
     let mut vad = Vad::new(cfg.vad.mode);
     let (mut wake_cpu, mut vad_cpu) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
@@ -560,81 +577,6 @@ pub fn count_wakes(det: &mut WakeDetector, verifier: &WakeVerifier, pcm: &[i16])
         }
     }
     (n, verified)
-}
-
-/// `panda bench wake`: recall on unseen voices, false accepts per hour on other speech,
-/// with the templates alone and with the second-stage Whisper check.
-pub fn wake(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
-    let dir = &cfg.models.dir;
-    let synth = |text: &str| {
-        crate::listen::templates::synthesize_wake_clips(dir, text, UNSEEN_VOICES, &[1.0])
-            .map_err(BenchError::Synth)
-    };
-    let mut positives = Vec::new();
-    for c in [
-        "what time is it?",
-        "turn on the lights.",
-        "what's the weather like?",
-    ] {
-        positives.extend(
-            synth(&format!("Hey panda, {c}"))?
-                .into_iter()
-                .map(|(_, p)| p),
-        );
-    }
-    let mut negatives: Vec<Vec<i16>> = Vec::new();
-    for s in CONFUSERS {
-        negatives.extend(synth(s)?.into_iter().map(|(_, p)| p));
-    }
-    // The recorded corpus once: looping it would add no new speech, only repeat counts.
-    negatives.push(non_wake_speech(cfg, 0.0)?);
-    let neg_secs = negatives.iter().map(Vec::len).sum::<usize>() as f64 / SAMPLE_RATE_HZ as f64;
-    println!(
-        "wake word {} | {} positive clips ({} unseen voices) | {:.1} min of non-wake speech",
-        cfg.wake.model.display(),
-        positives.len(),
-        UNSEEN_VOICES.len(),
-        neg_secs / 60.0
-    );
-    let (stt, _w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model))?;
-    let verifier = WakeVerifier::new(stt, &cfg.wake);
-    println!(
-        "{:>9} | {:^27} | {:^27}",
-        "", "templates only", "+ Whisper check"
-    );
-    println!(
-        "{:>9} | {:>8} {:>10} {:>7} | {:>8} {:>10} {:>7}",
-        "threshold", "recall", "false/h", "false", "recall", "false/h", "false"
-    );
-    let per_hour = |n: usize| n as f64 * 3600.0 / neg_secs;
-    let pct = |h: usize| 100.0 * h as f64 / positives.len() as f64;
-    let path = cfg.model_path(&cfg.wake.model);
-    for &th in thresholds {
-        let mut wc = cfg.wake.clone();
-        wc.threshold = th;
-        let (mut hits, mut hits_v) = (0, 0);
-        for p in &positives {
-            let mut det = WakeDetector::load(&wc, &path)?;
-            let (n, v) = count_wakes(&mut det, &verifier, p);
-            hits += usize::from(n >= 1);
-            hits_v += usize::from(v >= 1);
-        }
-        let (mut fa, mut fa_v) = (0, 0);
-        for n in &negatives {
-            let mut det = WakeDetector::load(&wc, &path)?;
-            let (n, v) = count_wakes(&mut det, &verifier, n);
-            fa += n;
-            fa_v += v;
-        }
-        println!(
-            "{th:>9.2} | {:>7.0}% {:>10.1} {fa:>7} | {:>7.0}% {:>10.1} {fa_v:>7}",
-            pct(hits),
-            per_hour(fa),
-            pct(hits_v),
-            per_hour(fa_v),
-        );
-    }
-    Ok(())
 }
 
 /// `panda bench agents`: a local agent server driven through the pooled client vs a client

@@ -267,7 +267,7 @@ pub enum BenchCmd {
     /// Wake word recall on unseen voices and false accepts on other speech.
     Wake {
         /// Thresholds to sweep.
-        #[arg(long, value_delimiter = ',', default_values_t = [0.45f32, 0.5, 0.55, 0.6])]
+        #[arg(long, value_delimiter = ',', default_values_t = [0.5f32])]
         thresholds: Vec<f32>,
     },
 }

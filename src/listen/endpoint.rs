@@ -73,10 +73,13 @@ impl From<&EndpointConfig> for EndpointParams {
 /// How the endpointer is armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arm {
-    /// A wake word was detected on the frame about to be pushed: the question is the next
-    /// speech (see the module doc). The first `hold` frames count as unvoiced (the earcon
-    /// is playing).
+    /// A wake word was detected just before the next pushed frame: the question is the
+    /// next speech (see the module doc). `hold` frames, starting `hold_after` frames on,
+    /// count as unvoiced (the earcon is playing; frames already captured before it
+    /// started are not held).
     Wake {
+        /// Frames after the arming before the hold starts.
+        hold_after: usize,
         /// Frames masked from the VAD.
         hold: usize,
     },
@@ -131,8 +134,8 @@ struct Armed {
     at: u64,
     /// Frames to wait for speech.
     timeout: usize,
-    /// Frames (from `at`) whose voicing is masked.
-    hold: usize,
+    /// Frames whose voicing is masked: `hold.0 .. hold.1` (sequence numbers).
+    hold: (u64, u64),
     /// The wake phrase's tail may still be sounding (wake arming, no unvoiced frame yet).
     tail_open: bool,
     /// The earliest frame the utterance may start at.
@@ -225,7 +228,8 @@ impl Endpointer {
             State::Waiting { waited, voiced_run } => {
                 self.remember(seq, samples);
                 let mut a = self.armed.expect("waiting is armed");
-                let voiced = voiced && seq >= a.at + a.hold as u64;
+                let held = (a.hold.0..a.hold.1).contains(&seq);
+                let voiced = voiced && !held;
                 let voiced_run = if voiced { voiced_run + 1 } else { 0 };
                 let waited = waited + 1;
                 if a.tail_open && !voiced {
@@ -313,24 +317,24 @@ impl Endpointer {
     /// The rules of an arming that takes effect at frame `at`.
     fn rules(&self, how: Arm, at: u64) -> Armed {
         match how {
-            Arm::Wake { hold } => Armed {
+            Arm::Wake { hold_after, hold } => Armed {
                 at,
                 timeout: self.p.question_timeout,
-                hold,
+                hold: (at + hold_after as u64, at + (hold_after + hold) as u64),
                 tail_open: true,
                 floor: at,
             },
             Arm::FollowUp { timeout } => Armed {
                 at,
                 timeout: timeout.max(1),
-                hold: 0,
+                hold: (0, 0),
                 tail_open: false,
                 floor: at,
             },
             Arm::Open => Armed {
                 at,
                 timeout: self.p.question_timeout,
-                hold: 0,
+                hold: (0, 0),
                 tail_open: false,
                 floor: 0,
             },
@@ -493,7 +497,10 @@ mod tests {
             e.push(i, &f, true);
         }
         assert!(e.in_speech());
-        e.arm(Arm::Wake { hold: 0 });
+        e.arm(Arm::Wake {
+            hold_after: 0,
+            hold: 0,
+        });
         assert!(e.in_speech());
         e.disarm();
         assert!(!e.is_armed());
@@ -547,7 +554,15 @@ mod tests {
             question_timeout: 20,
             ..P
         };
-        let ev = run_as(p, pattern, 4, Arm::Wake { hold: 0 });
+        let ev = run_as(
+            p,
+            pattern,
+            4,
+            Arm::Wake {
+                hold_after: 0,
+                hold: 0,
+            },
+        );
         let starts: Vec<_> = ev
             .iter()
             .filter(|(_, e)| matches!(e, Endpoint::SpeechStart { .. }))
@@ -564,7 +579,15 @@ mod tests {
     fn a_short_pause_after_the_tail_still_keeps_the_tail_out() {
         // The tail ends at frame 6, the question starts at 8: the pre-roll (2 frames)
         // would reach back into the tail; it stops at the tail's end.
-        let ev = run_as(P, "xxxxxxx.xxxxx.......", 4, Arm::Wake { hold: 0 });
+        let ev = run_as(
+            P,
+            "xxxxxxx.xxxxx.......",
+            4,
+            Arm::Wake {
+                hold_after: 0,
+                hold: 0,
+            },
+        );
         let (start, frames) = utterance(&ev);
         assert_eq!(start, 7);
         assert_eq!(frames[0], 7);
@@ -574,7 +597,15 @@ mod tests {
     fn one_breath_takes_the_wake_phrase_along() {
         // Voicing runs on past the tail limit (6 frames): the question was said in the
         // same breath; the utterance starts `lookback` (3) frames before the detection.
-        let ev = run_as(P, "xxxxxxxxxxxxxxx.....", 4, Arm::Wake { hold: 0 });
+        let ev = run_as(
+            P,
+            "xxxxxxxxxxxxxxx.....",
+            4,
+            Arm::Wake {
+                hold_after: 0,
+                hold: 0,
+            },
+        );
         assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 4 });
         let (start, frames) = utterance(&ev);
         assert_eq!(start, 1);
@@ -584,10 +615,40 @@ mod tests {
     #[test]
     fn a_hold_masks_voicing_and_the_question_may_start_after_it() {
         // The earcon's 4 frames after the arm are voiced on the microphone: not speech.
-        let ev = run_as(P, "..xxxx........", 2, Arm::Wake { hold: 4 });
+        let ev = run_as(
+            P,
+            "..xxxx........",
+            2,
+            Arm::Wake {
+                hold_after: 0,
+                hold: 4,
+            },
+        );
         assert_eq!(ev, vec![(11, Endpoint::NoSpeech { at_seq: 11 })]);
-        let ev = run_as(P, "..xxxxxxxx.........", 2, Arm::Wake { hold: 4 });
+        let ev = run_as(
+            P,
+            "..xxxxxxxx.........",
+            2,
+            Arm::Wake {
+                hold_after: 0,
+                hold: 4,
+            },
+        );
         assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 6 });
+    }
+
+    #[test]
+    fn the_hold_starts_after_the_frames_captured_before_the_earcon() {
+        // Frames 2–3 were already queued when the earcon started: the question's first
+        // voiced frames there count; the hold covers 4–7.
+        let how = Arm::Wake {
+            hold_after: 2,
+            hold: 4,
+        };
+        let ev = run_as(P, "...xxxxxxxxxxx......", 2, how);
+        // Frame 2 is silent: the tail is closed; 3 voiced, 4–7 held (the run breaks),
+        // then 8–10 voiced start speech at 8.
+        assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 8 });
     }
 
     #[test]

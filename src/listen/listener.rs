@@ -351,7 +351,13 @@ pub fn run(
                         // This frame is still the phrase's (kept as history): the
                         // hand-off starts with the next one.
                         ep.push(frame.seq, &frame.samples, false);
-                        ep.arm(Arm::Wake { hold });
+                        // The earcon plays from now, wall-clock: the frames already
+                        // captured and queued behind this one (the second-stage check
+                        // took a while) came before it; the hold starts after them.
+                        ep.arm(Arm::Wake {
+                            hold_after: frames.len(),
+                            hold,
+                        });
                         continue;
                     }
                 }

@@ -276,6 +276,7 @@ fn worker(
     let t0 = Instant::now();
     let mut params = WhisperContextParameters::default();
     params.use_gpu(cfg.gpu && cfg!(feature = "cuda"));
+    params.flash_attn(cfg.flash_attn);
     let load_err = |problem: String| SttError::Load {
         path: model.clone(),
         problem,
@@ -340,13 +341,57 @@ unsafe extern "C" fn abort_if_cancelled(user_data: *mut c_void) -> bool {
     token.is_cancelled()
 }
 
+/// How one decoding pass runs.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    /// Encoder window sized to the utterance (`[stt] dynamic_audio_ctx`).
+    dynamic_ctx: bool,
+    /// whisper.cpp's temperature fallback (re-decode hotter when the text looks wrong).
+    fallback: bool,
+}
+
 impl Engine {
+    /// Transcribes `samples`. The loop guard: a transcript that repeats itself back to
+    /// back, or holds more words than anyone says in that time, is decoded again with the
+    /// full 30 s window and whisper.cpp's temperature fallback; what repeats after that
+    /// is kept once. Clean audio pays nothing for the guard.
     fn run(
         &self,
         state: &mut whisper_rs::WhisperState,
         samples: &[f32],
         prompt: Option<&str>,
         token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let first = Pass {
+            dynamic_ctx: self.cfg.dynamic_audio_ctx,
+            fallback: false,
+        };
+        let mut out = self.pass(state, samples, prompt, token, first)?;
+        let secs = samples.len() as f64 / SAMPLE_RATE_HZ as f64;
+        if looks_looped(&out.text, secs) {
+            tracing::info!(text = %out.text, "the transcript repeats itself; decoding again");
+            let again = Pass {
+                dynamic_ctx: false,
+                fallback: true,
+            };
+            let second = self.pass(state, samples, prompt, token, again)?;
+            let stt_ms = out.stt_ms + second.stt_ms;
+            out = second;
+            out.stt_ms = stt_ms;
+            if looks_looped(&out.text, secs) {
+                out.text = drop_repeats(&out.text);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pass(
+        &self,
+        state: &mut whisper_rs::WhisperState,
+        samples: &[f32],
+        prompt: Option<&str>,
+        token: &CancellationToken,
+        pass: Pass,
     ) -> Result<SttOutput, SttError> {
         let strategy = if self.cfg.beam_size > 1 {
             SamplingStrategy::BeamSearch {
@@ -386,12 +431,12 @@ impl Engine {
             p.set_initial_prompt(prompt);
         }
         let audio_ms = samples.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64;
-        if self.cfg.dynamic_audio_ctx {
+        if pass.dynamic_ctx {
             p.set_audio_ctx(audio_ctx_for(samples.len()));
         }
-        // Short voice commands get no benefit from temperature fallback re-decodes, which
-        // can multiply decode time on noise; one pass decides.
-        p.set_temperature_inc(0.0);
+        // The first pass decides alone: temperature fallback re-decodes can multiply the
+        // time on noise. The loop guard's second pass turns it on.
+        p.set_temperature_inc(if pass.fallback { 0.2 } else { 0.0 });
         // SAFETY: the callback only reads the token; `token` is borrowed for this whole
         // function, which outlives `state.full`.
         unsafe {
@@ -459,6 +504,78 @@ impl Engine {
             language,
         })
     }
+}
+
+/// Words of a transcript, lower case, without punctuation.
+fn plain_words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// True when a transcript looks like a decoder loop: a run of three or more words said
+/// again straight after itself ("press 2 to access messages press 2 to access
+/// messages"), a long word three times or a short one four times in a row, or more than
+/// 6 words a second (+3) of audio.
+pub fn looks_looped(text: &str, audio_secs: f64) -> bool {
+    let w = plain_words(text);
+    if w.len() as f64 > 6.0 * audio_secs + 3.0 {
+        return true;
+    }
+    for n in 1..=w.len() / 2 {
+        // A long word said three times running is a loop; "no, no, no" is not.
+        let need = match n {
+            1 if w.iter().any(|x| x.chars().count() >= 5) => 3,
+            1 | 2 => 4,
+            _ => 2,
+        };
+        for i in 0..w.len() {
+            let mut k = 1;
+            while i + (k + 1) * n <= w.len() && w[i..i + n] == w[i + k * n..i + (k + 1) * n] {
+                k += 1;
+            }
+            if k >= need {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Keeps one copy of each run of three or more words repeated back to back (the loop
+/// guard's last resort, after a re-decode still loops). Punctuation of the kept copy
+/// stays.
+pub fn drop_repeats(text: &str) -> String {
+    let raw: Vec<&str> = text.split_whitespace().collect();
+    let w = plain_words(text);
+    if w.len() != raw.len() {
+        return text.to_string();
+    }
+    let mut keep: Vec<&str> = Vec::new();
+    let mut i = 0;
+    'outer: while i < raw.len() {
+        for n in (3..=(raw.len() - i) / 2).rev() {
+            if w[i..i + n] == w[i + n..i + 2 * n] {
+                // Skip every further copy of this run.
+                let mut j = i + n;
+                while j + n <= raw.len() && w[i..i + n] == w[j..j + n] {
+                    j += n;
+                }
+                keep.extend(&raw[i..i + n]);
+                i = j;
+                continue 'outer;
+            }
+        }
+        keep.push(raw[i]);
+        i += 1;
+    }
+    keep.join(" ")
 }
 
 /// Encoder positions for an utterance: 50 per second of audio (whisper's conv front-end
@@ -562,6 +679,33 @@ mod tests {
             clean_transcript("*coughs* What time is it?"),
             "What time is it?"
         );
+    }
+
+    #[test]
+    fn loops_are_seen_and_kept_once() {
+        let looped =
+            "Press 2 to access messages. Press 2 to access messages. Press 0 for greetings.";
+        assert!(looks_looped(looped, 6.0));
+        assert_eq!(
+            drop_repeats(looped),
+            "Press 2 to access messages. Press 0 for greetings."
+        );
+        assert!(looks_looped("Capeander. Capeander. Capeander. Cape", 1.5));
+        assert!(looks_looped("the the the the", 2.0));
+        // More words than anyone says in a second.
+        assert!(looks_looped(
+            "one two three four five six seven eight nine ten eleven",
+            1.0
+        ));
+        for clean in [
+            "What time is it?",
+            "I said no, no, I did not.",
+            "Set a timer for ten minutes and a timer for five minutes.",
+            "",
+        ] {
+            assert!(!looks_looped(clean, 3.0), "{clean}");
+            assert_eq!(drop_repeats(clean), clean);
+        }
     }
 
     #[test]

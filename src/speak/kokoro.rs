@@ -217,6 +217,27 @@ impl Kokoro {
         self.voice(name).map(|_| ())
     }
 
+    /// Registers `name` as a blend of two installed voices' style vectors (`weight_a` of
+    /// `a`, the rest of `b`): a speaker neither voice is. Evaluation sets use blends for
+    /// speakers the templates never heard.
+    pub fn blend_voice(
+        &mut self,
+        name: &str,
+        a: &str,
+        b: &str,
+        weight_a: f32,
+    ) -> Result<(), KokoroError> {
+        let va = self.voice(a)?.to_vec();
+        let vb = self.voice(b)?;
+        let mixed = va
+            .iter()
+            .zip(vb)
+            .map(|(x, y)| weight_a * x + (1.0 - weight_a) * y)
+            .collect();
+        self.voices.insert(name.to_string(), mixed);
+        Ok(())
+    }
+
     fn voice(&mut self, name: &str) -> Result<&[f32], KokoroError> {
         if !self.voices.contains_key(name) {
             let path = self.voices_dir.join(format!("{name}.bin"));

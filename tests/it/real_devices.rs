@@ -588,6 +588,107 @@ fn the_appliance_answers_through_a_microphone_and_a_speaker() {
     assert!(heard.contains("paris"), "{heard}");
 }
 
+/// Share of a window's energy at `freq_hz` (Goertzel), 0–1.
+fn tone_share(w: &[i16], freq_hz: f32, rate_hz: f32) -> f32 {
+    let k = 2.0 * (2.0 * std::f32::consts::PI * freq_hz / rate_hz).cos();
+    let (mut s1, mut s2, mut energy) = (0f32, 0f32, 0f32);
+    for &x in w {
+        let x = x as f32 / 32768.0;
+        energy += x * x;
+        let s0 = x + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    if energy < 1e-6 {
+        0.0
+    } else {
+        (2.0 * power / (w.len() as f32 * energy)).min(1.0)
+    }
+}
+
+/// The wake earcon on the speaker, fed back into the microphone (a loopback, as a room
+/// would): it is heard on the speaker for every wake, never taken for the question (a
+/// wake with nothing after it ends in `no_question`), and a question asked 1.5 s after
+/// it is answered.
+#[test]
+fn the_earcon_plays_on_a_wake_and_is_never_the_question() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pulse) = pulse_or_skip() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = llm_server(&rt, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let app = Appliance::spawn(
+        &pulse,
+        &server.url(),
+        false,
+        &[("PANDA_ENDPOINT__QUESTION_TIMEOUT_MS", "3000")],
+    );
+    app.wait_log("capture started", 1, 60);
+    let ok = pulse
+        .cmd("pactl")
+        .args([
+            "load-module",
+            "module-loopback",
+            "source=spk.monitor",
+            "sink=micfeed",
+            "latency_msec=30",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "loading the speaker → microphone loopback failed");
+    std::thread::sleep(Duration::from_millis(500));
+    let rec = record_speaker(&pulse, dir.path());
+    // A wake and nothing else: the chime comes back through the microphone, and must
+    // not be the question.
+    say_into_mic(&pulse, dir.path(), "wake-only", &["Hey panda."]);
+    let first = app.wait_for("a wake", 30, |e| e["type"] == "wake");
+    let ended = app.wait_for("no_question", 30, |e| e["type"] == "no_question");
+    assert_eq!(ended["turn"], first["turn"]);
+    // A wake, the chime, 1.5 s of waiting, then the question.
+    say_into_mic(&pulse, dir.path(), "wake", &["Hey panda."]);
+    let second = app.wait_for("a second wake", 30, |e| {
+        e["type"] == "wake" && e["turn"] != first["turn"]
+    });
+    std::thread::sleep(Duration::from_millis(180 + 1500));
+    say_into_mic(&pulse, dir.path(), "question", &["What time is it?"]);
+    let spoken = app.wait_for("the answer", 60, |e| {
+        e["type"] == "spoken" && e["turn"] == second["turn"]
+    });
+    let (pcm, _, _) = rec.finish();
+    let events = app.events.lock().unwrap().clone();
+    drop(app);
+    assert_eq!(spoken["interrupted"], false);
+    let transcripts: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "transcript")
+        .collect();
+    println!("{transcripts:#?}");
+    assert_eq!(transcripts.len(), 1, "only the question is transcribed");
+    assert_eq!(transcripts[0]["turn"], second["turn"]);
+    let text = transcripts[0]["text"].as_str().unwrap().to_lowercase();
+    assert!(text.contains("time"), "{text}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "route" && e["target"] == "skill:time"),
+        "{events:#?}"
+    );
+    // Both chimes are on the speaker: 30 ms windows where the chime's upper tone
+    // carries most of the energy, in two separate runs.
+    let tonal: Vec<usize> = pcm
+        .chunks_exact(480)
+        .enumerate()
+        .filter(|(_, w)| tone_share(w, 987.77, 16_000.0) > 0.6)
+        .map(|(i, _)| i)
+        .collect();
+    let runs =
+        tonal.windows(2).filter(|p| p[1] > p[0] + 10).count() + usize::from(!tonal.is_empty());
+    println!("chime windows {tonal:?}");
+    assert_eq!(runs, 2, "two chimes on the speaker: {tonal:?}");
+}
+
 #[test]
 fn barge_in_silences_the_speaker_and_the_next_question_works() {
     let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
