@@ -290,6 +290,11 @@ pub struct SttConfig {
     /// whisper.cpp's flash attention (CPU and GPU): same words, less time in the encoder
     /// (`panda bench stt` prints both).
     pub flash_attn: bool,
+    /// The model for every language but English when `model` is English-only (relative
+    /// to `[models] dir` unless absolute; empty: English only). Loaded when the
+    /// conversation first switches language ("speak French"), or at start when
+    /// `language` is not English.
+    pub multilingual_model: PathBuf,
     /// Use the GPU when Panda was built with the `cuda` feature.
     pub gpu: bool,
     /// Transcripts whose mean token probability is below this are discarded as noise.
@@ -306,6 +311,7 @@ impl Default for SttConfig {
             threads: 0,
             dynamic_audio_ctx: false,
             flash_attn: false,
+            multilingual_model: PathBuf::from("whisper/ggml-base.bin"),
             gpu: true,
             min_confidence: 0.3,
         }
@@ -1025,13 +1031,16 @@ impl Config {
         int("stt.threads", self.stt.threads, 0, MAX_THREADS)?;
         real("stt.min_confidence", self.stt.min_confidence, 0.0, 1.0)?;
         let lang = self.stt.language.as_str();
-        if lang != "auto" && !(2..=3).contains(&lang.len()) {
+        if lang != "auto" && whisper_rs::get_lang_id(lang).is_none() {
             return Err(invalid(
                 "stt.language",
-                format!("`{lang}` is neither `auto` nor a language code like `en`"),
+                format!(
+                    "`{lang}` is neither `auto` nor a language Whisper knows (codes like `en`, `es`, `fr`)"
+                ),
             ));
         }
         if self.stt.language != "en"
+            && self.stt.multilingual_model.as_os_str().is_empty()
             && self
                 .stt
                 .model
@@ -1041,7 +1050,7 @@ impl Config {
             return Err(invalid(
                 "stt.language",
                 format!(
-                    "`{lang}` needs a multilingual model, but {} is English-only",
+                    "`{lang}` needs a multilingual model, but {} is English-only and [stt] multilingual_model is empty",
                     self.stt.model.display()
                 ),
             ));

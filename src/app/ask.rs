@@ -40,7 +40,7 @@ pub async fn ask(
     on_text: Box<dyn FnMut(&str) + Send>,
 ) -> Result<Vec<Answered>, AppError> {
     let (ev_tx, ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
-    let thinking = start_thinking(cfg, &ev_tx, &root, opts.voice.clone()).await?;
+    let thinking = start_thinking(cfg, &ev_tx, &root, opts.voice.clone(), None).await?;
     let speaking = match opts.speak {
         Some(output) => {
             let voice = opts.voice.clone().unwrap_or_else(|| cfg.tts.voice.clone());

@@ -47,7 +47,7 @@ pub async fn listen(
         None,
         &root,
     )?;
-    let stage = spawn_stt_stage(utt_rx, stt.filter(|_| opts.transcribe), ev_tx, None);
+    let stage = spawn_stt_stage(utt_rx, stt.filter(|_| opts.transcribe), ev_tx, None, None);
     while let Some(ev) = ev_rx.recv().await {
         on_event(&ev);
     }

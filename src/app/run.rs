@@ -79,7 +79,9 @@ pub async fn run(
 
     // Models first (each on its owner thread), so a missing one fails before audio flows.
     let stt = start_stt(cfg).await?;
-    let thinking = start_thinking(cfg, &ev_tx, &root, None).await?;
+    // The conversation's language, from the thinker (which switches it) to the STT stage.
+    let (lang_tx, lang_rx) = tokio::sync::watch::channel(cfg.conversation.language.clone());
+    let thinking = start_thinking(cfg, &ev_tx, &root, None, Some(lang_tx)).await?;
     let speaking = start_speaking(cfg, &cfg.tts.voice, opts.output.clone(), &ev_tx).await?;
 
     let active = ActiveTurn::default();
@@ -122,7 +124,14 @@ pub async fn run(
         Some(control_rx),
         &root,
     )?;
-    let _stt_stage = spawn_stt_stage(utt_rx, Some(stt), ev_tx.clone(), Some(q_tx));
+    let _stt_stage = spawn_stt_stage(
+        utt_rx,
+        Some(stt),
+        ev_tx.clone(),
+        Some(q_tx),
+        // `[stt] language = "auto"` keeps detecting, whatever Panda speaks.
+        (cfg.stt.language != "auto").then_some(lang_rx),
+    );
     hub.set_state(State::Listening);
 
     // The turn driver.

@@ -35,9 +35,8 @@ use crate::think::turn::{Thinker, ThinkerDeps};
 
 /// Loads Whisper on its owner thread (off the runtime: loading blocks).
 pub async fn start_stt(cfg: &Config) -> Result<SttHandle, AppError> {
-    let model = cfg.model_path(&cfg.stt.model);
-    let stt_cfg = cfg.stt.clone();
-    let (handle, _worker) = tokio::task::spawn_blocking(move || stt::spawn(&stt_cfg, &model))
+    let cfg = cfg.clone();
+    let (handle, _worker) = tokio::task::spawn_blocking(move || stt::spawn_configured(&cfg))
         .await
         .map_err(|_| AppError::Thread("the Whisper loader"))??;
     Ok(handle)
@@ -147,7 +146,9 @@ pub fn join_detached<T: Send + 'static>(
 }
 
 /// The speech-to-text stage: one utterance at a time through Whisper, a `transcript`
-/// event each; with `questions`, each transcript also goes on to the turn driver. A
+/// event each; with `questions`, each transcript also goes on to the turn driver. With
+/// `language`, each utterance is heard in the conversation's current language (the
+/// thinker switches it: "speak French"). A
 /// cancelled turn's utterance ends at Whisper's next abort check and its text is dropped.
 /// Ends when the utterance edge closes.
 pub fn spawn_stt_stage(
@@ -155,6 +156,7 @@ pub fn spawn_stt_stage(
     stt: Option<SttHandle>,
     events: mpsc::Sender<Event>,
     questions: Option<mpsc::Sender<Question>>,
+    language: Option<tokio::sync::watch::Receiver<String>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(u) = utterances.recv().await {
@@ -164,8 +166,9 @@ pub fn spawn_stt_stage(
             }
             let turn = u.turn.id;
             let span = tracing::info_span!("turn", turn);
+            let lang = language.as_ref().map(|l| l.borrow().clone());
             let result = stt
-                .transcribe(&u.samples, &u.turn.token)
+                .transcribe_in(&u.samples, lang.as_deref(), &u.turn.token)
                 .instrument(span)
                 .await;
             let (ev, text) = match result {
@@ -329,6 +332,7 @@ pub async fn start_thinking(
     events: &mpsc::Sender<Event>,
     root: &CancellationToken,
     voice: Option<String>,
+    language: Option<tokio::sync::watch::Sender<String>>,
 ) -> Result<Thinking, AppError> {
     let memory = if cfg.memory.enabled {
         Some(crate::memory::Memory::open(cfg).await?)
@@ -349,6 +353,7 @@ pub async fn start_thinking(
             events: events.clone(),
             memory: memory.clone(),
             voice,
+            language,
         },
     );
     Ok(Thinking {

@@ -304,9 +304,38 @@ fn read_dir_sorted(dir: &Path, ext: &str) -> Vec<PathBuf> {
 /// the way Panda's TTS normaliser speaks them — so "42" in a transcript and "forty-two"
 /// in a reference are the same words.
 pub fn normalize_words(s: &str) -> Vec<String> {
-    crate::speak::normalize::normalize(s, "en-us")
-        .text
-        .to_lowercase()
+    normalize_words_in(s, "en")
+}
+
+/// [`normalize_words`] for `lang`: other languages keep their numbers as written, and
+/// lose their accents (references and transcripts disagree on them: "Opcion" / "Opción").
+pub fn normalize_words_in(s: &str, lang: &str) -> Vec<String> {
+    let text = if lang == "en" {
+        crate::speak::normalize::normalize(s, "en-us").text
+    } else {
+        s.chars().map(fold_accent).collect()
+    };
+    let text = if lang == "en" {
+        text
+    } else {
+        // Digits as words, as the references and Whisper each write them one way or
+        // the other ("marque 1" / "marque uno").
+        text.split_whitespace()
+            .map(|w| {
+                let digits = w.trim_matches(|c: char| !c.is_ascii_digit());
+                match digits
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|n| number_word(n, lang))
+                {
+                    Some(word) if !digits.is_empty() => w.replace(digits, word),
+                    _ => w.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    text.to_lowercase()
         .replace(['-', '—'], " ")
         .split_whitespace()
         .map(|w| {
@@ -318,10 +347,52 @@ pub fn normalize_words(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// 0–10 as a word in `lang` (accents folded).
+fn number_word(n: usize, lang: &str) -> Option<&'static str> {
+    const ES: [&str; 11] = [
+        "cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve", "diez",
+    ];
+    const FR: [&str; 11] = [
+        "zero", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf", "dix",
+    ];
+    match lang {
+        "es" => ES.get(n).copied(),
+        "fr" => FR.get(n).copied(),
+        _ => None,
+    }
+}
+
+/// A letter without its accent (Latin letters of the prompt languages).
+fn fold_accent(c: char) -> char {
+    match c {
+        'á' | 'à' | 'â' | 'ä' | 'ã' => 'a',
+        'Á' | 'À' | 'Â' | 'Ä' => 'A',
+        'é' | 'è' | 'ê' | 'ë' => 'e',
+        'É' | 'È' | 'Ê' | 'Ë' => 'E',
+        'í' | 'ì' | 'î' | 'ï' => 'i',
+        'Í' | 'Î' => 'I',
+        'ó' | 'ò' | 'ô' | 'ö' | 'õ' => 'o',
+        'Ó' | 'Ô' => 'O',
+        'ú' | 'ù' | 'û' | 'ü' => 'u',
+        'Ú' | 'Û' => 'U',
+        'ç' => 'c',
+        'Ç' => 'C',
+        'ñ' => 'n',
+        'Ñ' => 'N',
+        'œ' => 'o',
+        _ => c,
+    }
+}
+
 /// Word-level edit distance between reference and hypothesis, and the reference length.
 pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
-    let r = normalize_words(reference);
-    let h = normalize_words(hypothesis);
+    word_errors_in(reference, hypothesis, "en")
+}
+
+/// [`word_errors`] in `lang`.
+pub fn word_errors_in(reference: &str, hypothesis: &str, lang: &str) -> (usize, usize) {
+    let r = normalize_words_in(reference, lang);
+    let h = normalize_words_in(hypothesis, lang);
     let mut prev: Vec<usize> = (0..=h.len()).collect();
     for (i, rw) in r.iter().enumerate() {
         let mut cur = vec![i + 1; h.len() + 1];
@@ -338,6 +409,28 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
 pub fn wer(reference: &str, hypothesis: &str) -> f64 {
     let (e, n) = word_errors(reference, hypothesis);
     e as f64 / n.max(1) as f64
+}
+
+/// The recorded prompts in `lang` (`es`, `fr`: Asterisk's core sounds, installed with
+/// `--test-data`), with their transcripts.
+pub fn prompts(models_dir: &Path, lang: &str) -> Vec<Clip> {
+    let dir = models_dir
+        .join(paths::TESTDATA)
+        .join(format!("prompts-{lang}"));
+    read_dir_sorted(&dir, "wav")
+        .into_iter()
+        .filter_map(|wav| {
+            let reference = std::fs::read_to_string(wav.with_extension("txt")).ok()?;
+            // "[ tono de error ]": a sound, not speech.
+            if reference.contains('[') {
+                return None;
+            }
+            Some(Clip {
+                path: wav,
+                reference: reference.trim().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// The p-th percentile (0–100) of `v` (nearest rank).
@@ -403,7 +496,9 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
         "setting", "WER", "p50_ms", "p95_ms", "rtf_p50", "rtf_p95", "load_ms"
     );
     for (name, c) in settings {
-        let (h, worker) = stt::spawn(&c, &model)?;
+        let mut whole = cfg.clone();
+        whole.stt = c;
+        let (h, worker) = stt::spawn_configured(&whole)?;
         let token = CancellationToken::new();
         let (mut times, mut rtfs) = (Vec::new(), Vec::new());
         let (mut errs, mut words) = (0, 0);
@@ -427,6 +522,43 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
             percentile(&rtfs, 50.0),
             percentile(&rtfs, 95.0),
             (worker.load_time + worker.warmup_time).as_secs_f64() * 1e3
+        );
+    }
+    // Other languages, through the multilingual model, on recorded human prompts.
+    for lang in crate::models::install::PROMPT_LANGUAGES {
+        let clips = prompts(&cfg.models.dir, lang);
+        if clips.is_empty() {
+            continue;
+        }
+        let mut whole = cfg.clone();
+        whole.stt.language = lang.to_string();
+        let (h, _worker) = stt::spawn_configured(&whole)?;
+        let token = CancellationToken::new();
+        let (mut times, mut rtfs) = (Vec::new(), Vec::new());
+        let (mut errs, mut words) = (0, 0);
+        for clip in &clips {
+            let pcm = crate::audio::file::read_16k_mono(&clip.path)?;
+            let out = h.transcribe_blocking(&pcm, &token)?;
+            let (e, n) = word_errors_in(&clip.reference, &out.text, lang);
+            errs += e;
+            words += n;
+            times.push(out.stt_ms as f64);
+            rtfs.push(out.stt_ms as f64 / out.audio_ms.max(1) as f64);
+        }
+        println!(
+            "{:<28} {:>6.1}% {:>9.0} {:>9.0} {:>8.3} {:>8.3}   ({} clips, {})",
+            format!("{lang}: {}", cfg.stt.multilingual_model.display()),
+            100.0 * errs as f64 / words.max(1) as f64,
+            percentile(&times, 50.0),
+            percentile(&times, 95.0),
+            percentile(&rtfs, 50.0),
+            percentile(&rtfs, 95.0),
+            clips.len(),
+            if whole.stt.dynamic_audio_ctx {
+                "sized window"
+            } else {
+                "full window"
+            }
         );
     }
     Ok(())

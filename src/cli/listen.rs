@@ -74,7 +74,7 @@ pub fn transcribe(cfg: &Config, file: PathBuf, raw: bool) -> Result<(), Exit> {
     let pcm = panda::audio::file::read_16k_mono_as(&file, format)?;
     // Long leading or trailing silence makes Whisper repeat itself; it carries no words.
     let pcm = panda::listen::wake::trim_silence(&pcm);
-    let (stt, _worker) = panda::listen::stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model))?;
+    let (stt, _worker) = panda::listen::stt::spawn_configured(cfg)?;
     let token = CancellationToken::new();
     let mut texts = Vec::new();
     for chunk in pcm.chunks(16_000 * 30) {

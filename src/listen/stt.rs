@@ -69,6 +69,8 @@ pub struct SttOutput {
 
 struct SttRequest {
     samples: Vec<f32>,
+    /// Language to hear (`None`: `[stt] language`).
+    language: Option<String>,
     /// Text Whisper is told came before (biases spelling, e.g. of the wake word).
     prompt: Option<String>,
     token: CancellationToken,
@@ -93,6 +95,25 @@ pub struct SttWorker {
 
 /// Loads the model on a new thread, warms it up, and returns once it is ready.
 pub fn spawn(cfg: &SttConfig, model: &Path) -> Result<(SttHandle, SttWorker), SttError> {
+    spawn_with(cfg, model, None)
+}
+
+/// [`spawn_with`] for a whole configuration: `[stt] model` and `multilingual_model`,
+/// resolved under `[models] dir`.
+pub fn spawn_configured(cfg: &crate::config::Config) -> Result<(SttHandle, SttWorker), SttError> {
+    let multilingual = (!cfg.stt.multilingual_model.as_os_str().is_empty())
+        .then(|| cfg.model_path(&cfg.stt.multilingual_model));
+    spawn_with(&cfg.stt, &cfg.model_path(&cfg.stt.model), multilingual)
+}
+
+/// [`spawn`] with a multilingual model beside an English-only one: requests in another
+/// language go to it (loaded on the same thread, at start when `[stt] language` is not
+/// English, else on the first such request).
+pub fn spawn_with(
+    cfg: &SttConfig,
+    model: &Path,
+    multilingual: Option<PathBuf>,
+) -> Result<(SttHandle, SttWorker), SttError> {
     if !model.exists() {
         return Err(SttError::MissingModel(model.to_path_buf()));
     }
@@ -108,7 +129,7 @@ pub fn spawn(cfg: &SttConfig, model: &Path) -> Result<(SttHandle, SttWorker), St
     let model = model.to_path_buf();
     let thread = std::thread::Builder::new()
         .name("panda-stt".into())
-        .spawn(move || worker(cfg, model, rx, ready_tx))
+        .spawn(move || worker(cfg, model, multilingual, rx, ready_tx))
         .expect("spawning a thread only fails when the OS is out of resources");
     match ready_rx.recv() {
         Ok(Ok((load_time, warmup_time))) => Ok((
@@ -132,7 +153,17 @@ impl SttHandle {
         samples: &[i16],
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
-        let rx = self.submit(samples, token).await?;
+        self.transcribe_in(samples, None, token).await
+    }
+
+    /// [`SttHandle::transcribe`] in `language` (a Whisper code; `None`: `[stt] language`).
+    pub async fn transcribe_in(
+        &self,
+        samples: &[i16],
+        language: Option<&str>,
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let rx = self.submit_in(samples, language, token).await?;
         tokio::select! {
             biased;
             _ = token.cancelled() => Err(SttError::Cancelled),
@@ -147,9 +178,19 @@ impl SttHandle {
         samples: &[i16],
         token: &CancellationToken,
     ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
+        self.submit_in(samples, None, token).await
+    }
+
+    async fn submit_in(
+        &self,
+        samples: &[i16],
+        language: Option<&str>,
+        token: &CancellationToken,
+    ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
         let (reply, rx) = oneshot::channel();
         let req = SttRequest {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
+            language: language.map(str::to_string),
             prompt: None,
             token: token.clone(),
             reply,
@@ -178,6 +219,8 @@ impl SttHandle {
         let (reply, rx) = oneshot::channel();
         let req = SttRequest {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
+            // The wake phrase is English whatever the conversation's language.
+            language: prompt.map(|_| "en".to_string()),
             prompt: prompt.map(|p| p.replace('\0', " ")),
             token: token.clone(),
             reply,
@@ -266,38 +309,28 @@ pub fn check_ggml_header(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn worker(
-    cfg: SttConfig,
-    model: PathBuf,
-    mut rx: mpsc::Receiver<SttRequest>,
-    ready: std::sync::mpsc::SyncSender<Ready>,
-) {
-    whisper_rs::install_logging_hooks();
+/// A loaded model: its engine settings and its whisper.cpp state.
+struct Loaded {
+    engine: Engine,
+    state: whisper_rs::WhisperState,
+}
+
+/// Loads and warms up `model`: (loaded, load time, warm-up time).
+fn load(cfg: &SttConfig, model: &Path) -> Result<(Loaded, Duration, Duration), SttError> {
     let t0 = Instant::now();
     let mut params = WhisperContextParameters::default();
     params.use_gpu(cfg.gpu && cfg!(feature = "cuda"));
     params.flash_attn(cfg.flash_attn);
     let load_err = |problem: String| SttError::Load {
-        path: model.clone(),
+        path: model.to_path_buf(),
         problem,
     };
-    let ctx = match WhisperContext::new_with_params(&model, params) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(load_err(e.to_string())));
-            return;
-        }
-    };
-    let mut state = match ctx.create_state() {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(load_err(e.to_string())));
-            return;
-        }
-    };
+    let ctx =
+        WhisperContext::new_with_params(model, params).map_err(|e| load_err(e.to_string()))?;
+    let mut state = ctx.create_state().map_err(|e| load_err(e.to_string()))?;
     let load_time = t0.elapsed();
     let engine = Engine {
-        cfg,
+        cfg: cfg.clone(),
         multilingual: ctx.is_multilingual(),
         token_eot: ctx.token_eot(),
     };
@@ -305,22 +338,92 @@ fn worker(
     // utterance does not pay for it.
     let t1 = Instant::now();
     let silence = vec![0.0f32; SAMPLE_RATE_HZ as usize];
-    let _ = engine.run(&mut state, &silence, None, &CancellationToken::new());
+    let lang = if engine.multilingual {
+        &cfg.language
+    } else {
+        "en"
+    };
+    let _ = engine.run(&mut state, &silence, None, lang, &CancellationToken::new());
     let warmup_time = t1.elapsed();
     tracing::info!(
         model = %model.display(),
+        multilingual = engine.multilingual,
         load_ms = load_time.as_millis() as u64,
         warmup_ms = warmup_time.as_millis() as u64,
         "whisper ready"
     );
+    Ok((Loaded { engine, state }, load_time, warmup_time))
+}
+
+fn worker(
+    cfg: SttConfig,
+    model: PathBuf,
+    multilingual: Option<PathBuf>,
+    mut rx: mpsc::Receiver<SttRequest>,
+    ready: std::sync::mpsc::SyncSender<Ready>,
+) {
+    whisper_rs::install_logging_hooks();
+    let (mut primary, load_time, warmup_time) = match load(&cfg, &model) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    // The multilingual model, when the primary one hears English only: loaded now if
+    // Panda starts in another language, else when first needed; a load failure is
+    // reported once and English goes on working.
+    let needs_other = |lang: &str| lang != "en";
+    let mut other: Option<Loaded> = None;
+    let mut other_failed = false;
+    let load_other = |other: &mut Option<Loaded>, failed: &mut bool| {
+        if other.is_some() || *failed {
+            return;
+        }
+        match multilingual.as_deref().filter(|p| p.exists()) {
+            Some(p) => match load(&cfg, p) {
+                Ok((l, _, _)) => *other = Some(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "the multilingual Whisper model failed to load; hearing English only");
+                    *failed = true;
+                }
+            },
+            None => {
+                tracing::error!(model = ?multilingual, "no multilingual Whisper model installed (`panda models install`); hearing English only");
+                *failed = true;
+            }
+        }
+    };
+    if !primary.engine.multilingual && needs_other(&cfg.language) {
+        load_other(&mut other, &mut other_failed);
+    }
     if ready.send(Ok((load_time, warmup_time))).is_err() {
         return;
     }
     while let Some(req) = rx.blocking_recv() {
+        let lang = req.language.clone().unwrap_or_else(|| cfg.language.clone());
         let out = if req.token.is_cancelled() {
             Err(SttError::Cancelled)
         } else {
-            engine.run(&mut state, &req.samples, req.prompt.as_deref(), &req.token)
+            if !primary.engine.multilingual && needs_other(&lang) {
+                load_other(&mut other, &mut other_failed);
+            }
+            let target = match other.as_mut() {
+                Some(o) if !primary.engine.multilingual && needs_other(&lang) => o,
+                _ => &mut primary,
+            };
+            let lang = if target.engine.multilingual {
+                lang.as_str()
+            } else {
+                "en"
+            };
+            target.engine.run(
+                &mut target.state,
+                &req.samples,
+                req.prompt.as_deref(),
+                lang,
+                &req.token,
+            )
         };
         let _ = req.reply.send(out);
     }
@@ -360,13 +463,14 @@ impl Engine {
         state: &mut whisper_rs::WhisperState,
         samples: &[f32],
         prompt: Option<&str>,
+        language: &str,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
         let first = Pass {
             dynamic_ctx: self.cfg.dynamic_audio_ctx,
             fallback: false,
         };
-        let mut out = self.pass(state, samples, prompt, token, first)?;
+        let mut out = self.pass(state, samples, prompt, language, token, first)?;
         let secs = samples.len() as f64 / SAMPLE_RATE_HZ as f64;
         if looks_looped(&out.text, secs) {
             tracing::info!(text = %out.text, "the transcript repeats itself; decoding again");
@@ -374,7 +478,7 @@ impl Engine {
                 dynamic_ctx: false,
                 fallback: true,
             };
-            let second = self.pass(state, samples, prompt, token, again)?;
+            let second = self.pass(state, samples, prompt, language, token, again)?;
             let stt_ms = out.stt_ms + second.stt_ms;
             out = second;
             out.stt_ms = stt_ms;
@@ -390,6 +494,7 @@ impl Engine {
         state: &mut whisper_rs::WhisperState,
         samples: &[f32],
         prompt: Option<&str>,
+        language: &str,
         token: &CancellationToken,
         pass: Pass,
     ) -> Result<SttOutput, SttError> {
@@ -420,10 +525,10 @@ impl Engine {
         p.set_single_segment(true);
         p.set_suppress_blank(true);
         p.set_suppress_nst(true);
-        let lang = if self.multilingual && self.cfg.language == "auto" {
+        let lang = if self.multilingual && language == "auto" {
             None
         } else {
-            Some(self.cfg.language.as_str())
+            Some(language)
         };
         p.set_language(lang);
         p.set_detect_language(false);
@@ -487,7 +592,7 @@ impl Engine {
                 .unwrap_or("?")
                 .to_string()
         } else {
-            self.cfg.language.clone()
+            language.to_string()
         };
         // Whisper always says something; on noise it is a low-confidence word ("I'm",
         // "you"). Below the floor the transcript is empty: nothing was understood.

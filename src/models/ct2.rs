@@ -610,6 +610,12 @@ pub fn parse_tiktoken(text: &str) -> Result<Vec<Vec<u8>>, Ct2Error> {
         .filter(|(_, l)| !l.trim().is_empty())
     {
         let b64 = line.split_whitespace().next().unwrap_or("");
+        // The multilingual vocabulary's last token is "=": padding alone, the empty
+        // token (Python's lenient b64decode reads it so).
+        if b64.trim_matches('=').is_empty() {
+            out.push(Vec::new());
+            continue;
+        }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| Ct2Error::Malformed(format!("tiktoken line {}: {e}", i + 1)))?;

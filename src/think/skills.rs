@@ -87,10 +87,17 @@ impl Thinker {
                 match find_language(asked) {
                     Some((code, english, _)) => {
                         self.conv.language = code.to_string();
-                        if code != &"en" && self.cfg.stt.model.to_string_lossy().contains(".en") {
+                        // From the next utterance on, Whisper hears this language too.
+                        if let Some(tx) = &self.language_tx {
+                            tx.send_replace(code.to_string());
+                        }
+                        if code != &"en"
+                            && self.cfg.stt.model.to_string_lossy().contains(".en")
+                            && self.cfg.stt.multilingual_model.as_os_str().is_empty()
+                        {
                             tracing::warn!(
                                 language = english,
-                                "speaking {english}; understanding it needs a multilingual Whisper model ([stt] model)"
+                                "speaking {english}; understanding it needs a multilingual Whisper model ([stt] multilingual_model)"
                             );
                         }
                         confirmation(code)

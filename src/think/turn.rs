@@ -141,6 +141,8 @@ pub struct Thinker {
     /// (summary it was made from, condensed summary) from the background summariser.
     pub(super) summaries: (mpsc::Sender<Summary>, mpsc::Receiver<Summary>),
     pub(super) voice_override: Option<String>,
+    /// The conversation's language, for the STT stage.
+    pub(super) language_tx: Option<tokio::sync::watch::Sender<String>>,
     /// Long-term memory (absent when `[memory] enabled = false`).
     pub(super) memory: Option<Memory>,
     /// Memories to delete once the turn that named them has been heard in full.
@@ -173,6 +175,9 @@ pub struct ThinkerDeps {
     /// A voice for every language (`panda ask --voice`); `None`: `[tts] voice` and the
     /// language's own voices.
     pub voice: Option<String>,
+    /// Where the conversation's language goes when it switches (the STT stage hears in
+    /// it); `None` where nothing listens.
+    pub language: Option<tokio::sync::watch::Sender<String>>,
 }
 
 impl Thinker {
@@ -185,6 +190,7 @@ impl Thinker {
             events,
             memory,
             voice,
+            language,
         } = deps;
         Self {
             cfg: cfg.clone(),
@@ -198,6 +204,7 @@ impl Thinker {
             pending: HashMap::new(),
             summaries: mpsc::channel(SUMMARY_EDGE),
             voice_override: voice,
+            language_tx: language,
             memory,
             forget_after: HashMap::new(),
         }

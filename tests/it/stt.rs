@@ -4,39 +4,85 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use panda::bench::{corpus, word_errors};
+use panda::bench::corpus;
 use panda::listen::stt::{self, SttError};
 use tokio_util::sync::CancellationToken;
 
-/// Recorded human speech (pocketsphinx and alsa-utils recordings) through the Whisper
-/// worker, with the default (utterance-sized) encoder window: WER ≤ 20%.
-#[test]
-fn recorded_speech_word_error_rate() {
-    let cfg = common::config();
-    let (h, w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+/// WER of the Whisper worker spawned for `cfg` over `clips` in `lang`; every transcript
+/// is checked for a decoder loop (a sentence repeated back to back).
+fn wer_of(cfg: &panda::config::Config, clips: &[panda::bench::Clip], lang: &str) -> f64 {
+    let (h, w) = stt::spawn_configured(cfg).unwrap();
     println!("model load {:?}, warm-up {:?}", w.load_time, w.warmup_time);
     let token = CancellationToken::new();
     let (mut errs, mut words) = (0, 0);
-    let clips = corpus(&common::models_dir()).unwrap();
-    assert!(clips.len() >= 15, "corpus has {} clips", clips.len());
-    for c in &clips {
+    for c in clips {
         let pcm = panda::audio::file::read_16k_mono(&c.path).unwrap();
         let out = h.transcribe_blocking(&pcm, &token).unwrap();
-        let (e, n) = word_errors(&c.reference, &out.text);
+        let (e, n) = panda::bench::word_errors_in(&c.reference, &out.text, lang);
         println!(
             "{:>3}/{:<3} {:?} → {:?} ({} ms)",
             e, n, c.reference, out.text, out.stt_ms
         );
+        assert!(
+            !stt::looks_looped(&out.text, pcm.len() as f64 / 16_000.0),
+            "a decoder loop: {:?}",
+            out.text
+        );
         errs += e;
         words += n;
     }
-    let wer = errs as f64 / words as f64;
+    errs as f64 / words.max(1) as f64
+}
+
+/// Recorded human speech (pocketsphinx and alsa-utils recordings) through the Whisper
+/// worker: the default setting is within 0.5 WER points of the full 30 s window (accuracy
+/// first), WER ≤ 20%, and no transcript loops.
+#[test]
+fn recorded_speech_word_error_rate() {
+    let cfg = common::config();
+    let clips = corpus(&common::models_dir()).unwrap();
+    assert!(clips.len() >= 15, "corpus has {} clips", clips.len());
+    let default = wer_of(&cfg, &clips, "en");
+    let mut full = cfg.clone();
+    full.stt.dynamic_audio_ctx = false;
+    full.stt.flash_attn = false;
+    let full = wer_of(&full, &clips, "en");
     println!(
-        "WER {:.1}% ({errs}/{words} words, {} clips)",
-        wer * 100.0,
+        "WER default {:.1}% | full window {:.1}% ({} clips)",
+        default * 100.0,
+        full * 100.0,
         clips.len()
     );
-    assert!(wer <= 0.20, "WER {:.1}% exceeds 20%", wer * 100.0);
+    assert!(default <= full + 0.005, "the default costs accuracy");
+    assert!(default <= 0.20, "WER {:.1}% exceeds 20%", default * 100.0);
+}
+
+/// Recorded Spanish and French prompts (human voices, 8 kHz telephone recordings) through
+/// the multilingual model. Spanish: WER ≤ 15%. French: Whisper base measured 20–23% on
+/// these prompts (it hears "dièse" as "dix", "d'agent" as "d'agence"); the bound guards
+/// against regressions until a better French model closes the gap to 15%.
+#[test]
+fn spanish_and_french_recorded_prompts_are_understood() {
+    let mut failures = Vec::new();
+    for (lang, bound) in [("es", 0.15), ("fr", 0.25)] {
+        let clips: Vec<_> = panda::bench::prompts(&common::models_dir(), lang)
+            .into_iter()
+            .take(16)
+            .collect();
+        assert!(
+            clips.len() >= 16,
+            "{lang}: {} prompts installed",
+            clips.len()
+        );
+        let mut cfg = common::config();
+        cfg.stt.language = lang.into();
+        let wer = wer_of(&cfg, &clips, lang);
+        println!("{lang}: WER {:.1}% ({} prompts)", wer * 100.0, clips.len());
+        if wer > bound {
+            failures.push(format!("{lang}: WER {:.1}% > {bound}", wer * 100.0));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 /// ~28 s of speech: long enough that a full transcription takes several encoder passes.
