@@ -1308,10 +1308,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("wake.threshold"), "{err}");
-        let err = load("[stt]\nlanguage = \"de\"\n", &[])
+        let err = load("[stt]\nlanguage = \"de\"\nmultilingual_model = \"\"\n", &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("English-only"), "{err}");
+        let err = load("[stt]\nlanguage = \"xx\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stt.language"), "{err}");
+        assert!(load("[stt]\nlanguage = \"de\"\n", &[]).is_ok());
     }
 
     #[test]

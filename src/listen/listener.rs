@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::endpoint::{Arm, Endpoint, EndpointParams, Endpointer};
 use super::stt::SttHandle;
-use super::vad::Vad;
+use super::vad::{LevelGate, Vad};
 use super::wake::WakeDetector;
 use crate::config::Config;
 use crate::event::{AudioFrame, Event, FRAME_MS, FRAME_SAMPLES, ListenControl, Turn, Utterance};
@@ -253,6 +253,7 @@ pub fn run(
     io: ListenerIo,
 ) {
     let mut vad = Vad::new(cfg.vad.mode);
+    let mut level = LevelGate::default();
     let mut ep = Endpointer::new(EndpointParams::from(&cfg.endpoint));
     let ListenerIo {
         mut frames,
@@ -267,6 +268,8 @@ pub fn run(
     let mut turn: Option<Turn> = None;
     // A template detection waiting for the second-stage check: (hit, due frame, at_ms).
     let mut pending = None;
+    // Frames since a detection, while its check waits.
+    let mut held: Vec<AudioFrame> = Vec::new();
     let mut last_seq = 0u64;
     // The most recent audio, for the second-stage wake check.
     let window = verifier.as_ref().map_or(0, |v| v.window_frames);
@@ -316,16 +319,28 @@ pub fn run(
                 ListenControl::FollowUp { .. } => {}
             }
         }
+        // Frames to run through the VAD and the endpointer now: this one, or — when a
+        // wake was just confirmed — every frame since its detection, held back while
+        // the second-stage check waited (a question said in that time is kept).
+        let mut batch: Vec<AudioFrame> = Vec::new();
         match &mut trigger {
             Trigger::Wake(det) => {
-                if let Some(hit) = det.process(frame.seq, &frame.samples)
-                    && !ep.is_armed()
-                    && pending.is_none()
-                {
-                    let due = frame.seq + verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
-                    pending = Some((hit, due, end_ms(&frame)));
+                let hit = det.process(frame.seq, &frame.samples);
+                if pending.is_none() {
+                    if let Some(hit) = hit.filter(|_| !ep.is_armed()) {
+                        let due =
+                            frame.seq + verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
+                        pending = Some((hit, due, end_ms(&frame)));
+                        // The detection's frame is the phrase's (kept as history).
+                        ep.push(frame.seq, &frame.samples, false);
+                    } else {
+                        batch.push(frame);
+                    }
+                } else {
+                    held.push(frame);
                 }
-                if let Some((hit, _, at_ms)) = pending.take_if(|(_, due, _)| frame.seq >= *due) {
+                let due_now = pending.as_ref().is_some_and(|(_, due, _)| last_seq >= *due);
+                if due_now && let Some((hit, _, at_ms)) = pending.take() {
                     let (accepted, heard) = match &verifier {
                         None => (true, None),
                         Some(v) => {
@@ -348,17 +363,18 @@ pub fn run(
                             at_ms,
                         });
                         turn = Some(t);
-                        // This frame is still the phrase's (kept as history): the
-                        // hand-off starts with the next one.
-                        ep.push(frame.seq, &frame.samples, false);
-                        // The earcon plays from now, wall-clock: the frames already
-                        // captured and queued behind this one (the second-stage check
-                        // took a while) came before it; the hold starts after them.
+                        // The earcon plays from now, wall-clock: the held frames and those
+                        // already queued behind them were captured before it.
                         ep.arm(Arm::Wake {
-                            hold_after: frames.len(),
+                            hold_after: held.len() + frames.len(),
                             hold,
                         });
-                        continue;
+                        batch.append(&mut held);
+                    } else {
+                        // Not a wake: the held frames are plain history.
+                        for f in held.drain(..) {
+                            ep.push(f.seq, &f.samples, false);
+                        }
                     }
                 }
             }
@@ -366,13 +382,21 @@ pub fn run(
                 if !ep.is_armed() {
                     ep.arm(Arm::Open);
                 }
+                batch.push(frame);
             }
         }
-        let voiced = ep.is_armed() && vad.is_voiced(&frame.samples);
-        if let Some(e) = ep.push(frame.seq, &frame.samples, voiced)
-            && !deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit)
-        {
-            return;
+        for f in batch {
+            // The level gate belongs to one utterance: it starts over whenever none is
+            // being collected.
+            if !ep.in_speech() {
+                level.reset();
+            }
+            let voiced = ep.is_armed() && level.voiced(&f.samples, vad.is_voiced(&f.samples));
+            if let Some(e) = ep.push(f.seq, &f.samples, voiced)
+                && !deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit)
+            {
+                return;
+            }
         }
     }
     if let Some(e) = ep.finish(last_seq) {

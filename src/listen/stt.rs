@@ -71,6 +71,9 @@ struct SttRequest {
     samples: Vec<f32>,
     /// Language to hear (`None`: `[stt] language`).
     language: Option<String>,
+    /// The wake word's second-stage check: 1.5 s, decoded with the encoder window sized
+    /// to it, as its recall and false-accept figures were measured.
+    wake_check: bool,
     /// Text Whisper is told came before (biases spelling, e.g. of the wake word).
     prompt: Option<String>,
     token: CancellationToken,
@@ -191,6 +194,7 @@ impl SttHandle {
         let req = SttRequest {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
             language: language.map(str::to_string),
+            wake_check: false,
             prompt: None,
             token: token.clone(),
             reply,
@@ -221,6 +225,7 @@ impl SttHandle {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
             // The wake phrase is English whatever the conversation's language.
             language: prompt.map(|_| "en".to_string()),
+            wake_check: prompt.is_some(),
             prompt: prompt.map(|p| p.replace('\0', " ")),
             token: token.clone(),
             reply,
@@ -343,7 +348,14 @@ fn load(cfg: &SttConfig, model: &Path) -> Result<(Loaded, Duration, Duration), S
     } else {
         "en"
     };
-    let _ = engine.run(&mut state, &silence, None, lang, &CancellationToken::new());
+    let _ = engine.run(
+        &mut state,
+        &silence,
+        None,
+        lang,
+        false,
+        &CancellationToken::new(),
+    );
     let warmup_time = t1.elapsed();
     tracing::info!(
         model = %model.display(),
@@ -422,6 +434,7 @@ fn worker(
                 &req.samples,
                 req.prompt.as_deref(),
                 lang,
+                req.wake_check,
                 &req.token,
             )
         };
@@ -464,10 +477,11 @@ impl Engine {
         samples: &[f32],
         prompt: Option<&str>,
         language: &str,
+        wake_check: bool,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
         let first = Pass {
-            dynamic_ctx: self.cfg.dynamic_audio_ctx,
+            dynamic_ctx: self.cfg.dynamic_audio_ctx || wake_check,
             fallback: false,
         };
         let mut out = self.pass(state, samples, prompt, language, token, first)?;

@@ -33,9 +33,77 @@ impl Vad {
     }
 }
 
+/// How far below the utterance's loudest speech a frame may be and still count as the
+/// speaker's: background speech (a television, people talking across the room) keeps
+/// webrtc-vad voiced forever, so an utterance would never end. 18 dB keeps soft word
+/// endings (measured 6–15 dB under the peaks) and drops babble 10 dB or more under the
+/// speaker.
+pub const LEVEL_GATE_DB: f32 = 18.0;
+/// The peak forgets at this rate (dB per 30 ms frame: 3.3 dB/s), following a speaker
+/// who gets quieter.
+const PEAK_DECAY_DB: f32 = 0.1;
+
+/// The level gate of one utterance: voiced frames must be within [`LEVEL_GATE_DB`] of
+/// the loudest voiced frame so far. Reset between utterances.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelGate {
+    peak_db: f32,
+}
+
+impl Default for LevelGate {
+    fn default() -> Self {
+        Self {
+            peak_db: f32::NEG_INFINITY,
+        }
+    }
+}
+
+impl LevelGate {
+    /// Forgets the utterance's level.
+    pub fn reset(&mut self) {
+        self.peak_db = f32::NEG_INFINITY;
+    }
+
+    /// The VAD's decision `voiced` for `frame`, gated by the utterance's level.
+    pub fn voiced(&mut self, frame: &[i16; FRAME_SAMPLES], voiced: bool) -> bool {
+        let energy = frame.iter().map(|&s| (s as f32).powi(2)).sum::<f32>() / FRAME_SAMPLES as f32;
+        let db = 10.0 * (energy + 1.0).log10();
+        if voiced {
+            self.peak_db = self.peak_db.max(db);
+        }
+        let keep = db > self.peak_db - LEVEL_GATE_DB;
+        self.peak_db -= PEAK_DECAY_DB;
+        voiced && keep
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_level_gate_drops_background_speech_well_under_the_speaker() {
+        let frame = |amp: f32| {
+            let mut f = [0i16; FRAME_SAMPLES];
+            for (i, s) in f.iter_mut().enumerate() {
+                *s = (amp * (i as f32 * 0.3).sin()) as i16;
+            }
+            f
+        };
+        let mut g = LevelGate::default();
+        assert!(g.voiced(&frame(8000.0), true), "the speaker");
+        assert!(g.voiced(&frame(2000.0), true), "12 dB under: a soft ending");
+        assert!(
+            !g.voiced(&frame(600.0), true),
+            "22 dB under: the television"
+        );
+        assert!(!g.voiced(&frame(8000.0), false), "the VAD still decides");
+        g.reset();
+        assert!(
+            g.voiced(&frame(600.0), true),
+            "a new utterance sets its own level"
+        );
+    }
 
     #[test]
     fn silence_is_not_voiced_and_a_voice_like_signal_is() {

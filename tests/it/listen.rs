@@ -57,7 +57,7 @@ fn the_question_after_a_pause_is_heard_whole_without_the_wake_phrase() {
         "Set a timer for ten minutes.",
         "What is the weather like tomorrow?",
         "How far away is the moon?",
-        "Who wrote the book Moby Dick?",
+        "What is the capital of France?",
     ];
     let dir = tempfile::tempdir().unwrap();
     // Two espeak-ng voices and one Kokoro voice, none of them among the templates.
@@ -290,6 +290,15 @@ fn check_config_exit_codes() {
     let r = panda(&["check-config", bad.to_str().unwrap()]);
     assert_eq!(r.code, 78);
     assert!(r.stderr.contains("beam_sise"), "{}", r.stderr);
+    // A language Whisper does not know is named, with its key.
+    std::fs::write(&bad, "[stt]\nlanguage = \"klingon\"\n").unwrap();
+    let r = panda(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 78, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stt.language") && r.stderr.contains("klingon"),
+        "{}",
+        r.stderr
+    );
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[vad]\nmode = 3\n").unwrap();
     let r = panda(&["check-config", good.to_str().unwrap()]);

@@ -491,9 +491,19 @@ impl SpeakerRecording {
 /// Plays `parts` (spoken by Kokoro's am_michael, with pauses between them) into the
 /// virtual microphone; returns when playback has ended.
 fn say_into_mic(pulse: &Pulse, dir: &Path, name: &str, parts: &[&str]) -> Instant {
+    play_into_mic(pulse, &mic_wav(dir, name, parts))
+}
+
+/// `parts` spoken by am_michael into a 16 kHz WAV for the microphone, made ahead of time.
+fn mic_wav(dir: &Path, name: &str, parts: &[&str]) -> PathBuf {
     let pcm = common::kokoro_speech(dir, name, "am_michael", parts, &[600]);
     let mic = dir.join(format!("{name}-16k.wav"));
     std::fs::write(&mic, panda::listen::wake::wav_bytes(&pcm)).unwrap();
+    mic
+}
+
+/// Plays a WAV into the virtual microphone; returns when playback has ended.
+fn play_into_mic(pulse: &Pulse, mic: &Path) -> Instant {
     let ok = pulse
         .cmd("paplay")
         .args(["-d", "micfeed"])
@@ -622,8 +632,11 @@ fn the_earcon_plays_on_a_wake_and_is_never_the_question() {
         &pulse,
         &server.url(),
         false,
-        &[("PANDA_ENDPOINT__QUESTION_TIMEOUT_MS", "3000")],
+        &[("PANDA_ENDPOINT__QUESTION_TIMEOUT_MS", "4000")],
     );
+    // Speech made before the appliance listens: synthesis must not eat the pauses.
+    let wake_only = mic_wav(dir.path(), "wake-only", &["Hey panda."]);
+    let question = mic_wav(dir.path(), "question", &["What time is it?"]);
     app.wait_log("capture started", 1, 60);
     let ok = pulse
         .cmd("pactl")
@@ -642,17 +655,17 @@ fn the_earcon_plays_on_a_wake_and_is_never_the_question() {
     let rec = record_speaker(&pulse, dir.path());
     // A wake and nothing else: the chime comes back through the microphone, and must
     // not be the question.
-    say_into_mic(&pulse, dir.path(), "wake-only", &["Hey panda."]);
+    play_into_mic(&pulse, &wake_only);
     let first = app.wait_for("a wake", 30, |e| e["type"] == "wake");
     let ended = app.wait_for("no_question", 30, |e| e["type"] == "no_question");
     assert_eq!(ended["turn"], first["turn"]);
     // A wake, the chime, 1.5 s of waiting, then the question.
-    say_into_mic(&pulse, dir.path(), "wake", &["Hey panda."]);
+    play_into_mic(&pulse, &wake_only);
     let second = app.wait_for("a second wake", 30, |e| {
         e["type"] == "wake" && e["turn"] != first["turn"]
     });
     std::thread::sleep(Duration::from_millis(180 + 1500));
-    say_into_mic(&pulse, dir.path(), "question", &["What time is it?"]);
+    play_into_mic(&pulse, &question);
     let spoken = app.wait_for("the answer", 60, |e| {
         e["type"] == "spoken" && e["turn"] == second["turn"]
     });
