@@ -507,7 +507,7 @@ fn play_into_mic(pulse: &Pulse, mic: &Path) -> Instant {
     let ok = pulse
         .cmd("paplay")
         .args(["-d", "micfeed"])
-        .arg(&mic)
+        .arg(mic)
         .status()
         .unwrap()
         .success();
