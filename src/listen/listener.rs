@@ -180,7 +180,10 @@ pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
 /// time is it?" → "What time is it?"; "What do pandas eat?" stays; a transcript that is
 /// only the phrase becomes empty.
 pub fn strip_wake_phrase(text: &str, phrase: &str) -> String {
-    const FILLERS: &[&str] = &["okay", "ok", "um", "uh", "oh", "so", "hi", "hey", "and"];
+    // "A panda." and "Eh, panda" are how Whisper writes a reverberant "hey panda".
+    const FILLERS: &[&str] = &[
+        "okay", "ok", "um", "uh", "oh", "so", "hi", "hey", "and", "a", "eh", "ay", "hay",
+    ];
     let (keyword, _) = phrase_parts(phrase);
     let plain = |w: &str| -> Vec<char> {
         w.to_lowercase()
@@ -547,6 +550,10 @@ mod tests {
             ("Tapeanda. What time is it?", "What time is it?"),
             ("Hey, Banda. Set a timer.", "Set a timer."),
             ("Okay, hey panda, stop.", "Stop."),
+            (
+                "A panda. Set a timer for 10 minutes.",
+                "Set a timer for 10 minutes.",
+            ),
             ("Hey panda.", ""),
             ("What time is it?", "What time is it?"),
             ("What do pandas eat?", "What do pandas eat?"),
