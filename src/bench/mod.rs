@@ -444,6 +444,45 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// One setting's figures over a clip set.
+struct SttRow {
+    wer_pct: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    rtf_p50: f64,
+    rtf_p95: f64,
+    load_ms: f64,
+}
+
+/// Runs `clips` (references in `lang`) through a Whisper worker spawned for `cfg`;
+/// `PANDA_BENCH_VERBOSE=1` prints each miss under `name`.
+fn stt_row(cfg: &Config, clips: &[Clip], lang: &str, name: &str) -> Result<SttRow, BenchError> {
+    let (h, worker) = stt::spawn_configured(cfg)?;
+    let token = CancellationToken::new();
+    let (mut times, mut rtfs) = (Vec::new(), Vec::new());
+    let (mut errs, mut words) = (0, 0);
+    for clip in clips {
+        let pcm = crate::audio::file::read_16k_mono(&clip.path)?;
+        let out = h.transcribe_blocking(&pcm, &token)?;
+        let (e, n) = word_errors_in(&clip.reference, &out.text, lang);
+        if e > 0 && std::env::var_os("PANDA_BENCH_VERBOSE").is_some() {
+            eprintln!("{name}: {:?} → {:?}", clip.reference, out.text);
+        }
+        errs += e;
+        words += n;
+        times.push(out.stt_ms as f64);
+        rtfs.push(out.stt_ms as f64 / out.audio_ms.max(1) as f64);
+    }
+    Ok(SttRow {
+        wer_pct: 100.0 * errs as f64 / words.max(1) as f64,
+        p50_ms: percentile(&times, 50.0),
+        p95_ms: percentile(&times, 95.0),
+        rtf_p50: percentile(&rtfs, 50.0),
+        rtf_p95: percentile(&rtfs, 95.0),
+        load_ms: (worker.load_time + worker.warmup_time).as_secs_f64() * 1e3,
+    })
+}
+
 /// `panda bench stt`.
 pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
     let clips = match clips_dir {
@@ -498,30 +537,10 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
     for (name, c) in settings {
         let mut whole = cfg.clone();
         whole.stt = c;
-        let (h, worker) = stt::spawn_configured(&whole)?;
-        let token = CancellationToken::new();
-        let (mut times, mut rtfs) = (Vec::new(), Vec::new());
-        let (mut errs, mut words) = (0, 0);
-        for clip in &clips {
-            let pcm = crate::audio::file::read_16k_mono(&clip.path)?;
-            let out = h.transcribe_blocking(&pcm, &token)?;
-            let (e, n) = word_errors(&clip.reference, &out.text);
-            if e > 0 && std::env::var_os("PANDA_BENCH_VERBOSE").is_some() {
-                eprintln!("{name}: {:?} → {:?}", clip.reference, out.text);
-            }
-            errs += e;
-            words += n;
-            times.push(out.stt_ms as f64);
-            rtfs.push(out.stt_ms as f64 / out.audio_ms.max(1) as f64);
-        }
+        let r = stt_row(&whole, &clips, "en", name)?;
         println!(
             "{name:<28} {:>6.1}% {:>9.0} {:>9.0} {:>8.3} {:>8.3} {:>8.0}",
-            100.0 * errs as f64 / words.max(1) as f64,
-            percentile(&times, 50.0),
-            percentile(&times, 95.0),
-            percentile(&rtfs, 50.0),
-            percentile(&rtfs, 95.0),
-            (worker.load_time + worker.warmup_time).as_secs_f64() * 1e3
+            r.wer_pct, r.p50_ms, r.p95_ms, r.rtf_p50, r.rtf_p95, r.load_ms
         );
     }
     // Other languages, through the multilingual model, on recorded human prompts.
@@ -532,27 +551,15 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
         }
         let mut whole = cfg.clone();
         whole.stt.language = lang.to_string();
-        let (h, _worker) = stt::spawn_configured(&whole)?;
-        let token = CancellationToken::new();
-        let (mut times, mut rtfs) = (Vec::new(), Vec::new());
-        let (mut errs, mut words) = (0, 0);
-        for clip in &clips {
-            let pcm = crate::audio::file::read_16k_mono(&clip.path)?;
-            let out = h.transcribe_blocking(&pcm, &token)?;
-            let (e, n) = word_errors_in(&clip.reference, &out.text, lang);
-            errs += e;
-            words += n;
-            times.push(out.stt_ms as f64);
-            rtfs.push(out.stt_ms as f64 / out.audio_ms.max(1) as f64);
-        }
+        let name = format!("{lang}: {}", cfg.stt.multilingual_model.display());
+        let r = stt_row(&whole, &clips, lang, &name)?;
         println!(
-            "{:<28} {:>6.1}% {:>9.0} {:>9.0} {:>8.3} {:>8.3}   ({} clips, {})",
-            format!("{lang}: {}", cfg.stt.multilingual_model.display()),
-            100.0 * errs as f64 / words.max(1) as f64,
-            percentile(&times, 50.0),
-            percentile(&times, 95.0),
-            percentile(&rtfs, 50.0),
-            percentile(&rtfs, 95.0),
+            "{name:<28} {:>6.1}% {:>9.0} {:>9.0} {:>8.3} {:>8.3}   ({} clips, {})",
+            r.wer_pct,
+            r.p50_ms,
+            r.p95_ms,
+            r.rtf_p50,
+            r.rtf_p95,
             clips.len(),
             if whole.stt.dynamic_audio_ctx {
                 "sized window"

@@ -456,8 +456,19 @@ impl Installer {
                 actual: h,
             });
         }
+        self.convert_whisper(rel, model, &assets)
+    }
+
+    /// Converts checked CT2 weights to ggml (with the openai-whisper sdist's assets) and
+    /// installs them as `rel`.
+    fn convert_whisper(
+        &mut self,
+        rel: &str,
+        model: Vec<u8>,
+        assets: &Path,
+    ) -> Result<(), ModelError> {
         let t = Instant::now();
-        let bytes = convert_ct2(&model, &assets)?;
+        let bytes = convert_ct2(&model, assets)?;
         drop(model);
         write_atomic(&self.opts.dir.join(rel), &bytes)?;
         eprintln!(
@@ -494,16 +505,7 @@ impl Installer {
             });
         }
         let assets = self.fetch(&WHISPER_ASSETS)?;
-        let t = Instant::now();
-        let bytes = convert_ct2(&model, &assets)?;
-        drop(model);
-        write_atomic(&self.opts.dir.join(rel), &bytes)?;
-        eprintln!(
-            "      converted {rel} ({} MB, {:.1} s)",
-            bytes.len() / 1_000_000,
-            t.elapsed().as_secs_f64()
-        );
-        self.record(rel)
+        self.convert_whisper(rel, model, &assets)
     }
 
     fn onnxruntime(&mut self) -> Result<(), ModelError> {
