@@ -668,33 +668,11 @@ pub fn looks_looped(text: &str, audio_secs: f64) -> bool {
 }
 
 /// Keeps one copy of each run of three or more words repeated back to back (the loop
-/// guard's last resort, after a re-decode still loops). Punctuation of the kept copy
-/// stays.
+/// guard's last resort, after a re-decode still loops): [`collapse_runs`] with a lower
+/// bar than the one every transcript passes ([`collapse_repeats`]), as a loop has been
+/// detected. Punctuation of the kept copy stays.
 pub fn drop_repeats(text: &str) -> String {
-    let raw: Vec<&str> = text.split_whitespace().collect();
-    let w = plain_words(text);
-    if w.len() != raw.len() {
-        return text.to_string();
-    }
-    let mut keep: Vec<&str> = Vec::new();
-    let mut i = 0;
-    'outer: while i < raw.len() {
-        for n in (3..=(raw.len() - i) / 2).rev() {
-            if w[i..i + n] == w[i + n..i + 2 * n] {
-                // Skip every further copy of this run.
-                let mut j = i + n;
-                while j + n <= raw.len() && w[i..i + n] == w[j..j + n] {
-                    j += n;
-                }
-                keep.extend(&raw[i..i + n]);
-                i = j;
-                continue 'outer;
-            }
-        }
-        keep.push(raw[i]);
-        i += 1;
-    }
-    keep.join(" ")
+    collapse_runs(text, 3, 2)
 }
 
 /// Encoder positions for an utterance: 50 per second of audio (whisper's conv front-end
@@ -731,6 +709,12 @@ pub fn clean_transcript(raw: &str) -> String {
 /// temperature fallback, is off for latency); people do not say a whole phrase three
 /// times over, so real speech is left alone (and single words like "no, no, no" too).
 pub fn collapse_repeats(text: &str) -> String {
+    collapse_runs(text, 2, 3)
+}
+
+/// Keeps one copy of every phrase of at least `min_words` words said at least `min_copies`
+/// times in a row (words compared without punctuation or case).
+fn collapse_runs(text: &str, min_words: usize, min_copies: usize) -> String {
     let words: Vec<&str> = text.split_whitespace().collect();
     let key = |w: &str| {
         w.chars()
@@ -742,10 +726,10 @@ pub fn collapse_repeats(text: &str) -> String {
     let mut out: Vec<&str> = Vec::with_capacity(words.len());
     let mut i = 0;
     'outer: while i < words.len() {
-        for period in 2..=((words.len() - i) / 3) {
+        for period in min_words..=((words.len() - i) / min_copies) {
             let same = |a: usize, b: usize| keys[a..a + period] == keys[b..b + period];
-            if same(i, i + period) && same(i, i + 2 * period) {
-                let mut end = i + 3 * period;
+            if (1..min_copies).all(|k| same(i, i + k * period)) {
+                let mut end = i + min_copies * period;
                 while end + period <= words.len() && same(i, end) {
                     end += period;
                 }
