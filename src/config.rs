@@ -66,6 +66,8 @@ pub struct Config {
     pub tts: TtsConfig,
     /// Speech output.
     pub playback: PlaybackConfig,
+    /// Echo cancellation: Panda's own voice out of the microphone.
+    pub aec: AecConfig,
     /// The language model.
     pub llm: LlmConfig,
     /// Intent routing.
@@ -106,6 +108,7 @@ impl Default for Config {
             stt: SttConfig::default(),
             tts: TtsConfig::default(),
             playback: PlaybackConfig::default(),
+            aec: AecConfig::default(),
             llm: LlmConfig::default(),
             router: RouterConfig::default(),
             conversation: ConversationConfig::default(),
@@ -376,6 +379,42 @@ impl Default for PlaybackConfig {
         Self {
             output_device: "default".into(),
             buffer_ms: 40,
+        }
+    }
+}
+
+/// `[aec]`: acoustic echo cancellation (WebRTC AEC3 with playback's samples as the
+/// reference), so that Panda neither hears nor wakes itself and a person can talk over it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AecConfig {
+    /// Cancel the echo when Panda listens on a microphone and speaks on a sound card
+    /// (`panda run`); never for recordings or WAV answers, where there is no echo path.
+    pub enabled: bool,
+    /// Where AEC3's delay search starts: the time from a sample leaving playback to its
+    /// echo reaching the canceller (output buffer, sound server, capture buffer). AEC3
+    /// finds and tracks the real delay; a good hint only makes it converge sooner.
+    pub delay_hint_ms: u32,
+    /// Ignore a wake word detected while Panda's own answer says the wake phrase's
+    /// keyword (Panda knows what it is saying and when), up to `guard_tail_ms` after.
+    pub self_wake_guard: bool,
+    /// How long after Panda said the keyword a detection is still its own echo (room
+    /// reverberation, capture and detection latency).
+    pub guard_tail_ms: u32,
+    /// Words that stop an answer without the wake word, said while Panda speaks (a short
+    /// utterance, transcribed, that is one of these and little else). Empty: only
+    /// "hey panda, stop" stops an answer.
+    pub stop_words: Vec<String>,
+}
+
+impl Default for AecConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            delay_hint_ms: 80,
+            self_wake_guard: true,
+            guard_tail_ms: 700,
+            stop_words: vec!["stop".into(), "cancel".into(), "quiet".into()],
         }
     }
 }
@@ -1074,6 +1113,14 @@ impl Config {
             ));
         }
         int("playback.buffer_ms", self.playback.buffer_ms, 5, 500)?;
+        int("aec.delay_hint_ms", self.aec.delay_hint_ms, 0, 500)?;
+        int("aec.guard_tail_ms", self.aec.guard_tail_ms, 0, 5_000)?;
+        if let Some(w) = self.aec.stop_words.iter().find(|w| w.split_whitespace().count() != 1) {
+            return Err(invalid(
+                "aec.stop_words",
+                format!("{w:?} is not one word"),
+            ));
+        }
         http_url("llm.url", &llm.url)?;
         real("llm.temperature", llm.temperature, 0.0, 2.0)?;
         int("llm.max_tokens", llm.max_tokens, 1, 32_768)?;

@@ -21,6 +21,10 @@ pub struct AudioFrame {
     pub seq: u64,
     /// [`FRAME_SAMPLES`] samples.
     pub samples: Box<[i16; FRAME_SAMPLES]>,
+    /// The echo canceller's linear output (before residual-echo suppression), present
+    /// only while Panda's own voice is in the room: the wake word listens to it then, so
+    /// that a person's "hey panda" over an answer survives the suppressor.
+    pub linear: Option<Box<[i16; FRAME_SAMPLES]>>,
 }
 
 impl AudioFrame {
@@ -116,6 +120,9 @@ pub struct Utterance {
     /// The wake phrase, when the utterance came after one (or in the same breath): a
     /// leading wake phrase is dropped from its transcript.
     pub wake_phrase: Option<String>,
+    /// Said while Panda spoke, without the wake word: only a stop word counts
+    /// (`[aec] stop_words`); anything else is dropped after transcription.
+    pub command: bool,
 }
 
 /// What the turn driver asks of the listener (a control edge).
@@ -379,6 +386,21 @@ pub enum Event {
         id: u64,
         /// What it was for ("2 second timer").
         label: String,
+    },
+    /// A wake word detected while Panda's own answer said the keyword: ignored (the
+    /// self-wake guard).
+    SelfWake {
+        /// Detector score.
+        score: f32,
+        /// Stream position of the detection.
+        at_ms: u64,
+    },
+    /// A stop word said over an answer without the wake word: the answer stops.
+    Stop {
+        /// The (new) turn the stop word was heard in.
+        turn: u64,
+        /// The stop word.
+        word: String,
     },
     /// A turn was cancelled; anything it had produced is discarded.
     Cancelled {

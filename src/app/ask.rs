@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::shutdown::{Consume, Extras, consume};
-use super::topology::{start_speaking, start_thinking};
+use super::topology::{SpeakerTaps, start_speaking, start_thinking};
 use super::{AppError, AskOptions, EVENT_EDGE, HEARD_EDGE};
 use crate::config::Config;
 use crate::event::Event;
@@ -44,7 +44,7 @@ pub async fn ask(
     let speaking = match opts.speak {
         Some(output) => {
             let voice = opts.voice.clone().unwrap_or_else(|| cfg.tts.voice.clone());
-            Some(start_speaking(cfg, &voice, output, &ev_tx).await?)
+            Some(start_speaking(cfg, &voice, output, &ev_tx, SpeakerTaps::default()).await?)
         }
         None => None,
     };

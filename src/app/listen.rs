@@ -41,13 +41,23 @@ pub async fn listen(
             verifier,
             // No speaker here, no earcon to hold for.
             hold_after_wake_ms: 0,
+            ..Default::default()
         },
         utt_tx,
         ev_tx.clone(),
         None,
+        // Nothing plays here: no echo to cancel.
+        None,
         &root,
     )?;
-    let stage = spawn_stt_stage(utt_rx, stt.filter(|_| opts.transcribe), ev_tx, None, None);
+    let stage = spawn_stt_stage(
+        utt_rx,
+        stt.filter(|_| opts.transcribe),
+        ev_tx,
+        None,
+        None,
+        Vec::new(),
+    );
     while let Some(ev) = ev_rx.recv().await {
         on_event(&ev);
     }

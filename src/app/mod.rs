@@ -107,6 +107,9 @@ pub enum AppError {
     /// The status page could not start.
     #[error(transparent)]
     Web(#[from] crate::web::WebError),
+    /// The echo canceller could not start.
+    #[error(transparent)]
+    Aec(#[from] crate::audio::aec::AecError),
     /// A stage's thread panicked or could not be joined (names which).
     #[error("{0} stopped unexpectedly (a thread panicked)")]
     Thread(&'static str),

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::shutdown::{Consume, Extras, consume};
 use super::systemd::{Progress, sd_notify, watchdog_interval};
 use super::topology::{
-    spawn_stt_stage, start_listening, start_speaking, start_stt, start_thinking,
+    EchoCancel, SpeakerTaps, spawn_stt_stage, start_listening, start_speaking, start_stt,
+    start_thinking,
 };
 use super::{
     ASK_EDGE, AppError, EVENT_EDGE, HEARD_EDGE, Input, LISTEN_CONTROL_EDGE, QUESTION_EDGE,
@@ -82,7 +83,29 @@ pub async fn run(
     // The conversation's language, from the thinker (which switches it) to the STT stage.
     let (lang_tx, lang_rx) = tokio::sync::watch::channel(cfg.conversation.language.clone());
     let thinking = start_thinking(cfg, &ev_tx, &root, None, Some(lang_tx)).await?;
-    let speaking = start_speaking(cfg, &cfg.tts.voice, opts.output.clone(), &ev_tx).await?;
+    // Panda's own voice: on a sound card the listener hears it. The canceller (with a
+    // microphone) takes it out; the guard ignores a wake word it says itself.
+    let on_speaker = matches!(opts.output, Output::Device { .. });
+    let aec_on = cfg.aec.enabled && on_speaker && matches!(opts.input, Input::Device { .. });
+    let (reference, feed) = match aec_on {
+        true => {
+            let (l, f) = crate::audio::aec::reference_link();
+            (Some(l), Some(f))
+        }
+        false => (None, None),
+    };
+    let guard = (cfg.aec.self_wake_guard && on_speaker && opts.use_wake).then(|| {
+        Arc::new(crate::audio::aec::SelfWakeGuard::new(
+            &cfg.wake.phrase,
+            cfg.aec.guard_tail_ms,
+        ))
+    });
+    let taps = SpeakerTaps {
+        reference,
+        guard: guard.clone(),
+    };
+    let speaking =
+        start_speaking(cfg, &cfg.tts.voice, opts.output.clone(), &ev_tx, taps).await?;
 
     let active = ActiveTurn::default();
     let (ask_tx, ask_rx) = mpsc::channel::<String>(ASK_EDGE);
@@ -118,10 +141,16 @@ pub async fn run(
             use_wake: opts.use_wake,
             verifier,
             hold_after_wake_ms,
+            guard,
+            stop_words: aec_on && opts.use_wake && !cfg.aec.stop_words.is_empty(),
         },
         utt_tx,
         ev_tx.clone(),
         Some(control_rx),
+        feed.map(|reference| EchoCancel {
+            reference,
+            delay_hint_ms: cfg.aec.delay_hint_ms,
+        }),
         &root,
     )?;
     let _stt_stage = spawn_stt_stage(
@@ -131,6 +160,7 @@ pub async fn run(
         Some(q_tx),
         // `[stt] language = "auto"` keeps detecting, whatever Panda speaks.
         (cfg.stt.language != "auto").then_some(lang_rx),
+        cfg.aec.stop_words.clone(),
     );
     hub.set_state(State::Listening);
 

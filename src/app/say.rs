@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::topology::{Speaking, start_speaking};
+use super::topology::{SpeakerTaps, Speaking, start_speaking};
 use super::{AppError, EVENT_EDGE, SENTENCE_EDGE, SayInput, SayOptions, SaySummary};
 use crate::config::Config;
 use crate::event::{Event, Sentence, Speech, Turn};
@@ -38,7 +38,14 @@ pub async fn say(
         player,
         info,
         ..
-    } = start_speaking(cfg, &opts.voice, opts.output.clone(), &ev_tx).await?;
+    } = start_speaking(
+        cfg,
+        &opts.voice,
+        opts.output.clone(),
+        &ev_tx,
+        SpeakerTaps::default(),
+    )
+    .await?;
 
     let turn = Turn::next(&root);
     let max_chars = cfg.tts.max_sentence_chars as usize;

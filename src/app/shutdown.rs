@@ -167,6 +167,14 @@ fn observe(ev: &Event, extras: &Extras, progress: Option<&Progress>) {
         }
         tracing::info!(turn, "barge-in: the answer in progress is cancelled");
     }
+    if let (Event::Stop { turn, word }, Some(active)) = (ev, &extras.barge_in)
+        && active.cancel(Some(*turn))
+    {
+        if let Some(h) = &extras.hub {
+            h.metrics.barge_ins.add(1);
+        }
+        tracing::info!(turn, %word, "stop word: the answer in progress is cancelled");
+    }
     // After the barge-in's cancel, so playback has silenced the old answer first (its
     // select takes a cancel before a cue).
     if let (Event::Wake { .. }, Some((cues, cue))) = (ev, &extras.earcon)

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{AUDIO_EDGE, AppError, CUE_EDGE, Input, PCM_EDGE, SENTENCE_EDGE};
+use crate::audio::aec::{self, AecIo, AecStats, ReferenceFeed, ReferenceLink, SelfWakeGuard};
 use crate::audio::capture::{CaptureStats, spawn_capture};
 use crate::audio::file::spawn_source;
 use crate::audio::playback::{self, Output, PlaybackIo};
@@ -42,18 +43,33 @@ pub async fn start_stt(cfg: &Config) -> Result<SttHandle, AppError> {
     Ok(handle)
 }
 
-/// The running listening path: the audio source and the listener threads.
+/// The running listening path: the audio source, the echo canceller (when on) and the
+/// listener threads.
 pub struct Listening {
     listener: std::thread::JoinHandle<()>,
     source: std::thread::JoinHandle<Result<(), AudioError>>,
+    aec: Option<std::thread::JoinHandle<()>>,
     file_stats: Arc<EdgeStats>,
     cap_stats: Arc<CaptureStats>,
+    /// The canceller's counters (ERLE, delay, drops), when it runs.
+    pub aec_stats: Option<Arc<AecStats>>,
 }
 
-/// Starts the listener (wake word, VAD, endpointing, the hand-off: `opts`) and then the
-/// source, wired by the audio edge. Finished utterances go to `utterances`, events to
-/// `events`; `control` carries the driver's follow-up requests. Cancelling `root` stops the source;
-/// the listener then drains and ends.
+/// The echo canceller's place in the listening path: the reference from playback and
+/// where AEC3's delay search starts.
+pub struct EchoCancel {
+    /// Playback's samples.
+    pub reference: ReferenceFeed,
+    /// `[aec] delay_hint_ms`.
+    pub delay_hint_ms: u32,
+}
+
+/// Starts the listener (wake word, VAD, endpointing, the hand-off: `opts`), the echo
+/// canceller in front of it (with `echo`) and then the source, wired by audio edges.
+/// Finished utterances go to `utterances`, events to `events`; `control` carries the
+/// driver's follow-up requests. Cancelling `root` stops the source; the canceller and the
+/// listener then drain and end.
+#[allow(clippy::too_many_arguments)]
 pub fn start_listening(
     cfg: &Config,
     input: Input,
@@ -61,9 +77,29 @@ pub fn start_listening(
     utterances: mpsc::Sender<Utterance>,
     events: mpsc::Sender<Event>,
     control: Option<mpsc::Receiver<ListenControl>>,
+    echo: Option<EchoCancel>,
     root: &CancellationToken,
 ) -> Result<Listening, AppError> {
     let (frame_tx, frame_rx) = mpsc::channel::<AudioFrame>(AUDIO_EDGE);
+    // With a canceller: source → edge → canceller → edge → listener.
+    let (frame_tx, frame_rx, aec) = match echo {
+        Some(e) => {
+            let (src_tx, src_rx) = mpsc::channel::<AudioFrame>(AUDIO_EDGE);
+            let stats = Arc::new(AecStats::default());
+            let handle = aec::spawn(
+                e.delay_hint_ms,
+                AecIo {
+                    frames: src_rx,
+                    out: frame_tx,
+                    reference: e.reference,
+                    root: root.clone(),
+                },
+                stats.clone(),
+            )?;
+            (src_tx, frame_rx, Some((handle, stats)))
+        }
+        None => (frame_tx, frame_rx, None),
+    };
     let listener = listener::spawn(
         cfg.clone(),
         opts,
@@ -88,11 +124,17 @@ pub fn start_listening(
             cap_stats.clone(),
         ),
     };
+    let (aec, aec_stats) = match aec {
+        Some((h, s)) => (Some(h), Some(s)),
+        None => (None, None),
+    };
     Ok(Listening {
         listener,
         source,
+        aec,
         file_stats,
         cap_stats,
+        aec_stats,
     })
 }
 
@@ -104,7 +146,11 @@ impl Listening {
             self.file_stats.frames_sent.load(Relaxed)
                 + self.cap_stats.edge.frames_sent.load(Relaxed),
             self.file_stats.frames_dropped.load(Relaxed)
-                + self.cap_stats.edge.frames_dropped.load(Relaxed),
+                + self.cap_stats.edge.frames_dropped.load(Relaxed)
+                + self
+                    .aec_stats
+                    .as_ref()
+                    .map_or(0, |s| s.edge.frames_dropped.load(Relaxed)),
         )
     }
 
@@ -113,9 +159,15 @@ impl Listening {
     /// detached thread, never on the runtime's blocking pool, which would hold the exit).
     pub async fn join(self, grace: Duration) -> Result<(), AppError> {
         let Listening {
-            listener, source, ..
+            listener,
+            source,
+            aec,
+            ..
         } = self;
         let joined = join_detached(move || {
+            if let Some(a) = aec {
+                let _ = a.join();
+            }
             let _ = listener.join();
             source.join()
         });
@@ -150,6 +202,8 @@ pub fn join_detached<T: Send + 'static>(
 /// `language`, each utterance is heard in the conversation's current language (the
 /// thinker switches it: "speak French"). A
 /// cancelled turn's utterance ends at Whisper's next abort check and its text is dropped.
+/// A command utterance (said over an answer without the wake word) becomes a `stop`
+/// event when it is one of `stop_words`, and nothing otherwise.
 /// Ends when the utterance edge closes.
 pub fn spawn_stt_stage(
     mut utterances: mpsc::Receiver<Utterance>,
@@ -157,6 +211,7 @@ pub fn spawn_stt_stage(
     events: mpsc::Sender<Event>,
     questions: Option<mpsc::Sender<Question>>,
     language: Option<tokio::sync::watch::Receiver<String>>,
+    stop_words: Vec<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(u) = utterances.recv().await {
@@ -171,6 +226,20 @@ pub fn spawn_stt_stage(
                 .transcribe_in(&u.samples, lang.as_deref(), &u.turn.token)
                 .instrument(span)
                 .await;
+            if u.command {
+                if let Ok(out) = &result {
+                    match crate::listen::command::stop_command(&out.text, &stop_words) {
+                        Some(word) => {
+                            tracing::info!(turn, %word, "stop word over the answer");
+                            if events.send(Event::Stop { turn, word }).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => tracing::debug!(turn, heard = %out.text, "not a stop word"),
+                    }
+                }
+                continue;
+            }
             let (ev, text) = match result {
                 Ok(mut out) => {
                     // The hand-off's fallback: a wake phrase Whisper heard at the start
@@ -240,6 +309,16 @@ impl Speaking {
     }
 }
 
+/// What playback tells the listening path about Panda's own voice (`panda run` on a
+/// sound card): the canceller's reference and the self-wake guard.
+#[derive(Default)]
+pub struct SpeakerTaps {
+    /// Every sample sent to the speaker, for the echo canceller.
+    pub reference: Option<ReferenceLink>,
+    /// When the answer says the wake word's keyword.
+    pub guard: Option<Arc<SelfWakeGuard>>,
+}
+
 /// Starts TTS (model loaded and warmed up) and playback (output opened), wired by the PCM
 /// edge; both report to `events`.
 pub async fn start_speaking(
@@ -247,6 +326,7 @@ pub async fn start_speaking(
     voice: &str,
     output: Output,
     events: &mpsc::Sender<Event>,
+    taps: SpeakerTaps,
 ) -> Result<Speaking, AppError> {
     check_voice(cfg, voice)?;
     let (sent_tx, sent_rx) = mpsc::channel::<Speech>(SENTENCE_EDGE);
@@ -269,6 +349,8 @@ pub async fn start_speaking(
                 chunks: pcm_rx,
                 events: pb_events,
                 cues: Some(cue_rx),
+                reference: taps.reference,
+                guard: taps.guard,
             },
         )
     })

@@ -189,6 +189,7 @@ impl Framer {
         emit(AudioFrame {
             seq: self.seq,
             samples,
+            linear: None,
         });
         self.seq += 1;
     }

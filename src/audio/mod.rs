@@ -6,9 +6,12 @@
 //! - [`file`]: WAV (8/16/24/32-bit int, 32-bit float, any rate and channel count) and raw
 //!   s16le from a path or stdin, paced in real time or as fast as the consumer takes them.
 //! - [`dsp`]: down-mixing, windowed-sinc resampling, and framing — shared by all.
+//! - [`aec`]: echo cancellation (WebRTC AEC3) between the source and the listener, with
+//!   playback's own samples as the reference.
 //! - [`playback`]: the output thread — rodio on a sound card or a WAV file — that plays
 //!   PCM chunks as they arrive and goes silent when the turn is cancelled.
 
+pub mod aec;
 pub mod capture;
 pub mod device;
 pub mod dsp;

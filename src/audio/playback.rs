@@ -29,12 +29,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::AudioError;
+use super::aec::{ReferenceLink, ReferenceTap, SelfWakeGuard};
 use super::dsp::{Resampler, f32_to_i16};
 use crate::event::{Cue, Event, PcmChunk, Turn};
 
 /// How often the thread feeds the sink and checks progress. Also the granularity of
 /// "first audio" events.
 const TICK: Duration = Duration::from_millis(10);
+/// How far from its letter-estimated place the wake word's keyword may really be said
+/// in a sentence (the self-wake guard covers this much either side).
+const KEYWORD_MARGIN_MS: u64 = 700;
 /// Samples queued in front of the sink before the thread stops taking chunks (≈ 5 s at
 /// 48 kHz): backpressure then reaches TTS through the PCM edge instead of memory growing.
 const QUEUE_HIGH_WATER: usize = 48_000 * 5;
@@ -180,6 +184,11 @@ pub struct PlaybackIo {
     pub events: mpsc::Sender<Event>,
     /// Short sounds outside any answer (the wake earcon); `None` where nothing sends any.
     pub cues: Option<mpsc::Receiver<Cue>>,
+    /// The echo canceller's reference: every sound card this thread opens copies what
+    /// it sends to the DAC there. `None` without a canceller (and for WAV outputs).
+    pub reference: Option<ReferenceLink>,
+    /// Told when the answer playing says the wake word's keyword (self-wake guard).
+    pub guard: Option<Arc<SelfWakeGuard>>,
 }
 
 /// Starts the playback thread. Returns once the output is open (or failed to open).
@@ -198,7 +207,10 @@ pub fn spawn(
                     name,
                     buffer_ms,
                     retry,
-                } => match (DeviceSink::open(&name, buffer_ms), retry) {
+                } => match (
+                    DeviceSink::open(&name, buffer_ms, io.reference.as_ref()),
+                    retry,
+                ) {
                     (Ok(s), retry) => {
                         reopen = retry.map(|d| Reopen::new(name, buffer_ms, d));
                         Ok(Box::new(s) as Box<dyn Sink>)
@@ -264,6 +276,8 @@ struct Segment {
     start: u64,
     end: u64,
     announced: bool,
+    /// Where the wake word's keyword is said (turn samples), for the self-wake guard.
+    keyword_at: Vec<u64>,
 }
 
 /// The turn being played.
@@ -424,12 +438,20 @@ impl Player {
         let start = a.queued;
         a.queued += out.len() as u64;
         if !c.text.is_empty() || !out.is_empty() {
+            let len = (a.queued - start) as f64;
+            let keyword_at = self.io.guard.as_ref().map_or(Vec::new(), |g| {
+                g.positions(&c.text)
+                    .into_iter()
+                    .map(|f| start + (f * len) as u64)
+                    .collect()
+            });
             a.segments.push(Segment {
                 sentence: c.sentence,
                 text: c.text,
                 start,
                 end: a.queued,
                 announced: false,
+                keyword_at,
             });
         }
         self.queue.extend(out);
@@ -513,6 +535,16 @@ impl Player {
             .base
             .map(|b| self.sink.played().saturating_sub(b))
             .unwrap_or(0);
+        if let Some(g) = &self.io.guard {
+            // The keyword's place is estimated from letters: guard a margin around it.
+            let margin = self.sink.rate_hz() as u64 * KEYWORD_MARGIN_MS / 1000;
+            for &at in a.segments.iter().flat_map(|s| &s.keyword_at) {
+                if played + margin >= at && played <= at + margin {
+                    let left = (at + margin - played) * 1000 / self.sink.rate_hz().max(1) as u64;
+                    g.speaking_keyword(left);
+                }
+            }
+        }
         if a.complete && self.queue.is_empty() && played >= a.queued {
             self.end_turn(false).await;
         }
@@ -601,7 +633,7 @@ impl Player {
 
     fn try_reopen(&mut self) {
         let Some(r) = &mut self.reopen else { return };
-        match DeviceSink::open(&r.name, r.buffer_ms) {
+        match DeviceSink::open(&r.name, r.buffer_ms, self.io.reference.as_ref()) {
             Ok(s) => {
                 tracing::info!(device = %r.name, "speaker back");
                 self.sink = Box::new(s);
@@ -885,6 +917,8 @@ struct RingSource {
     played: u64,
     polled: u64,
     rate: rodio::SampleRate,
+    /// The echo canceller's copy of every sample handed to the DAC, silence included.
+    reference: Option<ReferenceTap>,
 }
 
 impl Iterator for RingSource {
@@ -903,14 +937,18 @@ impl Iterator for RingSource {
                 chunk.commit_all();
             }
         }
-        match self.ring.pop() {
+        let s = match self.ring.pop() {
             Ok(s) => {
                 self.played += 1;
                 self.shared.played.store(self.played, Ordering::Release);
-                Some(s)
+                s
             }
-            Err(_) => Some(0.0),
+            Err(_) => 0.0,
+        };
+        if let Some(r) = &mut self.reference {
+            r.push(s);
         }
+        Some(s)
     }
 }
 
@@ -938,8 +976,13 @@ pub struct DeviceSink {
 }
 
 impl DeviceSink {
-    /// Opens `name` (`default` for the system default) with a `buffer_ms` output buffer.
-    pub fn open(name: &str, buffer_ms: u32) -> Result<Self, AudioError> {
+    /// Opens `name` (`default` for the system default) with a `buffer_ms` output buffer;
+    /// with `reference`, what it plays is copied to the echo canceller.
+    pub fn open(
+        name: &str,
+        buffer_ms: u32,
+        reference: Option<&ReferenceLink>,
+    ) -> Result<Self, AudioError> {
         use cpal::traits::DeviceTrait;
         let dev = super::device::find(name, super::device::Direction::Output)?;
         let failed = |problem: String| AudioError::Device {
@@ -977,6 +1020,7 @@ impl DeviceSink {
             played: 0,
             polled: 0,
             rate: stream.config().sample_rate(),
+            reference: reference.map(|l| l.open(rate_hz)),
         });
         Ok(Self {
             _stream: stream,
@@ -1043,6 +1087,7 @@ mod tests {
             start,
             end,
             announced: false,
+            keyword_at: Vec::new(),
         }
     }
 

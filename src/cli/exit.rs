@@ -84,7 +84,7 @@ fn code_for(e: &(dyn std::error::Error + 'static)) -> i32 {
             AppError::Timers(_) => exit::CANT_CREATE,
             AppError::Memory(m) => memory_code(m),
             AppError::Web(_) => exit::UNAVAILABLE,
-            AppError::Thread(_) => exit::SOFTWARE,
+            AppError::Thread(_) | AppError::Aec(_) => exit::SOFTWARE,
         };
     }
     let mut cause = Some(e);

@@ -17,14 +17,18 @@
 //! the driver's requests arrive on the listen-control edge, read between frames.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::command::CommandSpotter;
 use super::endpoint::{Arm, Endpoint, EndpointParams, Endpointer};
 use super::stt::SttHandle;
 use super::vad::{LevelGate, Vad};
 use super::wake::WakeDetector;
+use crate::audio::aec::SelfWakeGuard;
 use crate::config::Config;
 use crate::event::{AudioFrame, Event, FRAME_MS, FRAME_SAMPLES, ListenControl, Turn, Utterance};
 
@@ -51,6 +55,12 @@ pub struct ListenerOptions {
     pub verifier: Option<WakeVerifier>,
     /// After a wake, the VAD is held this long (the earcon plays on the speaker).
     pub hold_after_wake_ms: u64,
+    /// Ignores detections while Panda's own answer says the keyword (`panda run` on a
+    /// sound card).
+    pub guard: Option<Arc<SelfWakeGuard>>,
+    /// Stop words heard over an answer without the wake word (`[aec] stop_words`; on
+    /// only with the echo canceller, which tells when Panda's voice is in the room).
+    pub stop_words: bool,
 }
 
 /// Second-stage wake word check: Whisper on the last moments of audio must have heard the
@@ -248,13 +258,15 @@ pub enum Trigger {
 
 /// Runs the listener until the audio edge closes or `root` is cancelled. Build the
 /// [`Trigger`] on the thread that runs this (see [`spawn`]).
-pub fn run(
-    cfg: &Config,
-    mut trigger: Trigger,
-    verifier: Option<WakeVerifier>,
-    hold_after_wake_ms: u64,
-    io: ListenerIo,
-) {
+pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: ListenerIo) {
+    let ListenerOptions {
+        verifier,
+        hold_after_wake_ms,
+        guard,
+        stop_words,
+        ..
+    } = opts;
+    let mut spotter = stop_words.then(CommandSpotter::default);
     let mut vad = Vad::new(cfg.vad.mode);
     let mut level = LevelGate::default();
     let mut ep = Endpointer::new(EndpointParams::from(&cfg.endpoint));
@@ -290,7 +302,8 @@ pub fn run(
             if recent.len() == window {
                 recent.pop_front();
             }
-            recent.push_back(frame.samples.clone());
+            // The wake word's audio: the canceller's linear output while Panda speaks.
+            recent.push_back(frame.linear.clone().unwrap_or_else(|| frame.samples.clone()));
         }
         // A cancelled turn (barge-in, shutdown) stops collecting at once.
         if let Some(t) = &turn
@@ -328,7 +341,48 @@ pub fn run(
         let mut batch: Vec<AudioFrame> = Vec::new();
         match &mut trigger {
             Trigger::Wake(det) => {
-                let hit = det.process(frame.seq, &frame.samples);
+                let hit = det.process(frame.seq, frame.linear.as_deref().unwrap_or(&frame.samples));
+                // Panda saying its own wake word is not a wake.
+                let hit = match (hit, &guard) {
+                    (Some(h), Some(g)) if g.active() => {
+                        g.suppressed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(score = h.score, "wake word in Panda's own voice ignored");
+                        emit(Event::SelfWake {
+                            score: h.score,
+                            at_ms: end_ms(&frame),
+                        });
+                        None
+                    }
+                    (hit, _) => hit,
+                };
+                // Stop words over an answer: only while Panda's voice is in the room and
+                // nothing else listens.
+                match &mut spotter {
+                    Some(sp) if !ep.is_armed() && pending.is_none() && let Some(lin) = &frame.linear => {
+                        // The linear output: the suppressor may also eat a voice talking
+                        // over the answer; the residual echo it keeps is one long run of
+                        // speech, which is no command.
+                        let voiced = vad.is_voiced(lin);
+                        if let Some(samples) = sp.push(lin, voiced) {
+                            let t = new_turn(&root);
+                            let start_ms = end_ms(&frame)
+                                .saturating_sub((samples.len() / FRAME_SAMPLES) as u64 * FRAME_MS as u64);
+                            let u = Utterance {
+                                turn: t,
+                                samples,
+                                start_ms,
+                                end: crate::event::EndReason::Silence,
+                                wake_phrase: None,
+                                command: true,
+                            };
+                            if utterances.blocking_send(u).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Some(sp) => sp.reset(),
+                    None => {}
+                }
                 if pending.is_none() {
                     if let Some(hit) = hit.filter(|_| !ep.is_armed()) {
                         let due =
@@ -464,6 +518,7 @@ fn deliver(
                     start_ms: ms(start_seq),
                     end: reason,
                     wake_phrase: wake_phrase.clone(),
+                    command: false,
                 })
                 .is_ok()
         }
@@ -481,12 +536,7 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name("panda-listener".into())
         .spawn(move || {
-            let ListenerOptions {
-                use_wake,
-                verifier,
-                hold_after_wake_ms,
-            } = opts;
-            let trigger = if use_wake {
+            let trigger = if opts.use_wake {
                 match WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model)) {
                     Ok(d) => Trigger::Wake(Box::new(d)),
                     Err(e) => {
@@ -498,7 +548,7 @@ pub fn spawn(
                 Trigger::Always
             };
             let _ = ready_tx.send(Ok(()));
-            run(&cfg, trigger, verifier, hold_after_wake_ms, io);
+            run(&cfg, trigger, opts, io);
         })
         .expect("spawning a thread only fails when the OS is out of resources");
     match ready_rx.recv() {

@@ -6,6 +6,7 @@
 //! - [`listener`]: the thread that owns the three above and mints turns.
 //! - [`stt`]: the Whisper owner thread and its handle.
 
+pub mod command;
 pub mod endpoint;
 pub mod listener;
 pub mod stt;

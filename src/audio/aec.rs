@@ -1,0 +1,564 @@
+//! Acoustic echo cancellation: takes Panda's own voice out of the microphone, with the
+//! samples playback sent to the speaker as the reference (WebRTC AEC3, the `aec3` crate).
+//!
+//! Where it runs: its own thread (`panda-aec`, [`spawn`]; AEC3's graph is not `Send`, so it
+//! is built there) between the audio source and the
+//! listener, on the audio edges (a full edge drops the frame and counts it, as everywhere
+//! on the audio path). It owns the canceller (AEC3 keeps per-stream state) and the
+//! reference's resampler. Cost: ~0.15 ms per 10 ms frame on this CPU (`panda bench aec`).
+//!
+//! The reference: the sound card's callback (inside playback) copies every sample it hands
+//! to the DAC — answer, earcon or silence — into a lock-free ring ([`ReferenceTap`]); no
+//! locks, no allocation. Each time playback opens an output it sends the ring's other end
+//! and the output rate on the reference link ([`reference_link`]); this thread swaps it in
+//! and resamples it to 16 kHz with the same resampler the microphone path uses. Render
+//! audio is fed to AEC3 before every capture frame as it arrives; AEC3 estimates and tracks
+//! the delay between the two streams (seeded by `[aec] delay_hint_ms`). Reference that
+//! piles up beyond [`RENDER_BACKLOG_MS`] (a speaker on a faster clock than the microphone,
+//! a capture stall) is dropped and counted ([`AecStats::render_dropped`]), never waited for.
+//!
+//! Two outputs per frame: the full output (AEC3's linear filter, then its residual-echo
+//! suppressor) for the VAD and Whisper; and, while Panda's voice is in the room (the
+//! reference was loud within [`ECHO_TAIL_MS`]), the linear filter's output before
+//! suppression ([`crate::event::AudioFrame::linear`]) for the wake word: the suppressor
+//! also eats a person's "hey panda" said over the answer (double talk), the linear output
+//! keeps it (measured on synthetic rooms, see the echo issue and `panda bench aec`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aec3::nodes::audio::AudioFormat;
+use aec3::pipelines::linear::{self, LinearPipeline};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::EdgeStats;
+use super::dsp::{Resampler, f32_to_i16};
+use crate::event::{AudioFrame, FRAME_SAMPLES, SAMPLE_RATE_HZ};
+
+/// AEC3's frame: 10 ms at 16 kHz.
+pub const SUBFRAME: usize = (SAMPLE_RATE_HZ / 100) as usize;
+/// Capacity of the reference ring, in ms of output audio. The AEC thread drains it every
+/// capture frame (30 ms); when it stalls this long the callback drops reference samples
+/// and counts them (the callback never waits).
+pub const REFERENCE_RING_MS: u32 = 500;
+/// Reference waiting for capture beyond this is dropped (oldest first) and counted: AEC3
+/// cannot use render audio that far ahead of the microphone.
+pub const RENDER_BACKLOG_MS: usize = 300;
+/// After the reference goes quiet, Panda's voice still rings in the room (and in the
+/// capture path's buffers) this long: the linear output keeps serving the wake word.
+pub const ECHO_TAIL_MS: u64 = 400;
+/// Reference frames quieter than this (dBFS) count as silence.
+const RENDER_ACTIVE_DBFS: f32 = -55.0;
+/// Capacity of the reference link: playback opens an output rarely (start, re-open).
+const LINK_CAPACITY: usize = 2;
+
+/// What can go wrong building or running the canceller.
+#[derive(Debug, thiserror::Error)]
+pub enum AecError {
+    /// The AEC3 pipeline refused its configuration or a frame.
+    #[error("echo canceller: {0}")]
+    Aec3(String),
+    /// The canceller's thread could not be started.
+    #[error("cannot start the echo canceller thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// One output's reference stream: exactly the samples sent to the speaker.
+pub struct ReferenceStream {
+    /// The ring's consumer end.
+    pub samples: rtrb::Consumer<f32>,
+    /// The output's sample rate.
+    pub rate_hz: u32,
+}
+
+/// Playback's end of the reference link: makes one ring per opened output.
+#[derive(Clone)]
+pub struct ReferenceLink {
+    tx: std::sync::mpsc::SyncSender<ReferenceStream>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The canceller's end of the reference link.
+pub struct ReferenceFeed {
+    rx: std::sync::mpsc::Receiver<ReferenceStream>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// A linked pair: playback gets the link, the AEC thread the feed.
+pub fn reference_link() -> (ReferenceLink, ReferenceFeed) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(LINK_CAPACITY);
+    let dropped = Arc::new(AtomicU64::new(0));
+    (
+        ReferenceLink {
+            tx,
+            dropped: dropped.clone(),
+        },
+        ReferenceFeed { rx, dropped },
+    )
+}
+
+impl ReferenceLink {
+    /// A new tap for an output at `rate_hz`; its stream goes to the canceller, which
+    /// switches to it at its next frame.
+    pub fn open(&self, rate_hz: u32) -> ReferenceTap {
+        let cap = (rate_hz * REFERENCE_RING_MS / 1000) as usize;
+        let (producer, consumer) = rtrb::RingBuffer::<f32>::new(cap);
+        // A full link means the canceller is gone or two re-opens raced: the newest
+        // stream is the one that matters, the tap still works (its samples go nowhere).
+        let _ = self.tx.try_send(ReferenceStream {
+            samples: consumer,
+            rate_hz,
+        });
+        ReferenceTap {
+            producer,
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+/// The real-time side of a reference stream, owned by the output callback.
+pub struct ReferenceTap {
+    producer: rtrb::Producer<f32>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ReferenceTap {
+    /// Records one sample sent to the DAC. Lock-free and allocation-free; a full ring
+    /// (the canceller stalled) drops the sample and counts it.
+    #[inline]
+    pub fn push(&mut self, s: f32) {
+        if self.producer.push(s).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters of the canceller, shared with observers.
+#[derive(Debug, Default)]
+pub struct AecStats {
+    /// Capture frames processed.
+    pub frames: AtomicU64,
+    /// 10 ms render frames dropped because they piled up ahead of the microphone.
+    pub render_dropped: AtomicU64,
+    /// Reference samples the output callback could not hand over (ring full).
+    pub reference_dropped: AtomicU64,
+    /// Echo-path changes: large jumps of AEC3's delay estimate.
+    pub path_changes: AtomicU64,
+    /// AEC3's echo return loss enhancement estimate, dB × 100 (latest).
+    pub erle_centi_db: AtomicU64,
+    /// AEC3's delay estimate, ms (latest).
+    pub delay_ms: AtomicU64,
+    /// The audio edge towards the listener.
+    pub edge: EdgeStats,
+}
+
+/// One capture frame after cancellation.
+pub struct Cancelled {
+    /// Full output: linear filter and residual-echo suppression (for VAD and STT).
+    pub samples: Box<[i16; FRAME_SAMPLES]>,
+    /// The linear filter's output, while Panda's voice is in the room (for the wake word).
+    pub linear: Option<Box<[i16; FRAME_SAMPLES]>>,
+}
+
+/// The canceller: AEC3 at 16 kHz mono on 30 ms capture frames, with a render FIFO.
+pub struct EchoCanceller {
+    pipeline: LinearPipeline,
+    /// Reference at 16 kHz waiting to be fed, oldest first.
+    render: VecDeque<f32>,
+    /// Capture samples (as f32) of the frame being processed.
+    capture: Vec<f32>,
+    out: Vec<f32>,
+    /// Frames (10 ms) since the reference was last loud; `u64::MAX` before it ever was.
+    since_render: u64,
+    /// Counters.
+    pub stats: Arc<AecStats>,
+}
+
+impl EchoCanceller {
+    /// A canceller whose delay search starts at `delay_hint_ms` (the output and input
+    /// buffers' length, roughly).
+    pub fn new(delay_hint_ms: u32, stats: Arc<AecStats>) -> Result<Self, AecError> {
+        let format = AudioFormat::ten_ms(SAMPLE_RATE_HZ, 1);
+        // High-pass and AEC3 only: noise suppression and automatic gain would change
+        // what Whisper hears even when Panda is silent (accuracy first); the post filter
+        // works at 48 kHz only.
+        let pipeline = linear::builder(format, format)
+            .enable_noise_suppression(false)
+            .enable_gain_controller2(false)
+            .enable_post_filter(false)
+            .export_linear_output(true)
+            .export_metrics(true)
+            .initial_delay_ms(delay_hint_ms as i32)
+            .build()
+            .map_err(|e| AecError::Aec3(e.to_string()))?;
+        Ok(Self {
+            pipeline,
+            render: VecDeque::with_capacity(SUBFRAME * 64),
+            capture: vec![0.0; SUBFRAME],
+            out: vec![0.0; SUBFRAME],
+            since_render: u64::MAX,
+            stats,
+        })
+    }
+
+    /// Queues reference audio (16 kHz, [-1, 1]) played since the last call. Beyond
+    /// [`RENDER_BACKLOG_MS`] the oldest is dropped and counted.
+    pub fn render(&mut self, samples: &[f32]) {
+        self.render.extend(samples);
+        let max = RENDER_BACKLOG_MS * SAMPLE_RATE_HZ as usize / 1000;
+        if self.render.len() > max {
+            let excess = (self.render.len() - max).div_ceil(SUBFRAME) * SUBFRAME;
+            let excess = excess.min(self.render.len());
+            self.render.drain(..excess);
+            self.stats
+                .render_dropped
+                .fetch_add((excess / SUBFRAME) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// True while Panda's voice is (or was within [`ECHO_TAIL_MS`]) in the room.
+    pub fn far_end_active(&self) -> bool {
+        self.since_render <= ECHO_TAIL_MS / 10
+    }
+
+    /// Cancels the echo in one capture frame. Render audio queued so far is fed first.
+    pub fn process(&mut self, frame: &[i16; FRAME_SAMPLES]) -> Result<Cancelled, AecError> {
+        let err = |e: aec3::graph::GraphError| AecError::Aec3(e.to_string());
+        let mut samples = Box::new([0i16; FRAME_SAMPLES]);
+        let mut linear = Box::new([0i16; FRAME_SAMPLES]);
+        let mut any_far = false;
+        for (k, chunk) in frame.chunks_exact(SUBFRAME).enumerate() {
+            // One render frame per capture frame keeps both streams on the same clock;
+            // a backlog (bursty callbacks) is worked off one extra frame at a time.
+            let feeds = if self.render.len() >= 3 * SUBFRAME {
+                2
+            } else {
+                1
+            };
+            let mut loud = false;
+            for _ in 0..feeds {
+                if self.render.len() < SUBFRAME {
+                    break;
+                }
+                let block: Vec<f32> = self.render.drain(..SUBFRAME).collect();
+                let energy = block.iter().map(|s| s * s).sum::<f32>() / SUBFRAME as f32;
+                loud |= 10.0 * energy.max(1e-12).log10() > RENDER_ACTIVE_DBFS;
+                self.pipeline.handle_render_frame(&block).map_err(err)?;
+            }
+            if loud {
+                self.since_render = 0;
+            } else {
+                self.since_render = self.since_render.saturating_add(1);
+            }
+            any_far |= self.far_end_active();
+            for (c, s) in self.capture.iter_mut().zip(chunk) {
+                *c = *s as f32 / 32768.0;
+            }
+            let produced = self
+                .pipeline
+                .process_capture_frame(&self.capture, &mut self.out)
+                .map_err(err)?;
+            let dst = &mut samples[k * SUBFRAME..(k + 1) * SUBFRAME];
+            if produced {
+                for (d, s) in dst.iter_mut().zip(&self.out) {
+                    *d = f32_to_i16(*s);
+                }
+            } else {
+                dst.copy_from_slice(chunk);
+            }
+            let lin = &mut linear[k * SUBFRAME..(k + 1) * SUBFRAME];
+            match self.pipeline.try_pull_linear_output().map_err(err)? {
+                Some(p) if p.payload().samples().len() == SUBFRAME => {
+                    for (d, s) in lin.iter_mut().zip(p.payload().samples()) {
+                        *d = f32_to_i16(*s);
+                    }
+                }
+                _ => lin.copy_from_slice(dst),
+            }
+        }
+        if let Some(m) = self.pipeline.try_pull_metrics().map_err(err)? {
+            let m = m.payload();
+            let old = self.stats.delay_ms.swap(m.delay_ms.max(0) as u64, Ordering::Relaxed);
+            // A jump of more than 20 ms is a new echo path (device re-opened, buffer
+            // sizes changed), not the estimate settling.
+            if old != 0 && (old as i64 - m.delay_ms as i64).abs() > 20 {
+                self.stats.path_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            let erle = (m.echo_return_loss_enhancement.max(0.0) * 100.0) as u64;
+            self.stats.erle_centi_db.store(erle, Ordering::Relaxed);
+        }
+        self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        Ok(Cancelled {
+            samples,
+            linear: any_far.then_some(linear),
+        })
+    }
+}
+
+/// The self-wake guard: Panda knows what it says and when, so a wake word detected while
+/// its own voice says the keyword (or up to `tail` after) is its own echo, whatever is
+/// left of it after the canceller. Playback marks the moments ([`Self::speaking_keyword`])
+/// from the text of the chunk it plays; the listener asks ([`Self::active`]) on a detection.
+#[derive(Debug)]
+pub struct SelfWakeGuard {
+    keyword: String,
+    tail_ms: u64,
+    epoch: std::time::Instant,
+    /// Until when (ms since `epoch`) detections are Panda's own; 0 = not now.
+    until_ms: AtomicU64,
+    /// Detections ignored so far.
+    pub suppressed: AtomicU64,
+}
+
+impl SelfWakeGuard {
+    /// A guard for the wake phrase `phrase` (its last word is the keyword).
+    pub fn new(phrase: &str, tail_ms: u32) -> Self {
+        let (keyword, _) = crate::listen::listener::phrase_parts(phrase);
+        Self {
+            keyword,
+            tail_ms: tail_ms as u64,
+            epoch: std::time::Instant::now(),
+            until_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Where in `text` the keyword (or a near spelling: "pandas") is said, as fractions
+    /// of the text's length (speech time is roughly proportional to letters).
+    pub fn positions(&self, text: &str) -> Vec<f64> {
+        let total = text.chars().count().max(1) as f64;
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        for word in text.split_inclusive(char::is_whitespace) {
+            if crate::listen::listener::mentions_keyword(word, &self.keyword) {
+                let mid = at + word.chars().count() / 2;
+                out.push(mid as f64 / total);
+            }
+            at += word.chars().count();
+        }
+        out
+    }
+
+    /// Panda's voice says the keyword within the next `for_ms`: detections until then,
+    /// and `tail_ms` after, are its own.
+    pub fn speaking_keyword(&self, for_ms: u64) {
+        let until = self.epoch.elapsed().as_millis() as u64 + for_ms + self.tail_ms;
+        self.until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// True while a detection would be Panda hearing itself.
+    pub fn active(&self) -> bool {
+        (self.epoch.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The reference as the canceller thread reads it: the current output's ring and a
+/// resampler to 16 kHz.
+struct Reference {
+    feed: ReferenceFeed,
+    current: Option<(ReferenceStream, Resampler)>,
+    raw: Vec<f32>,
+    resampled: Vec<f32>,
+}
+
+impl Reference {
+    /// Everything played since the last call, at 16 kHz (switching to a newly opened
+    /// output's stream first).
+    fn take(&mut self) -> &[f32] {
+        while let Ok(s) = self.feed.rx.try_recv() {
+            let r = Resampler::new(s.rate_hz, SAMPLE_RATE_HZ);
+            self.current = Some((s, r));
+        }
+        self.resampled.clear();
+        if let Some((s, r)) = &mut self.current {
+            let n = s.samples.slots();
+            self.raw.clear();
+            if let Ok(chunk) = s.samples.read_chunk(n) {
+                let (a, b) = chunk.as_slices();
+                self.raw.extend_from_slice(a);
+                self.raw.extend_from_slice(b);
+                chunk.commit_all();
+            }
+            r.process(&self.raw, &mut self.resampled);
+        }
+        &self.resampled
+    }
+}
+
+/// What the canceller thread is connected to.
+pub struct AecIo {
+    /// Frames from the source (audio edge in).
+    pub frames: mpsc::Receiver<AudioFrame>,
+    /// Cancelled frames to the listener (audio edge out: full → dropped and counted).
+    pub out: mpsc::Sender<AudioFrame>,
+    /// The reference from playback.
+    pub reference: ReferenceFeed,
+    /// Stops the thread.
+    pub root: CancellationToken,
+}
+
+/// Starts the canceller thread; it ends when the source's edge closes or `root` is
+/// cancelled. A frame AEC3 rejects is passed on unprocessed (logged once): a deaf
+/// appliance is worse than one that hears its own echo.
+pub fn spawn(
+    delay_hint_ms: u32,
+    io: AecIo,
+    stats: Arc<AecStats>,
+) -> Result<std::thread::JoinHandle<()>, AecError> {
+    let AecIo {
+        mut frames,
+        out,
+        reference,
+        root,
+    } = io;
+    let ref_dropped = reference.dropped.clone();
+    let mut reference = Reference {
+        feed: reference,
+        current: None,
+        raw: Vec::new(),
+        resampled: Vec::new(),
+    };
+    // AEC3's graph is not `Send`: it is built on the thread that owns it, and the
+    // build's result comes back before any audio flows.
+    let (built_tx, built_rx) = std::sync::mpsc::sync_channel::<Result<(), AecError>>(1);
+    let handle = std::thread::Builder::new()
+        .name("panda-aec".into())
+        .spawn(move || {
+            let mut aec = match EchoCanceller::new(delay_hint_ms, stats.clone()) {
+                Ok(a) => {
+                    let _ = built_tx.send(Ok(()));
+                    a
+                }
+                Err(e) => {
+                    let _ = built_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut warned = false;
+            while let Some(frame) = frames.blocking_recv() {
+                if root.is_cancelled() {
+                    break;
+                }
+                let played = reference.take();
+                aec.render(played);
+                let seq = frame.seq;
+                let next = match aec.process(&frame.samples) {
+                    Ok(c) => AudioFrame {
+                        seq,
+                        samples: c.samples,
+                        linear: c.linear,
+                    },
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!(error = %e, "echo canceller failed on a frame; passing audio through");
+                            warned = true;
+                        }
+                        frame
+                    }
+                };
+                stats
+                    .reference_dropped
+                    .store(ref_dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+                if !stats.edge.offer(&out, next) {
+                    break;
+                }
+            }
+        })?;
+    match built_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(AecError::Aec3("the canceller thread ended while starting".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A speech-like far end: noise through a resonator, syllable-rate envelope.
+    fn far_end(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed;
+        let mut y1 = 0.0f32;
+        let mut y2 = 0.0f32;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let w = (x % 2000) as f32 / 1000.0 - 1.0;
+                let y = w + 1.6 * y1 - 0.8 * y2;
+                y2 = y1;
+                y1 = y;
+                let env = (0.5 + 0.5 * (i as f32 * 2.0 * std::f32::consts::PI * 4.0 / 16000.0).sin())
+                    .powi(2);
+                0.05 * y * env
+            })
+            .collect()
+    }
+
+    #[test]
+    fn removes_a_delayed_echo_and_passes_silence_through() {
+        let n = 16_000 * 8;
+        let far = far_end(n, 7);
+        // Echo: 40 ms late, attenuated, with a short decaying tail.
+        let delay = 640;
+        let mut mic = vec![0.0f32; n];
+        for i in delay..n {
+            mic[i] = 0.5 * far[i - delay] + 0.2 * far[i - delay - 40.min(i - delay)];
+        }
+        let mut aec = EchoCanceller::new(40, Arc::new(AecStats::default())).unwrap();
+        let (mut e_in, mut e_out) = (0.0f64, 0.0f64);
+        let mut linear_frames = 0;
+        for (k, f) in mic.chunks_exact(FRAME_SAMPLES).enumerate() {
+            let start = k * FRAME_SAMPLES;
+            aec.render(&far[start..start + FRAME_SAMPLES]);
+            let mut frame = [0i16; FRAME_SAMPLES];
+            for (d, s) in frame.iter_mut().zip(f) {
+                *d = f32_to_i16(*s);
+            }
+            let c = aec.process(&frame).unwrap();
+            linear_frames += usize::from(c.linear.is_some());
+            // Judge the last 3 s, after convergence.
+            if start > 5 * 16_000 {
+                e_in += frame.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+                e_out += c.samples.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+            }
+        }
+        let erle = 10.0 * (e_in / e_out.max(1.0)).log10();
+        assert!(erle > 30.0, "ERLE {erle:.1} dB");
+        assert!(linear_frames > 200, "the far end was active: {linear_frames}");
+
+        // Silence on both sides afterwards: the linear output stops after the tail.
+        for _ in 0..40 {
+            aec.render(&[0.0; FRAME_SAMPLES]);
+            let c = aec.process(&[0; FRAME_SAMPLES]).unwrap();
+            assert!(c.samples.iter().all(|s| s.abs() < 50));
+        }
+        assert!(!aec.far_end_active());
+    }
+
+    #[test]
+    fn the_guard_finds_the_keyword_and_expires() {
+        let g = SelfWakeGuard::new("hey panda", 50);
+        let p = g.positions("The red panda eats bamboo, and pandas sleep.");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0] > 0.1 && p[0] < 0.35 && p[1] > 0.55, "{p:?}");
+        assert!(g.positions("Amanda ate a sandwich.").is_empty());
+        assert!(!g.active());
+        g.speaking_keyword(30);
+        assert!(g.active());
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert!(!g.active());
+    }
+
+    #[test]
+    fn a_render_backlog_is_dropped_and_counted() {
+        let stats = Arc::new(AecStats::default());
+        let mut aec = EchoCanceller::new(0, stats.clone()).unwrap();
+        aec.render(&vec![0.1; 16_000]);
+        assert!(aec.render.len() <= RENDER_BACKLOG_MS * 16);
+        assert!(stats.render_dropped.load(Ordering::Relaxed) >= 70);
+    }
+}
