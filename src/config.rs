@@ -1115,11 +1115,13 @@ impl Config {
         int("playback.buffer_ms", self.playback.buffer_ms, 5, 500)?;
         int("aec.delay_hint_ms", self.aec.delay_hint_ms, 0, 500)?;
         int("aec.guard_tail_ms", self.aec.guard_tail_ms, 0, 5_000)?;
-        if let Some(w) = self.aec.stop_words.iter().find(|w| w.split_whitespace().count() != 1) {
-            return Err(invalid(
-                "aec.stop_words",
-                format!("{w:?} is not one word"),
-            ));
+        if let Some(w) = self
+            .aec
+            .stop_words
+            .iter()
+            .find(|w| w.split_whitespace().count() != 1)
+        {
+            return Err(invalid("aec.stop_words", format!("{w:?} is not one word")));
         }
         http_url("llm.url", &llm.url)?;
         real("llm.temperature", llm.temperature, 0.0, 2.0)?;

@@ -25,6 +25,9 @@ pub struct AudioFrame {
     /// only while Panda's own voice is in the room: the wake word listens to it then, so
     /// that a person's "hey panda" over an answer survives the suppressor.
     pub linear: Option<Box<[i16; FRAME_SAMPLES]>>,
+    /// The canceller heard someone besides Panda in this frame (double talk); false
+    /// when no canceller runs or Panda is silent.
+    pub near_end: bool,
 }
 
 impl AudioFrame {

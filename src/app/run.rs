@@ -104,8 +104,7 @@ pub async fn run(
         reference,
         guard: guard.clone(),
     };
-    let speaking =
-        start_speaking(cfg, &cfg.tts.voice, opts.output.clone(), &ev_tx, taps).await?;
+    let speaking = start_speaking(cfg, &cfg.tts.voice, opts.output.clone(), &ev_tx, taps).await?;
 
     let active = ActiveTurn::default();
     let (ask_tx, ask_rx) = mpsc::channel::<String>(ASK_EDGE);

@@ -49,6 +49,16 @@ pub const RENDER_BACKLOG_MS: usize = 300;
 /// After the reference goes quiet, Panda's voice still rings in the room (and in the
 /// capture path's buffers) this long: the linear output keeps serving the wake word.
 pub const ECHO_TAIL_MS: u64 = 400;
+/// How far from its letter-estimated place the wake word's keyword may really be said
+/// in a sentence (the self-wake guard covers this much either side).
+pub const KEYWORD_MARGIN_MS: u64 = 700;
+/// AEC3's full output lags the capture by this many samples (its 64-sample blocks and
+/// the suppressor's look-ahead: 8 ms); the linear output by [`LINEAR_LAG_SAMPLES`] (4 ms).
+/// Measured by a test; what compares outputs with inputs (the bench's double-talk
+/// distortion) needs them.
+pub const OUTPUT_LAG_SAMPLES: usize = 128;
+/// See [`OUTPUT_LAG_SAMPLES`].
+pub const LINEAR_LAG_SAMPLES: usize = 64;
 /// Reference frames quieter than this (dBFS) count as silence.
 const RENDER_ACTIVE_DBFS: f32 = -55.0;
 /// Capacity of the reference link: playback opens an output rarely (start, re-open).
@@ -160,6 +170,49 @@ pub struct Cancelled {
     pub samples: Box<[i16; FRAME_SAMPLES]>,
     /// The linear filter's output, while Panda's voice is in the room (for the wake word).
     pub linear: Option<Box<[i16; FRAME_SAMPLES]>>,
+    /// Someone besides Panda is talking in this frame (double talk; see [`DoubleTalk`]).
+    pub near_end: bool,
+}
+
+/// A double-talk detector on the linear filter: with Panda's voice alone, the linear
+/// output sits a steady amount under the microphone (the filter's echo reduction, ~18 dB
+/// in the bench's rooms, less with a distorting speaker); a person talking lifts it
+/// towards the microphone's level. The steady amount is tracked (a minimum that creeps
+/// up 2 dB/s, so it follows a changing echo path), and a frame more than
+/// [`NEAR_END_MARGIN_DB`] above it, and audible, is a person.
+#[derive(Debug)]
+pub struct DoubleTalk {
+    floor_db: f32,
+}
+
+/// See [`DoubleTalk`].
+pub const NEAR_END_MARGIN_DB: f32 = 6.0;
+
+impl Default for DoubleTalk {
+    fn default() -> Self {
+        Self { floor_db: 0.0 }
+    }
+}
+
+impl DoubleTalk {
+    /// Judges one frame from the capture's and the linear output's energies (sums of
+    /// squares of i16 samples over the frame).
+    pub fn near_end(&mut self, capture: f64, linear: f64) -> bool {
+        let n = FRAME_SAMPLES as f64;
+        let level_db = 10.0 * (linear / n / (32768.0 * 32768.0)).max(1e-12).log10();
+        if capture <= 0.0 || level_db < -60.0 {
+            return false;
+        }
+        let ratio = (10.0 * (linear.max(1e-9) / capture).log10()) as f32;
+        // 2 dB/s at 30 ms frames.
+        self.floor_db = (self.floor_db + 0.06).min(ratio);
+        ratio > self.floor_db + NEAR_END_MARGIN_DB
+    }
+
+    /// Panda is silent: the next answer starts from a fresh estimate.
+    pub fn reset(&mut self) {
+        self.floor_db = 0.0;
+    }
 }
 
 /// The canceller: AEC3 at 16 kHz mono on 30 ms capture frames, with a render FIFO.
@@ -172,6 +225,7 @@ pub struct EchoCanceller {
     out: Vec<f32>,
     /// Frames (10 ms) since the reference was last loud; `u64::MAX` before it ever was.
     since_render: u64,
+    double_talk: DoubleTalk,
     /// Counters.
     pub stats: Arc<AecStats>,
 }
@@ -199,6 +253,7 @@ impl EchoCanceller {
             capture: vec![0.0; SUBFRAME],
             out: vec![0.0; SUBFRAME],
             since_render: u64::MAX,
+            double_talk: DoubleTalk::default(),
             stats,
         })
     }
@@ -280,7 +335,10 @@ impl EchoCanceller {
         }
         if let Some(m) = self.pipeline.try_pull_metrics().map_err(err)? {
             let m = m.payload();
-            let old = self.stats.delay_ms.swap(m.delay_ms.max(0) as u64, Ordering::Relaxed);
+            let old = self
+                .stats
+                .delay_ms
+                .swap(m.delay_ms.max(0) as u64, Ordering::Relaxed);
             // A jump of more than 20 ms is a new echo path (device re-opened, buffer
             // sizes changed), not the estimate settling.
             if old != 0 && (old as i64 - m.delay_ms as i64).abs() > 20 {
@@ -290,9 +348,18 @@ impl EchoCanceller {
             self.stats.erle_centi_db.store(erle, Ordering::Relaxed);
         }
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        let energy = |x: &[i16]| x.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+        let near_end = if any_far {
+            self.double_talk
+                .near_end(energy(frame), energy(&linear[..]))
+        } else {
+            self.double_talk.reset();
+            false
+        };
         Ok(Cancelled {
             samples,
             linear: any_far.then_some(linear),
+            near_end,
         })
     }
 }
@@ -306,6 +373,9 @@ pub struct SelfWakeGuard {
     keyword: String,
     tail_ms: u64,
     epoch: std::time::Instant,
+    /// A simulated clock (ms) instead of the wall clock: offline scenes run faster than
+    /// real time (`panda bench aec`).
+    clock: Option<Arc<AtomicU64>>,
     /// Until when (ms since `epoch`) detections are Panda's own; 0 = not now.
     until_ms: AtomicU64,
     /// Detections ignored so far.
@@ -320,8 +390,37 @@ impl SelfWakeGuard {
             keyword,
             tail_ms: tail_ms as u64,
             epoch: std::time::Instant::now(),
+            clock: None,
             until_ms: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// The same guard on a simulated clock (ms, advanced by the caller).
+    pub fn with_clock(phrase: &str, tail_ms: u32, clock: Arc<AtomicU64>) -> Self {
+        Self {
+            clock: Some(clock),
+            ..Self::new(phrase, tail_ms)
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        match &self.clock {
+            Some(c) => c.load(Ordering::Relaxed),
+            None => self.epoch.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Playback's report: `played` samples (at `rate_hz`) of an answer whose keyword is
+    /// said around the sample positions `at`. The place is estimated from letters, so
+    /// [`KEYWORD_MARGIN_MS`] either side of it is guarded.
+    pub fn mark(&self, played: u64, at: impl Iterator<Item = u64>, rate_hz: u32) {
+        let rate = rate_hz.max(1) as u64;
+        let margin = rate * KEYWORD_MARGIN_MS / 1000;
+        for at in at {
+            if played + margin >= at && played <= at + margin {
+                self.speaking_keyword((at + margin - played) * 1000 / rate);
+            }
         }
     }
 
@@ -344,13 +443,13 @@ impl SelfWakeGuard {
     /// Panda's voice says the keyword within the next `for_ms`: detections until then,
     /// and `tail_ms` after, are its own.
     pub fn speaking_keyword(&self, for_ms: u64) {
-        let until = self.epoch.elapsed().as_millis() as u64 + for_ms + self.tail_ms;
+        let until = self.now_ms() + for_ms + self.tail_ms;
         self.until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     /// True while a detection would be Panda hearing itself.
     pub fn active(&self) -> bool {
-        (self.epoch.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Relaxed)
+        self.now_ms() < self.until_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -449,6 +548,7 @@ pub fn spawn(
                         seq,
                         samples: c.samples,
                         linear: c.linear,
+                        near_end: c.near_end,
                     },
                     Err(e) => {
                         if !warned {
@@ -469,7 +569,9 @@ pub fn spawn(
     match built_rx.recv() {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(AecError::Aec3("the canceller thread ended while starting".into())),
+        Err(_) => Err(AecError::Aec3(
+            "the canceller thread ended while starting".into(),
+        )),
     }
 }
 
@@ -491,8 +593,9 @@ mod tests {
                 let y = w + 1.6 * y1 - 0.8 * y2;
                 y2 = y1;
                 y1 = y;
-                let env = (0.5 + 0.5 * (i as f32 * 2.0 * std::f32::consts::PI * 4.0 / 16000.0).sin())
-                    .powi(2);
+                let env = (0.5
+                    + 0.5 * (i as f32 * 2.0 * std::f32::consts::PI * 4.0 / 16000.0).sin())
+                .powi(2);
                 0.05 * y * env
             })
             .collect()
@@ -528,7 +631,10 @@ mod tests {
         }
         let erle = 10.0 * (e_in / e_out.max(1.0)).log10();
         assert!(erle > 30.0, "ERLE {erle:.1} dB");
-        assert!(linear_frames > 200, "the far end was active: {linear_frames}");
+        assert!(
+            linear_frames > 200,
+            "the far end was active: {linear_frames}"
+        );
 
         // Silence on both sides afterwards: the linear output stops after the tail.
         for _ in 0..40 {
@@ -551,6 +657,45 @@ mod tests {
         assert!(g.active());
         std::thread::sleep(std::time::Duration::from_millis(120));
         assert!(!g.active());
+    }
+
+    /// The lag of an output behind the capture, in samples (the best correlation).
+    fn lag_of(linear: bool) -> usize {
+        let mut aec = EchoCanceller::new(40, Arc::new(AecStats::default())).unwrap();
+        let mut x = 12345u64;
+        let (mut inp, mut out) = (Vec::new(), Vec::new());
+        for _ in 0..100 {
+            let mut f = [0i16; FRAME_SAMPLES];
+            for s in f.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *s = ((x % 8000) as i32 - 4000) as i16;
+            }
+            // A far end unrelated to the capture: nothing to cancel, the outputs are
+            // the capture, delayed.
+            let r: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|i| ((i * 7919) % 1000) as f32 / 5000.0 - 0.1)
+                .collect();
+            aec.render(&r);
+            let c = aec.process(&f).unwrap();
+            inp.extend_from_slice(&f);
+            out.extend_from_slice(&c.linear.filter(|_| linear).unwrap_or(c.samples)[..]);
+        }
+        (0..400)
+            .max_by_key(|&lag| {
+                let num: f64 = (4800..inp.len() - 500)
+                    .map(|i| inp[i] as f64 * out[i + lag] as f64)
+                    .sum();
+                num as i64
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_outputs_lag_the_capture_by_fixed_amounts() {
+        assert_eq!(lag_of(false), OUTPUT_LAG_SAMPLES);
+        assert_eq!(lag_of(true), LINEAR_LAG_SAMPLES);
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl Framer {
             seq: self.seq,
             samples,
             linear: None,
+            near_end: false,
         });
         self.seq += 1;
     }

@@ -36,9 +36,6 @@ use crate::event::{Cue, Event, PcmChunk, Turn};
 /// How often the thread feeds the sink and checks progress. Also the granularity of
 /// "first audio" events.
 const TICK: Duration = Duration::from_millis(10);
-/// How far from its letter-estimated place the wake word's keyword may really be said
-/// in a sentence (the self-wake guard covers this much either side).
-const KEYWORD_MARGIN_MS: u64 = 700;
 /// Samples queued in front of the sink before the thread stops taking chunks (≈ 5 s at
 /// 48 kHz): backpressure then reaches TTS through the PCM edge instead of memory growing.
 const QUEUE_HIGH_WATER: usize = 48_000 * 5;
@@ -536,14 +533,8 @@ impl Player {
             .map(|b| self.sink.played().saturating_sub(b))
             .unwrap_or(0);
         if let Some(g) = &self.io.guard {
-            // The keyword's place is estimated from letters: guard a margin around it.
-            let margin = self.sink.rate_hz() as u64 * KEYWORD_MARGIN_MS / 1000;
-            for &at in a.segments.iter().flat_map(|s| &s.keyword_at) {
-                if played + margin >= at && played <= at + margin {
-                    let left = (at + margin - played) * 1000 / self.sink.rate_hz().max(1) as u64;
-                    g.speaking_keyword(left);
-                }
-            }
+            let at = a.segments.iter().flat_map(|s| s.keyword_at.iter().copied());
+            g.mark(played, at, self.sink.rate_hz());
         }
         if a.complete && self.queue.is_empty() && played >= a.queued {
             self.end_turn(false).await;

@@ -4,6 +4,7 @@
 //! Also home to the shared evaluation helpers the integration tests use: the recorded
 //! speech corpus with its reference transcripts ([`corpus`]) and word error rate ([`wer`]).
 
+pub mod aec;
 pub mod e2e;
 pub mod memory;
 pub mod page;

@@ -146,37 +146,37 @@ struct Meta {
 }
 
 /// A small deterministic generator (xorshift64*): the set is the same on every machine.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn unit(&mut self) -> f32 {
+    pub(crate) fn unit(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[(self.next() % v.len() as u64) as usize]
     }
-    fn range(&mut self, lo: f32, hi: f32) -> f32 {
+    pub(crate) fn range(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * self.unit()
     }
-    fn gauss(&mut self) -> f32 {
+    pub(crate) fn gauss(&mut self) -> f32 {
         // Sum of uniforms: close enough to normal for noise.
         (0..4).map(|_| self.unit()).sum::<f32>() - 2.0
     }
 }
 
-fn rms(x: &[f32]) -> f32 {
+pub(crate) fn rms(x: &[f32]) -> f32 {
     (x.iter().map(|s| s * s).sum::<f32>() / x.len().max(1) as f32).sqrt()
 }
 
 /// `n` samples of noise of `kind` (`white`, `pink`, `babble`: overlapping speech from
 /// `babble_src`), unit RMS.
-fn noise(rng: &mut Rng, kind: &str, n: usize, babble_src: &[f32]) -> Vec<f32> {
+pub(crate) fn noise(rng: &mut Rng, kind: &str, n: usize, babble_src: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; n];
     match kind {
         "pink" => {

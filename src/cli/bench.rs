@@ -15,6 +15,7 @@ pub fn run(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
             requests,
             concurrency,
         } => panda::bench::agents(requests, concurrency)?,
+        BenchCmd::Aec { minutes, trials } => panda::bench::aec::run(cfg, minutes, trials)?,
         BenchCmd::Route => panda::bench::route(cfg)?,
         BenchCmd::E2e => runtime()?.block_on(panda::bench::e2e::run(cfg))?,
         BenchCmd::Page { clients, seconds } => {

@@ -264,6 +264,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 300)]
         queries: usize,
     },
+    /// Echo cancellation in simulated rooms: ERLE, barge-in over Panda's voice, stop
+    /// words, self-wakes per hour, cost.
+    Aec {
+        /// Minutes of Panda's own speech for the self-wake count.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Barge-in trials per speech-to-echo ratio.
+        #[arg(long, default_value_t = 12)]
+        trials: usize,
+    },
     /// Wake word recall on unseen voices and false accepts on other speech.
     Wake {
         /// Thresholds to sweep.

@@ -29,10 +29,17 @@ const MAX_VOICED: usize = frames(1500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Idle { run: usize },
-    Collecting { voiced: usize, silence: usize },
+    Idle {
+        run: usize,
+    },
+    Collecting {
+        voiced: usize,
+        silence: usize,
+    },
     /// Too long for a command: wait for silence, then start over.
-    Overlong { silence: usize },
+    Overlong {
+        silence: usize,
+    },
 }
 
 /// Finds command-length utterances in a stream of frames (see the module doc).
@@ -81,10 +88,7 @@ impl CommandSpotter {
                 }
                 None
             }
-            State::Collecting {
-                voiced: v,
-                silence,
-            } => {
+            State::Collecting { voiced: v, silence } => {
                 self.collected.extend_from_slice(samples);
                 let (v, silence) = if voiced { (v + 1, 0) } else { (v, silence + 1) };
                 if v > MAX_VOICED {

@@ -303,7 +303,7 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
                 recent.pop_front();
             }
             // The wake word's audio: the canceller's linear output while Panda speaks.
-            recent.push_back(frame.linear.clone().unwrap_or_else(|| frame.samples.clone()));
+            recent.push_back(Box::new(*audio_of(&frame)));
         }
         // A cancelled turn (barge-in, shutdown) stops collecting at once.
         if let Some(t) = &turn
@@ -341,7 +341,7 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
         let mut batch: Vec<AudioFrame> = Vec::new();
         match &mut trigger {
             Trigger::Wake(det) => {
-                let hit = det.process(frame.seq, frame.linear.as_deref().unwrap_or(&frame.samples));
+                let hit = det.process(frame.seq, audio_of(&frame));
                 // Panda saying its own wake word is not a wake.
                 let hit = match (hit, &guard) {
                     (Some(h), Some(g)) if g.active() => {
@@ -358,15 +358,20 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
                 // Stop words over an answer: only while Panda's voice is in the room and
                 // nothing else listens.
                 match &mut spotter {
-                    Some(sp) if !ep.is_armed() && pending.is_none() && let Some(lin) = &frame.linear => {
-                        // The linear output: the suppressor may also eat a voice talking
-                        // over the answer; the residual echo it keeps is one long run of
-                        // speech, which is no command.
-                        let voiced = vad.is_voiced(lin);
+                    Some(sp)
+                        if !ep.is_armed()
+                            && pending.is_none()
+                            && let Some(lin) = &frame.linear =>
+                    {
+                        // The linear output: the suppressor also eats a voice talking
+                        // over the answer. Its residual echo is voiced too, so a frame
+                        // counts only where the canceller also heard someone else.
+                        let voiced = frame.near_end && vad.is_voiced(lin);
                         if let Some(samples) = sp.push(lin, voiced) {
                             let t = new_turn(&root);
-                            let start_ms = end_ms(&frame)
-                                .saturating_sub((samples.len() / FRAME_SAMPLES) as u64 * FRAME_MS as u64);
+                            let start_ms = end_ms(&frame).saturating_sub(
+                                (samples.len() / FRAME_SAMPLES) as u64 * FRAME_MS as u64,
+                            );
                             let u = Utterance {
                                 turn: t,
                                 samples,
@@ -389,7 +394,7 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
                             frame.seq + verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
                         pending = Some((hit, due, end_ms(&frame)));
                         // The detection's frame is the phrase's (kept as history).
-                        ep.push(frame.seq, &frame.samples, false);
+                        ep.push(frame.seq, audio_of(&frame), false);
                     } else {
                         batch.push(frame);
                     }
@@ -430,7 +435,7 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
                     } else {
                         // Not a wake: the held frames are plain history.
                         for f in held.drain(..) {
-                            ep.push(f.seq, &f.samples, false);
+                            ep.push(f.seq, audio_of(&f), false);
                         }
                     }
                 }
@@ -448,8 +453,9 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
             if !ep.in_speech() {
                 level.reset();
             }
-            let voiced = ep.is_armed() && level.voiced(&f.samples, vad.is_voiced(&f.samples));
-            if let Some(e) = ep.push(f.seq, &f.samples, voiced)
+            let audio = audio_of(&f);
+            let voiced = ep.is_armed() && level.voiced(audio, vad.is_voiced(audio));
+            if let Some(e) = ep.push(f.seq, audio, voiced)
                 && !deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit)
             {
                 return;
@@ -459,6 +465,16 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
     if let Some(e) = ep.finish(last_seq) {
         deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit);
     }
+}
+
+/// The audio the listener works on: while Panda's voice is in the room, the echo
+/// canceller's linear output (its residual-echo suppressor also eats a person talking
+/// over the answer: `panda bench aec` measured the person's voice 2–4 dB above what the
+/// suppressor changed of it, against 6–13 dB for the linear output, and the wake word
+/// and Whisper hear the person better in the latter); otherwise the microphone as the
+/// canceller passed it.
+fn audio_of(frame: &AudioFrame) -> &[i16; FRAME_SAMPLES] {
+    frame.linear.as_deref().unwrap_or(&frame.samples)
 }
 
 fn end_ms(frame: &AudioFrame) -> u64 {
