@@ -413,7 +413,7 @@ impl Default for AecConfig {
             enabled: true,
             delay_hint_ms: 80,
             self_wake_guard: true,
-            guard_tail_ms: 700,
+            guard_tail_ms: 600,
             stop_words: vec!["stop".into(), "cancel".into(), "quiet".into()],
         }
     }

@@ -102,6 +102,11 @@ impl Counter {
         self.value.fetch_add(n, Relaxed);
     }
 
+    /// Mirrors a monotonic count kept elsewhere (a stage's own atomic counter).
+    pub fn mirror(&self, total: u64) {
+        self.value.fetch_max(total, Relaxed);
+    }
+
     /// Current value.
     pub fn get(&self) -> u64 {
         self.value.load(Relaxed)
@@ -190,6 +195,32 @@ pub struct Metrics {
     pub clients_lagged: Counter,
     /// Idle HTTP connections closed to make room for a new one (connection limit).
     pub connections_evicted: Counter,
+    /// 1 while the echo canceller runs.
+    pub aec_active: Gauge,
+    /// The canceller's echo return loss enhancement estimate (dB, AEC3's own).
+    pub aec_erle_db: Gauge,
+    /// The canceller's estimate of the speaker-to-microphone delay.
+    pub aec_delay_ms: Gauge,
+    /// Echo-path changes (jumps of the delay estimate).
+    pub aec_path_changes: Counter,
+    /// Reference audio dropped (unaligned: speaker and microphone clocks drift apart,
+    /// or capture stalled).
+    pub aec_reference_dropped: Counter,
+    /// Wake words in Panda's own voice ignored by the self-wake guard.
+    pub self_wakes_ignored: Counter,
+}
+
+impl Metrics {
+    /// Copies the echo canceller's counters (called periodically while it runs).
+    pub fn mirror_aec(&self, s: &crate::audio::aec::AecStats) {
+        self.aec_active.set(1);
+        self.aec_erle_db
+            .set(s.erle_centi_db.load(Relaxed).div_ceil(100));
+        self.aec_delay_ms.set(s.delay_ms.load(Relaxed));
+        self.aec_path_changes.mirror(s.path_changes.load(Relaxed));
+        self.aec_reference_dropped
+            .mirror(s.render_dropped.load(Relaxed) + s.reference_dropped.load(Relaxed) / 160);
+    }
 }
 
 /// Pipeline states as the `panda_state` gauge encodes them.
@@ -251,6 +282,27 @@ impl Metrics {
                 "panda_http_connections_evicted_total",
                 "Idle HTTP connections closed to make room at the connection limit.",
             ),
+            aec_active: Gauge::new("panda_aec_active", "1 while the echo canceller runs."),
+            aec_erle_db: Gauge::new(
+                "panda_aec_erle_db",
+                "Echo return loss enhancement estimated by the canceller (dB).",
+            ),
+            aec_delay_ms: Gauge::new(
+                "panda_aec_delay_ms",
+                "Speaker-to-microphone delay estimated by the canceller (ms).",
+            ),
+            aec_path_changes: Counter::new(
+                "panda_aec_echo_path_changes_total",
+                "Jumps of the canceller's delay estimate (a new echo path).",
+            ),
+            aec_reference_dropped: Counter::new(
+                "panda_aec_reference_dropped_total",
+                "10 ms reference frames the canceller could not align and dropped.",
+            ),
+            self_wakes_ignored: Counter::new(
+                "panda_self_wakes_ignored_total",
+                "Wake words in Panda's own voice ignored by the self-wake guard.",
+            ),
         }
     }
 
@@ -276,11 +328,17 @@ impl Metrics {
             &self.barge_ins,
             &self.clients_lagged,
             &self.connections_evicted,
+            &self.aec_path_changes,
+            &self.aec_reference_dropped,
+            &self.self_wakes_ignored,
         ] {
             c.render(&mut out);
         }
         self.state.render(&mut out);
         self.clients.render(&mut out);
+        self.aec_active.render(&mut out);
+        self.aec_erle_db.render(&mut out);
+        self.aec_delay_ms.render(&mut out);
         out
     }
 
@@ -295,6 +353,7 @@ impl Metrics {
             } => self.llm_first_token.observe_ms(*ms as f64),
             Event::Breaker { .. } => self.breaker_transitions.add(1),
             Event::Error { .. } => self.errors.add(1),
+            Event::SelfWake { .. } => self.self_wakes_ignored.add(1),
             _ => {}
         }
     }

@@ -152,6 +152,32 @@ pub async fn run(
         }),
         &root,
     )?;
+    // The canceller's figures reach the metrics and the status page once a second.
+    if let Some(stats) = listening.aec_stats.clone() {
+        let (metrics, stop) = (metrics.clone(), root.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut dropped = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                metrics.mirror_aec(&stats);
+                // Drift or a stall: logged when it happens, not per frame.
+                let now = stats
+                    .render_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if now > dropped {
+                    tracing::warn!(
+                        frames = now - dropped,
+                        "echo canceller: reference frames dropped (speaker and microphone clocks drifting apart, or capture stalled)"
+                    );
+                    dropped = now;
+                }
+            }
+        });
+    }
     let _stt_stage = spawn_stt_stage(
         utt_rx,
         Some(stt),

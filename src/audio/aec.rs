@@ -51,7 +51,7 @@ pub const RENDER_BACKLOG_MS: usize = 300;
 pub const ECHO_TAIL_MS: u64 = 400;
 /// How far from its letter-estimated place the wake word's keyword may really be said
 /// in a sentence (the self-wake guard covers this much either side).
-pub const KEYWORD_MARGIN_MS: u64 = 700;
+pub const KEYWORD_MARGIN_MS: u64 = 500;
 /// AEC3's full output lags the capture by this many samples (its 64-sample blocks and
 /// the suppressor's look-ahead: 8 ms); the linear output by [`LINEAR_LAG_SAMPLES`] (4 ms).
 /// Measured by a test; what compares outputs with inputs (the bench's double-talk

@@ -478,6 +478,12 @@ impl Hub {
                 Event::TimerFired { label, .. } => {
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": format!("{label} went off")}));
                 }
+                Event::SelfWake { .. } => {
+                    publish.push(serde_json::json!({"type": "log", "at": clock(), "text": "wake word in Panda's own voice ignored"}));
+                }
+                Event::Stop { word, .. } => {
+                    publish.push(serde_json::json!({"type": "log", "at": clock(), "text": format!("\"{word}\" said over the answer: stopped")}));
+                }
                 Event::Cancelled { turn, stage } => {
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": format!("turn {turn} cancelled ({stage})")}));
                 }
@@ -521,6 +527,14 @@ impl Hub {
             "uptime_s": self.uptime_s(),
             "clients": self.metrics.clients.get(),
             "dropped_frames": self.metrics.frames_dropped.get(),
+            "echo": {
+                "active": self.metrics.aec_active.get() == 1,
+                "erle_db": self.metrics.aec_erle_db.get(),
+                "delay_ms": self.metrics.aec_delay_ms.get(),
+                "path_changes": self.metrics.aec_path_changes.get(),
+                "reference_dropped": self.metrics.aec_reference_dropped.get(),
+                "self_wakes_ignored": self.metrics.self_wakes_ignored.get(),
+            },
         })
     }
 }

@@ -1165,3 +1165,127 @@ fn shutdown_ends_in_time_when_the_sound_server_dies_with_it() {
     assert!(exited.is_some(), "still running 10 s after SIGTERM");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+/// A real echo path through a real sound server: the speaker's monitor is looped back
+/// into the microphone (60 ms, full level) while the person's voice is played into the
+/// same microphone. Panda tells a long story that says "hey panda" three times and does
+/// not wake itself; "hey panda, stop" over it (and over its echo) silences the speaker;
+/// the next question is answered. The canceller reports its figures on the status API.
+#[test]
+fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_stop() {
+    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pulse) = pulse_or_skip() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = {
+        use panda::bench::server::{Reply, Request, openai_stream, serve};
+        rt.block_on(serve(std::sync::Arc::new(move |r: &Request| {
+            let body = String::from_utf8_lossy(&r.body).to_lowercase();
+            let last = body
+                .rsplit("{\"content\":")
+                .find(|m| m.contains("\"role\":\"user\""))
+                .unwrap_or("")
+                .to_string();
+            let text: Vec<String> = if last.contains("france") {
+                vec!["The capital of France is Paris.".into()]
+            } else {
+                let mut s = vec![
+                    "Once upon a time a child called out, hey panda, to a sleepy bear. ".into(),
+                    "The bear only yawned, so she said it louder: hey panda! ".into(),
+                    "And a third time, hey panda, and at last it looked up. ".into(),
+                ];
+                s.extend((0..25).map(|i| {
+                    format!(
+                        "Then came part {} of the story, about the river and the hills. ",
+                        i + 4
+                    )
+                }));
+                s
+            };
+            let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+            Reply::Stream {
+                content_type: "text/event-stream",
+                pieces: openai_stream(&refs, Duration::from_millis(5)),
+                die: false,
+            }
+        })))
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let story = mic_wav(
+        dir.path(),
+        "story",
+        &["Hey panda.", "Tell me a long story."],
+    );
+    let stop = mic_wav(dir.path(), "stop", &["Hey panda.", "Stop."]);
+    let paris = mic_wav(
+        dir.path(),
+        "paris",
+        &["Hey panda.", "What is the capital of France?"],
+    );
+    let app = Appliance::spawn(&pulse, &server.url(), true, &[]);
+    app.wait_log("capture started", 1, 60);
+    let ok = pulse
+        .cmd("pactl")
+        .args([
+            "load-module",
+            "module-loopback",
+            "source=spk.monitor",
+            "sink=micfeed",
+            "latency_msec=60",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "loading the speaker → microphone loopback failed");
+    std::thread::sleep(Duration::from_millis(500));
+    play_into_mic(&pulse, &story);
+    let playing = app.wait_for("the story playing", 60, |e| e["type"] == "playing");
+    let story_turn = playing["turn"].clone();
+    // The three "hey panda"s are in the first sentences: ~15 s of Panda's own voice.
+    std::thread::sleep(Duration::from_secs(15));
+    let events = app.events.lock().unwrap().clone();
+    let wakes: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "wake").collect();
+    println!(
+        "self-wakes ignored: {}",
+        events.iter().filter(|e| e["type"] == "self_wake").count()
+    );
+    assert_eq!(wakes.len(), 1, "Panda woke itself: {wakes:#?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "spoken" && e["turn"] == story_turn),
+        "the story was cut by Panda's own voice: {events:#?}"
+    );
+    // The person, over the story and its echo.
+    let url = app.web_url.clone().unwrap();
+    let echo = |url: &str| -> serde_json::Value {
+        let s: serde_json::Value = reqwest::blocking::get(format!("{url}/api/status"))
+            .unwrap()
+            .json()
+            .unwrap();
+        s["echo"].clone()
+    };
+    println!("echo before the stop: {}", echo(&url));
+    play_into_mic(&pulse, &stop);
+    let spoken = app.wait_for("the story cut", 30, |e| {
+        e["type"] == "spoken" && e["turn"] == story_turn
+    });
+    for l in app.log.lock().unwrap().iter() {
+        if l.contains("wake") || l.contains("stop") || l.contains("echo") {
+            println!("log: {l}");
+        }
+    }
+    assert_eq!(spoken["interrupted"], true, "{spoken}");
+    std::thread::sleep(Duration::from_millis(1500));
+    play_into_mic(&pulse, &paris);
+    let answer = app.wait_for("the answer about Paris", 60, |e| {
+        e["type"] == "answer" && e["text"].as_str().is_some_and(|t| t.contains("Paris"))
+    });
+    app.wait_for("the Paris answer played", 60, |e| {
+        e["type"] == "spoken" && e["turn"] == answer["turn"]
+    });
+    let echo = echo(&url);
+    println!("echo: {echo}");
+    assert_eq!(echo["active"], true, "{echo}");
+    assert!(echo["erle_db"].as_u64().is_some(), "{echo}");
+}

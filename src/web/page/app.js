@@ -58,10 +58,10 @@
 
   // What the services list shows: the last snapshot, updated by live messages and by a
   // slow poll of /api/status (agent health is checked in the background, not per turn).
-  let svc = { llm: null, agents: [] };
+  let svc = { llm: null, agents: [], echo: null };
 
   function services(snap) {
-    svc = { llm: snap.llm || null, agents: snap.agents || [] };
+    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo };
     const ul = $("services");
     ul.replaceChildren();
     const llm = document.createElement("li");
@@ -74,6 +74,15 @@
       const li = document.createElement("li");
       li.className = a.breaker === "open" ? "bad" : a.healthy === true ? "ok" : a.healthy === false ? "bad" : "unknown";
       li.textContent = a.name + ": " + (a.healthy === true ? "healthy" : a.healthy === false ? "unhealthy" : "unchecked") + ", breaker " + a.breaker;
+      ul.appendChild(li);
+    }
+    const e = svc.echo;
+    if (e && e.active) {
+      const li = document.createElement("li");
+      li.className = "ok";
+      li.textContent = "Echo canceller: ERLE " + e.erle_db + " dB, delay " + e.delay_ms + " ms, " +
+        e.path_changes + " echo-path changes, " + e.reference_dropped + " reference frames dropped, " +
+        e.self_wakes_ignored + " self-wakes ignored";
       ul.appendChild(li);
     }
   }
