@@ -81,6 +81,7 @@ pub mod onnx;
 pub mod speak;
 pub mod think;
 pub mod web;
+pub mod wyoming;
 
 /// Locks `m`, recovering from poisoning: every mutex here guards plain state that a
 /// panicking holder cannot leave half-updated in a way that matters more than the

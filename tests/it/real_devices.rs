@@ -1185,7 +1185,9 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
                 .find(|m| m.contains("\"role\":\"user\""))
                 .unwrap_or("")
                 .to_string();
-            let text: Vec<String> = if last.contains("france") {
+            // Anything but the story gets the short answer: how Whisper hears the second
+            // question on a machine busy synthesising the story is not what is tested.
+            let text: Vec<String> = if !last.contains("story") {
                 vec!["The capital of France is Paris.".into()]
             } else {
                 let mut s = vec![

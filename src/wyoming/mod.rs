@@ -1,0 +1,9 @@
+//! The Wyoming protocol (Home Assistant's protocol for voice services): the codec first.
+//!
+//! - [`codec`]: frames — a JSON header line, a JSON data block, a binary payload — read
+//!   with bounded buffers and written the way the Python `wyoming` library writes them.
+//!
+//! Servers (Panda's Whisper, Kokoro and wake word for Home Assistant), clients (remote
+//! engines as backends) and satellite mode build on it (see the Wyoming issue).
+
+pub mod codec;
