@@ -4,7 +4,11 @@
 //! Barge-in: a wake word while an answer plays cancels that turn's token — the LLM
 //! stream is dropped, TTS stops between chunks, playback flushes — and the new turn
 //! proceeds. While Panda speaks the listener takes no utterance without the wake word
-//! (the endpointer is armed only by a wake). Shutdown (SIGTERM, or the end of a
+//! (the endpointer is armed only by a wake). With a microphone and a sound card the echo
+//! canceller sits between them (`[aec]`, see [`crate::audio::aec`]): the listener hears
+//! the person over Panda's own voice, the self-wake guard ignores Panda saying its own
+//! wake word, and a stop word said over an answer stops it (`stop` event → the same
+//! cancel as a barge-in). Shutdown (SIGTERM, or the end of a
 //! recording): the source stops, the listener drains, the driver finishes or cancels its
 //! turn, TTS and playback drain, all under `[run] grace_ms`; memory is flushed before
 //! anything that can hang, and the audio threads are joined last.

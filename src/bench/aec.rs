@@ -462,6 +462,27 @@ pub fn at_level(speech: &[f32], level: f32) -> Vec<f32> {
     speech.iter().map(|s| s * g).collect()
 }
 
+/// The canceller's own cost per 30 ms frame (µs), nothing else running: `answer` as the
+/// reference and, 60 ms later and quieter, as the microphone.
+fn canceller_alone_us(cfg: &Config, answer: &[f32]) -> Result<f64, BenchError> {
+    let mut aec = EchoCanceller::new(cfg.aec.delay_hint_ms, Arc::new(AecStats::default()))
+        .map_err(|e| BenchError::Synth(e.to_string()))?;
+    let frames = answer.len() / FRAME_SAMPLES;
+    let t0 = Instant::now();
+    for k in 0..frames {
+        let start = k * FRAME_SAMPLES;
+        aec.render(&answer[start..start + FRAME_SAMPLES]);
+        let mut mic = [0i16; FRAME_SAMPLES];
+        for (i, m) in mic.iter_mut().enumerate() {
+            let j = (start + i).saturating_sub(960);
+            *m = crate::audio::dsp::f32_to_i16(answer[j] * 0.3);
+        }
+        aec.process(&mic)
+            .map_err(|e| BenchError::Synth(e.to_string()))?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / frames.max(1) as f64)
+}
+
 /// Panda's answers for the scenes: plain ones, and ones that say the wake word.
 const ANSWERS: &[&str] = &[
     "The giant panda lives in the mountains of central China and eats bamboo for most of the day.",
@@ -560,6 +581,7 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
 
     // 1. Far end only: ERLE and cost.
     let far = answer_stream(&mut rng, &pool, &(0..pool.len()).collect::<Vec<_>>(), 60.0);
+    let alone_us = canceller_alone_us(cfg, &far.audio)?;
     let room = Room::new(11, 0.35, 60.0);
     let gain = echo_gain_for(&far.audio, &room, speech_rms, -6.0);
     let scene = Scene {
@@ -579,15 +601,19 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
     };
     let o = run_scene(cfg, Some(&stt), &scene, opts)?;
     println!(
-        "far end only ({:.0} s): ERLE {:.1} dB (linear filter alone {:.1} dB); canceller {:.0} µs per 30 ms frame = {:.2}% of a core",
+        "far end only ({:.0} s): ERLE {:.1} dB (linear filter alone {:.1} dB); canceller {:.0} µs per 30 ms frame = {:.2}% of a core alone ({:.0} µs beside the listener and Whisper)",
         scene.len as f64 / 16_000.0,
         o.erle_db,
         o.erle_linear_db,
+        alone_us,
+        alone_us / 300.0,
         o.aec_us_per_frame,
-        o.aec_us_per_frame / 300.0
     );
 
     // 2. Self-wakes: the wake phrase once a minute in Panda's own speech.
+    if minutes <= 0.0 {
+        return barge_in(cfg, &stt, &mut k, &pool, &plain, &mut rng, trials, started);
+    }
     println!(
         "self-wakes over {minutes:.0} min of Panda's speech, the wake phrase once a minute, echo at −20 dBFS:"
     );
@@ -643,16 +669,40 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
         );
     }
 
-    // 3. Barge-in and stop words at three speech-to-echo ratios.
+    barge_in(cfg, &stt, &mut k, &pool, &plain, &mut rng, trials, started)
+}
+
+/// Part 3 of the bench: barge-in and stop words at four speech-to-echo ratios.
+#[allow(clippy::too_many_arguments)]
+fn barge_in(
+    cfg: &Config,
+    stt: &SttHandle,
+    k: &mut crate::speak::kokoro::Kokoro,
+    pool: &[Speech],
+    plain: &[usize],
+    rng: &mut Rng,
+    trials: usize,
+    started: Instant,
+) -> Result<(), BenchError> {
+    if trials == 0 {
+        return Ok(());
+    }
+    let speech_rms = 10f32.powf(-26.0 / 20.0);
+    let opts = SceneOptions {
+        aec: true,
+        guard: true,
+        stop_words: true,
+        barge_in: true,
+    };
     let speakers = super::UNSEEN_VOICES;
     let mut said_bi = Vec::new();
     let mut said_stop = Vec::new();
     let mut follow = Vec::new();
     for v in speakers {
-        said_bi.push(at_level(&synth(&mut k, BARGE_IN, v)?, speech_rms));
-        said_stop.push(at_level(&synth(&mut k, STOP_ALONE, v)?, speech_rms));
+        said_bi.push(at_level(&synth(k, BARGE_IN, v)?, speech_rms));
+        said_stop.push(at_level(&synth(k, STOP_ALONE, v)?, speech_rms));
         follow.push(at_level(
-            &synth(&mut k, "Hey panda, what time is it?", v)?,
+            &synth(k, "Hey panda, what time is it?", v)?,
             speech_rms,
         ));
     }
@@ -670,7 +720,7 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
             let mut sdr = Vec::new();
             for t in 0..trials {
                 let si = (t * 7 + ratio.abs() as usize) % speakers.len();
-                let ans = answer_stream(&mut rng, &pool, &plain, 14.0);
+                let ans = answer_stream(rng, pool, plain, 14.0);
                 let room = Room::new(100 + t as u64, rng.range(0.2, 0.5), rng.range(30.0, 90.0));
                 let gain = echo_gain_for(&ans.audio, &room, speech_rms, ratio);
                 let at = (rng.range(2.0, 8.0) * 16_000.0) as usize;
@@ -695,7 +745,7 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
                     room: room.clone(),
                     seed: t as u64,
                 };
-                let o = run_scene(cfg, Some(&stt), &scene, SceneOptions { aec, ..opts })?;
+                let o = run_scene(cfg, Some(stt), &scene, SceneOptions { aec, ..opts })?;
                 let ms = |s: usize| s as u64 / 16;
                 if o.wakes.iter().any(|&w| w >= ms(at) && w <= ms(end) + 1500) {
                     woke += 1;
@@ -717,7 +767,7 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
                     }],
                     ..scene
                 };
-                let o = run_scene(cfg, Some(&stt), &scene, SceneOptions { aec, ..opts })?;
+                let o = run_scene(cfg, Some(stt), &scene, SceneOptions { aec, ..opts })?;
                 if !o.stops.is_empty() {
                     alone += 1;
                 }
