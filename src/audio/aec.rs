@@ -699,6 +699,25 @@ mod tests {
     }
 
     #[test]
+    fn double_talk_is_a_rise_of_the_linear_output_over_its_echo_floor() {
+        let mut dt = DoubleTalk::default();
+        let cap = 1e6 * FRAME_SAMPLES as f64; // −30 dBFS
+        let at = |db: f64| cap * 10f64.powf(db / 10.0);
+        // Panda alone: the linear output 18 dB under the microphone, then 16 dB (the
+        // echo path changed a little): never a person.
+        assert!((0..100).all(|_| !dt.near_end(cap, at(-18.0))));
+        assert!((0..30).all(|_| !dt.near_end(cap, at(-16.0))));
+        // A person as loud as the echo lifts it to −3 dB: a person.
+        assert!(dt.near_end(cap, at(-3.0)));
+        // Too quiet to be anyone, whatever the ratio.
+        assert!(!dt.near_end(1.0, 1.0));
+        // The floor follows a worse canceller up (2 dB/s), so a steady −8 dB is Panda
+        // again after a few seconds.
+        let later = (0..200).map(|_| dt.near_end(cap, at(-8.0))).last().unwrap();
+        assert!(!later);
+    }
+
+    #[test]
     fn a_render_backlog_is_dropped_and_counted() {
         let stats = Arc::new(AecStats::default());
         let mut aec = EchoCanceller::new(0, stats.clone()).unwrap();
