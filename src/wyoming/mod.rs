@@ -2,8 +2,10 @@
 //!
 //! - [`codec`]: frames — a JSON header line, a JSON data block, a binary payload — read
 //!   with bounded buffers and written the way the Python `wyoming` library writes them.
+//! - [`info`]: the `info` event (the answer to `describe`) for what Panda serves.
 //!
 //! Servers (Panda's Whisper, Kokoro and wake word for Home Assistant), clients (remote
 //! engines as backends) and satellite mode build on it (see the Wyoming issue).
 
 pub mod codec;
+pub mod info;
