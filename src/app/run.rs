@@ -91,13 +91,7 @@ pub async fn run(
     // microphone) takes it out; the guard ignores a wake word it says itself.
     let on_speaker = matches!(opts.output, Output::Device { .. });
     let aec_on = cfg.aec.enabled && on_speaker && matches!(opts.input, Input::Device { .. });
-    let (reference, feed) = match aec_on {
-        true => {
-            let (l, f) = crate::audio::aec::reference_link();
-            (Some(l), Some(f))
-        }
-        false => (None, None),
-    };
+    let (reference, feed) = aec_on.then(crate::audio::aec::reference_link).unzip();
     let guard = (cfg.aec.self_wake_guard && on_speaker && opts.use_wake).then(|| {
         Arc::new(crate::audio::aec::SelfWakeGuard::new(
             &cfg.wake.phrase,

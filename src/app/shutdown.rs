@@ -159,21 +159,19 @@ fn observe(ev: &Event, extras: &Extras, progress: Option<&Progress>) {
     if let Some(h) = &extras.hub {
         h.observe(ev);
     }
-    if let (Event::Wake { turn, .. }, Some(active)) = (ev, &extras.barge_in)
-        && active.cancel(Some(*turn))
+    // A wake word, or a stop word said over the answer, ends the turn in progress.
+    let barge = match ev {
+        Event::Wake { turn, .. } => Some((*turn, "barge-in")),
+        Event::Stop { turn, .. } => Some((*turn, "stop word")),
+        _ => None,
+    };
+    if let (Some((turn, why)), Some(active)) = (barge, &extras.barge_in)
+        && active.cancel(Some(turn))
     {
         if let Some(h) = &extras.hub {
             h.metrics.barge_ins.add(1);
         }
-        tracing::info!(turn, "barge-in: the answer in progress is cancelled");
-    }
-    if let (Event::Stop { turn, word }, Some(active)) = (ev, &extras.barge_in)
-        && active.cancel(Some(*turn))
-    {
-        if let Some(h) = &extras.hub {
-            h.metrics.barge_ins.add(1);
-        }
-        tracing::info!(turn, %word, "stop word: the answer in progress is cancelled");
+        tracing::info!(turn, why, "the answer in progress is cancelled");
     }
     // After the barge-in's cancel, so playback has silenced the old answer first (its
     // select takes a cancel before a cue).

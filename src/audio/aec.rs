@@ -222,6 +222,8 @@ pub struct EchoCanceller {
     render: VecDeque<f32>,
     /// Capture samples (as f32) of the frame being processed.
     capture: Vec<f32>,
+    /// One render frame on its way to AEC3 (kept: no allocation per frame).
+    block: Vec<f32>,
     out: Vec<f32>,
     /// Frames (10 ms) since the reference was last loud; `u64::MAX` before it ever was.
     since_render: u64,
@@ -251,6 +253,7 @@ impl EchoCanceller {
             pipeline,
             render: VecDeque::with_capacity(SUBFRAME * 64),
             capture: vec![0.0; SUBFRAME],
+            block: Vec::with_capacity(SUBFRAME),
             out: vec![0.0; SUBFRAME],
             since_render: u64::MAX,
             double_talk: DoubleTalk::default(),
@@ -297,10 +300,13 @@ impl EchoCanceller {
                 if self.render.len() < SUBFRAME {
                     break;
                 }
-                let block: Vec<f32> = self.render.drain(..SUBFRAME).collect();
-                let energy = block.iter().map(|s| s * s).sum::<f32>() / SUBFRAME as f32;
+                self.block.clear();
+                self.block.extend(self.render.drain(..SUBFRAME));
+                let energy = self.block.iter().map(|s| s * s).sum::<f32>() / SUBFRAME as f32;
                 loud |= 10.0 * energy.max(1e-12).log10() > RENDER_ACTIVE_DBFS;
-                self.pipeline.handle_render_frame(&block).map_err(err)?;
+                self.pipeline
+                    .handle_render_frame(&self.block)
+                    .map_err(err)?;
             }
             if loud {
                 self.since_render = 0;
@@ -378,8 +384,6 @@ pub struct SelfWakeGuard {
     clock: Option<Arc<AtomicU64>>,
     /// Until when (ms since `epoch`) detections are Panda's own; 0 = not now.
     until_ms: AtomicU64,
-    /// Detections ignored so far.
-    pub suppressed: AtomicU64,
 }
 
 impl SelfWakeGuard {
@@ -392,7 +396,6 @@ impl SelfWakeGuard {
             epoch: std::time::Instant::now(),
             clock: None,
             until_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
         }
     }
 
@@ -424,9 +427,18 @@ impl SelfWakeGuard {
         }
     }
 
+    /// Where the keyword is said in `len` samples of speech reading `text`: the
+    /// [`Self::mark`] positions for that speech.
+    pub fn keyword_samples(&self, text: &str, len: u64) -> Vec<u64> {
+        self.positions(text)
+            .into_iter()
+            .map(|f| (f * len as f64) as u64)
+            .collect()
+    }
+
     /// Where in `text` the keyword (or a near spelling: "pandas") is said, as fractions
     /// of the text's length (speech time is roughly proportional to letters).
-    pub fn positions(&self, text: &str) -> Vec<f64> {
+    fn positions(&self, text: &str) -> Vec<f64> {
         let total = text.chars().count().max(1) as f64;
         let mut out = Vec::new();
         let mut at = 0usize;

@@ -435,11 +435,10 @@ impl Player {
         let start = a.queued;
         a.queued += out.len() as u64;
         if !c.text.is_empty() || !out.is_empty() {
-            let len = (a.queued - start) as f64;
             let keyword_at = self.io.guard.as_ref().map_or(Vec::new(), |g| {
-                g.positions(&c.text)
+                g.keyword_samples(&c.text, a.queued - start)
                     .into_iter()
-                    .map(|f| start + (f * len) as u64)
+                    .map(|at| start + at)
                     .collect()
             });
             a.segments.push(Segment {

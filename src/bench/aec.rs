@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
-use super::wake::{Rng, rms};
+use super::wake::{Rng, rms, say_16k};
 use crate::audio::aec::{
     AecStats, EchoCanceller, LINEAR_LAG_SAMPLES, OUTPUT_LAG_SAMPLES, SelfWakeGuard,
 };
@@ -98,6 +98,28 @@ pub struct Scene {
     pub seed: u64,
 }
 
+impl Scene {
+    /// Panda's `answer` alone in `room`, the echo at `echo_gain`, one second of room
+    /// after it; add what the person says with struct update syntax.
+    pub fn new(
+        answer: Vec<f32>,
+        keyword_at: Vec<u64>,
+        room: Room,
+        echo_gain: f32,
+        seed: u64,
+    ) -> Self {
+        Self {
+            len: answer.len() + SAMPLE_RATE_HZ as usize,
+            answer,
+            keyword_at,
+            talks: Vec::new(),
+            echo_gain,
+            room,
+            seed,
+        }
+    }
+}
+
 /// What runs in a scene.
 #[derive(Debug, Clone, Copy)]
 pub struct SceneOptions {
@@ -109,6 +131,16 @@ pub struct SceneOptions {
     pub stop_words: bool,
     /// A wake or a stop word cuts the answer (barge-in), as in `panda run`.
     pub barge_in: bool,
+}
+
+impl SceneOptions {
+    /// Everything on, as `panda run` on a sound card with a microphone.
+    pub const APPLIANCE: Self = Self {
+        aec: true,
+        guard: true,
+        stop_words: true,
+        barge_in: true,
+    };
 }
 
 /// What happened in a scene.
@@ -140,7 +172,7 @@ pub struct SceneOutcome {
 
 /// A double-talk scene's outputs, kept to compare at the end.
 #[derive(Default)]
-struct DoubleTalk {
+struct DoubleTalkOutputs {
     clean: Vec<i16>,
     full: Vec<i16>,
     linear: Vec<i16>,
@@ -202,14 +234,18 @@ pub fn run_scene(
     let events = {
         let cut_tx = cut_tx.clone();
         std::thread::spawn(move || {
-            let mut wakes = Vec::new();
+            let (mut wakes, mut ignored) = (Vec::new(), 0);
             while let Some(ev) = ev_rx.blocking_recv() {
-                if let Event::Wake { at_ms, .. } = ev {
-                    wakes.push(at_ms);
-                    let _ = cut_tx.send(at_ms);
+                match ev {
+                    Event::Wake { at_ms, .. } => {
+                        wakes.push(at_ms);
+                        let _ = cut_tx.send(at_ms);
+                    }
+                    Event::SelfWake { .. } => ignored += 1,
+                    _ => {}
                 }
             }
-            wakes
+            (wakes, ignored)
         })
     };
     let utterances = {
@@ -271,7 +307,7 @@ pub fn run_scene(
         (true, false) => Some((
             EchoCanceller::new(cfg.aec.delay_hint_ms, Arc::new(AecStats::default()))
                 .map_err(|e| BenchError::Synth(e.to_string()))?,
-            DoubleTalk::default(),
+            DoubleTalkOutputs::default(),
         )),
         _ => None,
     };
@@ -388,12 +424,11 @@ pub fn run_scene(
     drop(frame_tx);
     let _ = listener.join();
     root.cancel();
-    out.wakes = events.join().unwrap_or_default();
+    (out.wakes, out.self_wakes_suppressed) = events.join().unwrap_or_default();
     let (transcripts, stops) = utterances.join().unwrap_or_default();
     out.transcripts = transcripts;
     out.stops = stops;
     out.cut_at_ms = cut;
-    out.self_wakes_suppressed = guard.map_or(0, |g| g.suppressed.load(Ordering::Relaxed));
     let db = |a: f64, b: f64| 10.0 * (a / b.max(1e-9)).log10();
     (out.erle_db, out.erle_linear_db) = if energy.echo_mic > 0.0 {
         (
@@ -502,43 +537,34 @@ const BARGE_IN: &str = "Hey panda, stop.";
 const STOP_ALONE: &str = "Stop.";
 
 /// Panda's voice, 16 kHz.
+#[derive(Default)]
 struct Speech {
     audio: Vec<f32>,
     keyword_at: Vec<u64>,
 }
 
-fn synth(
-    k: &mut crate::speak::kokoro::Kokoro,
-    text: &str,
-    voice: &str,
-) -> Result<Vec<f32>, BenchError> {
-    let lang = if voice.starts_with('b') {
-        "en-gb"
-    } else {
-        "en-us"
-    };
-    let audio = k.synthesize_in(text, voice, lang, 1.0)?;
-    let pcm = crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
-    Ok(pcm.iter().map(|&s| s as f32 / 32768.0).collect())
+impl Speech {
+    /// Appends `other` (its keyword places move with it), then `pause` samples of silence.
+    fn append(&mut self, other: &Speech, pause: usize) {
+        let at = self.audio.len() as u64;
+        self.keyword_at
+            .extend(other.keyword_at.iter().map(|k| k + at));
+        self.audio.extend_from_slice(&other.audio);
+        self.audio.extend(std::iter::repeat_n(0.0, pause));
+    }
 }
 
 /// An answer stream of about `secs` seconds from `pool` (indices picked by `rng`), with
-/// the keyword's places; `forced` sentences are put first.
+/// the keyword's places.
 fn answer_stream(rng: &mut Rng, pool: &[Speech], picks: &[usize], secs: f32) -> Speech {
-    let mut audio = Vec::new();
-    let mut keyword_at = Vec::new();
+    let mut out = Speech::default();
     let mut i = 0;
-    while (audio.len() as f32) < secs * SAMPLE_RATE_HZ as f32 {
-        let s = &pool[picks[i % picks.len()]];
-        keyword_at.extend(s.keyword_at.iter().map(|k| k + audio.len() as u64));
-        audio.extend_from_slice(&s.audio);
-        audio.extend(std::iter::repeat_n(
-            0.0,
-            (rng.range(0.25, 0.6) * 16_000.0) as usize,
-        ));
+    while (out.audio.len() as f32) < secs * SAMPLE_RATE_HZ as f32 {
+        let pause = (rng.range(0.25, 0.6) * 16_000.0) as usize;
+        out.append(&pool[picks[i % picks.len()]], pause);
         i += 1;
     }
-    Speech { audio, keyword_at }
+    out
 }
 
 /// `panda bench aec`: ERLE, double-talk distortion, barge-in recall and stop words at
@@ -557,13 +583,8 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
     let guard = SelfWakeGuard::new(&cfg.wake.phrase, 0);
     let mut pool = Vec::new();
     for text in ANSWERS {
-        let audio = synth(&mut k, text, &cfg.tts.voice)?;
-        let len = audio.len() as f64;
-        let keyword_at = guard
-            .positions(text)
-            .into_iter()
-            .map(|f| (f * len) as u64)
-            .collect();
+        let audio = say_16k(&mut k, text, &cfg.tts.voice, 1.0)?;
+        let keyword_at = guard.keyword_samples(text, audio.len() as u64);
         pool.push(Speech { audio, keyword_at });
     }
     let plain: Vec<usize> = (0..ANSWERS.len())
@@ -584,22 +605,8 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
     let alone_us = canceller_alone_us(cfg, &far.audio)?;
     let room = Room::new(11, 0.35, 60.0);
     let gain = echo_gain_for(&far.audio, &room, speech_rms, -6.0);
-    let scene = Scene {
-        len: far.audio.len() + 16_000,
-        answer: far.audio,
-        keyword_at: far.keyword_at,
-        talks: Vec::new(),
-        echo_gain: gain,
-        room,
-        seed: 3,
-    };
-    let opts = SceneOptions {
-        aec: true,
-        guard: true,
-        stop_words: true,
-        barge_in: true,
-    };
-    let o = run_scene(cfg, Some(&stt), &scene, opts)?;
+    let scene = Scene::new(far.audio, far.keyword_at, room, gain, 3);
+    let o = run_scene(cfg, Some(&stt), &scene, SceneOptions::APPLIANCE)?;
     println!(
         "far end only ({:.0} s): ERLE {:.1} dB (linear filter alone {:.1} dB); canceller {:.0} µs per 30 ms frame = {:.2}% of a core alone ({:.0} µs beside the listener and Whisper)",
         scene.len as f64 / 16_000.0,
@@ -617,34 +624,18 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
     println!(
         "self-wakes over {minutes:.0} min of Panda's speech, the wake phrase once a minute, echo at −20 dBFS:"
     );
-    let mut long = Speech {
-        audio: Vec::new(),
-        keyword_at: Vec::new(),
-    };
+    let mut long = Speech::default();
     let mut said = 0;
     while (long.audio.len() as f64) < minutes * 60.0 * 16_000.0 {
         let minute = answer_stream(&mut rng, &pool, &plain, 50.0);
-        let w = &pool[*rng.pick(&wake_said)];
-        for s in [&minute, w] {
-            long.keyword_at
-                .extend(s.keyword_at.iter().map(|k| k + long.audio.len() as u64));
-            long.audio.extend_from_slice(&s.audio);
-        }
-        long.audio.extend(std::iter::repeat_n(0.0, 8_000));
+        long.append(&minute, 0);
+        long.append(&pool[*rng.pick(&wake_said)], 8_000);
         said += 1;
     }
     let room = Room::new(12, 0.35, 60.0);
     let gain = echo_gain_for(&long.audio, &room, 10f32.powf(-20.0 / 20.0), 0.0);
     let hours = long.audio.len() as f64 / 16_000.0 / 3600.0;
-    let scene = Scene {
-        len: long.audio.len() + 16_000,
-        answer: long.audio,
-        keyword_at: long.keyword_at,
-        talks: Vec::new(),
-        echo_gain: gain,
-        room,
-        seed: 4,
-    };
+    let scene = Scene::new(long.audio, long.keyword_at, room, gain, 4);
     for (name, aec, guard) in [
         ("no canceller, no guard", false, false),
         ("canceller, no guard", true, false),
@@ -688,21 +679,16 @@ fn barge_in(
         return Ok(());
     }
     let speech_rms = 10f32.powf(-26.0 / 20.0);
-    let opts = SceneOptions {
-        aec: true,
-        guard: true,
-        stop_words: true,
-        barge_in: true,
-    };
+    let opts = SceneOptions::APPLIANCE;
     let speakers = super::UNSEEN_VOICES;
     let mut said_bi = Vec::new();
     let mut said_stop = Vec::new();
     let mut follow = Vec::new();
     for v in speakers {
-        said_bi.push(at_level(&synth(k, BARGE_IN, v)?, speech_rms));
-        said_stop.push(at_level(&synth(k, STOP_ALONE, v)?, speech_rms));
+        said_bi.push(at_level(&say_16k(k, BARGE_IN, v, 1.0)?, speech_rms));
+        said_stop.push(at_level(&say_16k(k, STOP_ALONE, v, 1.0)?, speech_rms));
         follow.push(at_level(
-            &synth(k, "Hey panda, what time is it?", v)?,
+            &say_16k(k, "Hey panda, what time is it?", v, 1.0)?,
             speech_rms,
         ));
     }
@@ -729,8 +715,6 @@ fn barge_in(
                 let len = (next_at + follow[si].len() + 3 * 16_000).max(ans.audio.len());
                 let scene = Scene {
                     len,
-                    answer: ans.audio.clone(),
-                    keyword_at: ans.keyword_at.clone(),
                     talks: vec![
                         Talk {
                             at,
@@ -741,9 +725,7 @@ fn barge_in(
                             audio: follow[si].clone(),
                         },
                     ],
-                    echo_gain: gain,
-                    room: room.clone(),
-                    seed: t as u64,
+                    ..Scene::new(ans.audio, ans.keyword_at, room, gain, t as u64)
                 };
                 let o = run_scene(cfg, Some(stt), &scene, SceneOptions { aec, ..opts })?;
                 let ms = |s: usize| s as u64 / 16;

@@ -243,16 +243,26 @@ struct Voices {
 
 impl Voices {
     fn say(&mut self, text: &str, voice: &str, speed: f32) -> Result<Vec<f32>, BenchError> {
-        // British voices (and blends led by one) read with British phonemes.
-        let lang = if voice.starts_with('b') {
-            "en-gb"
-        } else {
-            "en-us"
-        };
-        let audio = self.k.synthesize_in(text, voice, lang, speed)?;
-        let pcm = crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
-        Ok(pcm.iter().map(|&s| s as f32 / 32768.0).collect())
+        say_16k(&mut self.k, text, voice, speed)
     }
+}
+
+/// `text` in Kokoro voice `voice` as 16 kHz f32; British voices (and blends led by one)
+/// read with British phonemes.
+pub fn say_16k(
+    k: &mut crate::speak::kokoro::Kokoro,
+    text: &str,
+    voice: &str,
+    speed: f32,
+) -> Result<Vec<f32>, BenchError> {
+    let lang = if voice.starts_with('b') {
+        "en-gb"
+    } else {
+        "en-us"
+    };
+    let audio = k.synthesize_in(text, voice, lang, speed)?;
+    let pcm = crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
+    Ok(pcm.iter().map(|&s| s as f32 / 32768.0).collect())
 }
 
 fn to_i16(x: &[f32]) -> Vec<i16> {

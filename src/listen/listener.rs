@@ -18,7 +18,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -345,7 +344,6 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
                 // Panda saying its own wake word is not a wake.
                 let hit = match (hit, &guard) {
                     (Some(h), Some(g)) if g.active() => {
-                        g.suppressed.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(score = h.score, "wake word in Panda's own voice ignored");
                         emit(Event::SelfWake {
                             score: h.score,

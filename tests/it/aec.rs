@@ -15,16 +15,9 @@ fn say(
     voice: &str,
     phrase: &str,
 ) -> (Vec<f32>, Vec<u64>) {
-    let audio = k.synthesize(text, voice, 1.0).unwrap();
-    let pcm = panda::audio::dsp::to_16k_mono(&audio, panda::speak::kokoro::SAMPLE_RATE_HZ, 1);
-    let audio: Vec<f32> = pcm.iter().map(|&s| s as f32 / 32768.0).collect();
-    let g = panda::audio::aec::SelfWakeGuard::new(phrase, 0);
-    let len = audio.len() as f64;
-    let at = g
-        .positions(text)
-        .into_iter()
-        .map(|f| (f * len) as u64)
-        .collect();
+    let audio = panda::bench::wake::say_16k(k, text, voice, 1.0).unwrap();
+    let at =
+        panda::audio::aec::SelfWakeGuard::new(phrase, 0).keyword_samples(text, audio.len() as u64);
     (audio, at)
 }
 
@@ -64,19 +57,9 @@ fn the_echo_is_cancelled_and_an_answer_saying_panda_wakes_nothing() {
     let gain = echo_gain_for(&answer, &room, 0.1, 0.0);
     let scene = Scene {
         len: answer.len() + 32_000,
-        answer,
-        keyword_at,
-        talks: Vec::new(),
-        echo_gain: gain,
-        room,
-        seed: 1,
+        ..Scene::new(answer, keyword_at, room, gain, 1)
     };
-    let on = SceneOptions {
-        aec: true,
-        guard: true,
-        stop_words: true,
-        barge_in: true,
-    };
+    let on = SceneOptions::APPLIANCE;
     let o = run_scene(&cfg, Some(&stt), &scene, on).unwrap();
     assert!(o.erle_db >= 30.0, "ERLE {:.1} dB", o.erle_db);
     assert!(o.wakes.is_empty(), "Panda woke itself at {:?} ms", o.wakes);
@@ -110,8 +93,6 @@ fn hey_panda_stop_over_the_answer_cuts_it_and_the_next_question_is_heard() {
     let next_at = stop_end + 2 * 16_000;
     let scene = Scene {
         len: (next_at + next.len() + 3 * 16_000).max(answer.len()),
-        answer,
-        keyword_at,
         talks: vec![
             Talk {
                 at,
@@ -122,22 +103,9 @@ fn hey_panda_stop_over_the_answer_cuts_it_and_the_next_question_is_heard() {
                 audio: at_level(&next, level),
             },
         ],
-        echo_gain: gain,
-        room,
-        seed: 2,
+        ..Scene::new(answer, keyword_at, room, gain, 2)
     };
-    let o = run_scene(
-        &cfg,
-        Some(&stt),
-        &scene,
-        SceneOptions {
-            aec: true,
-            guard: true,
-            stop_words: true,
-            barge_in: true,
-        },
-    )
-    .unwrap();
+    let o = run_scene(&cfg, Some(&stt), &scene, SceneOptions::APPLIANCE).unwrap();
     let ms = |s: usize| s as u64 / 16;
     let cut = o
         .cut_at_ms
@@ -162,9 +130,7 @@ fn hey_panda_stop_over_the_answer_cuts_it_and_the_next_question_is_heard() {
         &scene,
         SceneOptions {
             aec: false,
-            guard: true,
-            stop_words: true,
-            barge_in: true,
+            ..SceneOptions::APPLIANCE
         },
     )
     .unwrap();
@@ -185,23 +151,13 @@ fn stop_alone_over_the_answer_stops_it() {
     let gain = echo_gain_for(&answer, &room, level, 0.0);
     let at = 5 * 16_000;
     let scene = Scene {
-        len: answer.len() + 16_000,
-        answer,
-        keyword_at,
         talks: vec![Talk {
             at,
             audio: at_level(&stop, level),
         }],
-        echo_gain: gain,
-        room,
-        seed: 3,
+        ..Scene::new(answer, keyword_at, room, gain, 3)
     };
-    let on = SceneOptions {
-        aec: true,
-        guard: true,
-        stop_words: true,
-        barge_in: true,
-    };
+    let on = SceneOptions::APPLIANCE;
     let o = run_scene(&cfg, Some(&stt), &scene, on).unwrap();
     assert_eq!(
         o.stops.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(),

@@ -73,6 +73,25 @@ impl Pulse {
         Err("pulseaudio did not answer within 10 s".into())
     }
 
+    /// Loops the speaker's monitor into the microphone with `latency_ms`, at full level:
+    /// a real echo path through the sound server, as a room would make.
+    fn loop_speaker_into_mic(&self, latency_ms: u32) {
+        let ok = self
+            .cmd("pactl")
+            .args([
+                "load-module",
+                "module-loopback",
+                "source=spk.monitor",
+                "sink=micfeed",
+                &format!("latency_msec={latency_ms}"),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "loading the speaker → microphone loopback failed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     /// Kills the daemon, as a crashed sound server or an unplugged card would go.
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -515,7 +534,11 @@ fn play_into_mic(pulse: &Pulse, mic: &Path) -> Instant {
     Instant::now()
 }
 
-fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::server::Server {
+/// An OpenAI-compatible LLM server that streams `answer(last user message, lower case)`.
+fn llm_replying(
+    rt: &tokio::runtime::Runtime,
+    answer: impl Fn(&str) -> Vec<String> + Send + Sync + 'static,
+) -> panda::bench::server::Server {
     use panda::bench::server::{Reply, Request, openai_stream, serve};
     rt.block_on(serve(std::sync::Arc::new(move |r: &Request| {
         let body = String::from_utf8_lossy(&r.body).to_lowercase();
@@ -523,9 +546,21 @@ fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::serve
         let last = body
             .rsplit("{\"content\":")
             .find(|m| m.contains("\"role\":\"user\""))
-            .unwrap_or("")
-            .to_string();
-        let text: Vec<String> = if last.contains("france") {
+            .unwrap_or("");
+        let text = answer(last);
+        let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+        Reply::Stream {
+            content_type: "text/event-stream",
+            pieces: openai_stream(&refs, Duration::from_millis(5)),
+            die: false,
+        }
+    })))
+    .unwrap()
+}
+
+fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::server::Server {
+    llm_replying(rt, move |last| {
+        if last.contains("france") {
             vec!["The capital of France ".into(), "is Paris.".into()]
         } else {
             // A long answer, for barge-in.
@@ -537,15 +572,8 @@ fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::serve
                     )
                 })
                 .collect()
-        };
-        let refs: Vec<&str> = text.iter().map(String::as_str).collect();
-        Reply::Stream {
-            content_type: "text/event-stream",
-            pieces: openai_stream(&refs, Duration::from_millis(5)),
-            die: false,
         }
-    })))
-    .unwrap()
+    })
 }
 
 /// The tests on virtual devices run one at a time: each plays and records in real time,
@@ -638,20 +666,7 @@ fn the_earcon_plays_on_a_wake_and_is_never_the_question() {
     let wake_only = mic_wav(dir.path(), "wake-only", &["Hey panda."]);
     let question = mic_wav(dir.path(), "question", &["What time is it?"]);
     app.wait_log("capture started", 1, 60);
-    let ok = pulse
-        .cmd("pactl")
-        .args([
-            "load-module",
-            "module-loopback",
-            "source=spk.monitor",
-            "sink=micfeed",
-            "latency_msec=30",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "loading the speaker → microphone loopback failed");
-    std::thread::sleep(Duration::from_millis(500));
+    pulse.loop_speaker_into_mic(30);
     let rec = record_speaker(&pulse, dir.path());
     // A wake and nothing else: the chime comes back through the microphone, and must
     // not be the question.
@@ -1176,42 +1191,25 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
     let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(pulse) = pulse_or_skip() else { return };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = {
-        use panda::bench::server::{Reply, Request, openai_stream, serve};
-        rt.block_on(serve(std::sync::Arc::new(move |r: &Request| {
-            let body = String::from_utf8_lossy(&r.body).to_lowercase();
-            let last = body
-                .rsplit("{\"content\":")
-                .find(|m| m.contains("\"role\":\"user\""))
-                .unwrap_or("")
-                .to_string();
-            // Anything but the story gets the short answer: how Whisper hears the second
-            // question on a machine busy synthesising the story is not what is tested.
-            let text: Vec<String> = if !last.contains("story") {
-                vec!["The capital of France is Paris.".into()]
-            } else {
-                let mut s = vec![
-                    "Once upon a time a child called out, hey panda, to a sleepy bear. ".into(),
-                    "The bear only yawned, so she said it louder: hey panda! ".into(),
-                    "And a third time, hey panda, and at last it looked up. ".into(),
-                ];
-                s.extend((0..25).map(|i| {
-                    format!(
-                        "Then came part {} of the story, about the river and the hills. ",
-                        i + 4
-                    )
-                }));
-                s
-            };
-            let refs: Vec<&str> = text.iter().map(String::as_str).collect();
-            Reply::Stream {
-                content_type: "text/event-stream",
-                pieces: openai_stream(&refs, Duration::from_millis(5)),
-                die: false,
-            }
-        })))
-        .unwrap()
-    };
+    // Anything but the story gets the short answer: how Whisper hears the second
+    // question on a machine busy synthesising the story is not what is tested.
+    let server = llm_replying(&rt, |last| {
+        if !last.contains("story") {
+            return vec!["The capital of France is Paris.".into()];
+        }
+        let mut s = vec![
+            "Once upon a time a child called out, hey panda, to a sleepy bear. ".into(),
+            "The bear only yawned, so she said it louder: hey panda! ".into(),
+            "And a third time, hey panda, and at last it looked up. ".into(),
+        ];
+        s.extend((0..25).map(|i| {
+            format!(
+                "Then came part {} of the story, about the river and the hills. ",
+                i + 4
+            )
+        }));
+        s
+    });
     let dir = tempfile::tempdir().unwrap();
     let story = mic_wav(
         dir.path(),
@@ -1226,20 +1224,7 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
     );
     let app = Appliance::spawn(&pulse, &server.url(), true, &[]);
     app.wait_log("capture started", 1, 60);
-    let ok = pulse
-        .cmd("pactl")
-        .args([
-            "load-module",
-            "module-loopback",
-            "source=spk.monitor",
-            "sink=micfeed",
-            "latency_msec=60",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "loading the speaker → microphone loopback failed");
-    std::thread::sleep(Duration::from_millis(500));
+    pulse.loop_speaker_into_mic(60);
     play_into_mic(&pulse, &story);
     let playing = app.wait_for("the story playing", 60, |e| e["type"] == "playing");
     let story_turn = playing["turn"].clone();
