@@ -15,6 +15,7 @@ PACKAGES=(
   alsa-utils                               # test recordings (apt-get download), aplay
   pulseaudio pulseaudio-utils libasound2-plugins  # virtual audio devices for device tests
   sox                                      # audio checks in tests and scripts
+  python3-venv                             # the PyPI wyoming client the Wyoming tests use
 )
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 missing=()

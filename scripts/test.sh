@@ -36,6 +36,14 @@ cargo test --locked --no-run
 phase "models and test recordings"
 target/debug/panda models install --test-data
 
+# The Wyoming tests talk to Panda through the PyPI client Home Assistant uses.
+phase "wyoming client (PyPI)"
+WYOMING_VENV="${HOME}/.cache/panda/wyoming-venv"
+[ -x "$WYOMING_VENV/bin/python" ] || python3 -m venv "$WYOMING_VENV"
+"$WYOMING_VENV/bin/pip" install -q "wyoming==1.10.2"
+export WYOMING_PYTHON="$WYOMING_VENV/bin/python"
+export REQUIRE_WYOMING="${REQUIRE_WYOMING:-1}"
+
 # Every test runs even when one fails, so a failure report is complete.
 phase "tests"
 status=0

@@ -82,6 +82,8 @@ pub struct Config {
     pub web: WebConfig,
     /// The daemon (`panda run`): shutdown and barge-in.
     pub run: RunConfig,
+    /// Panda's engines as Wyoming services (Home Assistant).
+    pub wyoming: WyomingConfig,
     /// Helper agents (`[[agents]]`), called over HTTP for the intents they serve.
     pub agents: Vec<AgentConfig>,
     /// Logging.
@@ -116,6 +118,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             web: WebConfig::default(),
             run: RunConfig::default(),
+            wyoming: WyomingConfig::default(),
             agents: default_agents(),
             log: LogConfig::default(),
         }
@@ -630,6 +633,39 @@ impl Default for MemoryConfig {
     }
 }
 
+/// `[wyoming]`: Panda's Whisper, Kokoro and wake word served over the Wyoming protocol
+/// (Home Assistant's: its Wyoming integration adds Panda as a speech-to-text, text-to-
+/// speech and wake word service). Wyoming has no authentication: anyone who can reach
+/// the port can use the models, so it listens on loopback unless told otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WyomingConfig {
+    /// Where `panda run` serves (`tcp://HOST:PORT`, e.g. `tcp://127.0.0.1:10300`); empty:
+    /// not served. `panda serve --wyoming` takes its own address.
+    pub listen: String,
+    /// What is served: any of `asr` (Whisper), `tts` (Kokoro), `wake` (the wake word).
+    pub services: Vec<String>,
+    /// Connections served at once; one more is answered `error` and closed.
+    pub max_connections: u32,
+    /// A connection that sends nothing for this long is closed (Home Assistant opens one
+    /// per request; a satellite pings every few seconds).
+    pub idle_timeout_ms: u64,
+    /// Longest audio one `transcribe` takes; longer is answered `error`.
+    pub max_audio_ms: u64,
+}
+
+impl Default for WyomingConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            services: vec!["asr".into(), "tts".into(), "wake".into()],
+            max_connections: 32,
+            idle_timeout_ms: 30_000,
+            max_audio_ms: 60_000,
+        }
+    }
+}
+
 /// `[web]`: the status page (HTML, live events over SSE), its JSON API and `/metrics`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -1040,6 +1076,31 @@ impl Config {
         int("wake.verify_window_ms", w.verify_window_ms, 200, 10_000)?;
         int("wake.verify_delay_ms", w.verify_delay_ms, 0, 2_000)?;
         int("vad.mode", self.vad.mode, 0, 3)?;
+        let wy = &self.wyoming;
+        if !wy.listen.is_empty() && !wy.listen.starts_with("tcp://") {
+            return Err(invalid(
+                "wyoming.listen",
+                "must be tcp://HOST:PORT or empty",
+            ));
+        }
+        if let Some(bad) = wy
+            .services
+            .iter()
+            .find(|s| !matches!(s.as_str(), "asr" | "tts" | "wake"))
+        {
+            return Err(invalid(
+                "wyoming.services",
+                format!("{bad:?} is not one of asr, tts, wake"),
+            ));
+        }
+        int("wyoming.max_connections", wy.max_connections, 1, 10_000)?;
+        int(
+            "wyoming.idle_timeout_ms",
+            wy.idle_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        int("wyoming.max_audio_ms", wy.max_audio_ms, 1_000, 600_000)?;
         int("endpoint.pre_roll_ms", e.pre_roll_ms, 0, 5_000)?;
         int("endpoint.speech_start_ms", e.speech_start_ms, 10, 5_000)?;
         int("endpoint.hangover_ms", e.hangover_ms, 10, 10_000)?;

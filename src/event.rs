@@ -177,6 +177,26 @@ pub enum Speech {
         /// One past the last sentence's index.
         index: u32,
     },
+    /// Synthesise for someone other than the speaker (a Wyoming client): the audio goes
+    /// back on the request's own channel, not to playback.
+    Serve(ServedSpeech),
+}
+
+/// Text to synthesise for a client of Panda's TTS (see [`Speech::Serve`]).
+#[derive(Debug, Clone)]
+pub struct ServedSpeech {
+    /// The text (one sentence or a few: each model call's audio is sent as it is made).
+    pub text: String,
+    /// Kokoro voice.
+    pub voice: String,
+    /// Speaking rate, 1.0 normal.
+    pub speed: f32,
+    /// Cancelled when the client is gone: the rest is skipped.
+    pub token: CancellationToken,
+    /// 24 kHz mono audio, one model call at a time, or what went wrong; closed when
+    /// done. When full the TTS thread waits (the client sets the pace; its connection
+    /// drops the receiver when it stops reading, which ends the wait).
+    pub reply: tokio::sync::mpsc::Sender<Result<Vec<f32>, String>>,
 }
 
 /// A piece of synthesised speech (TTS → playback): one model call's audio.

@@ -32,6 +32,7 @@ mod say;
 pub mod shutdown;
 pub mod systemd;
 pub mod topology;
+pub mod wyoming;
 
 pub use ask::ask;
 pub use listen::listen;
@@ -110,6 +111,9 @@ pub enum AppError {
     /// The echo canceller could not start.
     #[error(transparent)]
     Aec(#[from] crate::audio::aec::AecError),
+    /// The Wyoming server could not start (bad address, port in use).
+    #[error(transparent)]
+    Wyoming(#[from] crate::wyoming::server::ServerError),
     /// A stage's thread panicked or could not be joined (names which).
     #[error("{0} stopped unexpectedly (a thread panicked)")]
     Thread(&'static str),

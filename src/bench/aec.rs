@@ -700,16 +700,27 @@ fn barge_in(
         "  {:<11} {:<9} {:>6} {:>10} {:>13} {:>17}",
         "speech/echo", "canceller", "wake", "stop alone", "next question", "double-talk SDR"
     );
+    // Answers that say the keyword, for the rows where the person's "hey panda" lands on
+    // Panda's own "panda" (the self-wake guard is up; only the canceller's evidence of
+    // someone else talking lets the wake through).
+    let saying: Vec<usize> = (0..pool.len())
+        .filter(|&i| !pool[i].keyword_at.is_empty())
+        .collect();
     for ratio in [20.0f32, 0.0, -6.0, -12.0] {
-        for aec in [true, false] {
+        for (aec, over_keyword) in [(true, false), (false, false), (true, true)] {
             let (mut woke, mut alone, mut next) = (0, 0, 0);
             let mut sdr = Vec::new();
             for t in 0..trials {
                 let si = (t * 7 + ratio.abs() as usize) % speakers.len();
-                let ans = answer_stream(rng, pool, plain, 14.0);
+                let ans =
+                    answer_stream(rng, pool, if over_keyword { &saying } else { plain }, 14.0);
                 let room = Room::new(100 + t as u64, rng.range(0.2, 0.5), rng.range(30.0, 90.0));
                 let gain = echo_gain_for(&ans.audio, &room, speech_rms, ratio);
-                let at = (rng.range(2.0, 8.0) * 16_000.0) as usize;
+                let at = match ans.keyword_at.iter().find(|&&k| k >= 40_000) {
+                    // The person's "panda" (half a second in) on Panda's.
+                    Some(&k) if over_keyword => k as usize - 8_000,
+                    _ => (rng.range(2.0, 8.0) * 16_000.0) as usize,
+                };
                 let end = at + said_bi[si].len();
                 let next_at = end + 3 * 16_000;
                 let len = (next_at + follow[si].len() + 3 * 16_000).max(ans.audio.len());
@@ -765,7 +776,11 @@ fn barge_in(
             println!(
                 "  {:<11} {:<9} {:>5.0}% {:>9.0}% {:>12.0}% {:>17}",
                 format!("{ratio:+.0} dB"),
-                if aec { "on" } else { "off" },
+                match (aec, over_keyword) {
+                    (true, true) => "on*",
+                    (true, false) => "on",
+                    _ => "off",
+                },
                 pct(woke),
                 pct(alone),
                 pct(next),
@@ -774,7 +789,7 @@ fn barge_in(
         }
     }
     println!(
-        "(wake: an accepted wake word during or ≤ 1.5 s after \"hey panda, stop\"; stop alone: \"stop\" without the wake word stops the answer; next question: \"hey panda, what time is it?\" 3 s later is transcribed; SDR: the person's voice through the canceller with the echo against without it, full / linear output; {:.0} s in all)",
+        "(on*: the person's \"hey panda\" lands on Panda saying \"panda\", the self-wake guard up; wake: an accepted wake word during or ≤ 1.5 s after \"hey panda, stop\"; stop alone: \"stop\" without the wake word stops the answer; next question: \"hey panda, what time is it?\" 3 s later is transcribed; SDR: the person's voice through the canceller with the echo against without it, full / linear output; {:.0} s in all)",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -34,6 +34,7 @@ pub mod models;
 pub mod output;
 pub mod run;
 pub mod say;
+pub mod serve;
 
 use exit::Exit;
 
@@ -90,6 +91,9 @@ pub enum Cmd {
     /// The appliance: microphone → wake word → answer on the speaker, with the status
     /// page; or one recording in, the spoken answer out (--input/--output).
     Run(RunArgs),
+    /// Serve Panda's Whisper, Kokoro and wake word to Home Assistant (or any Wyoming
+    /// client) without the appliance.
+    Serve(ServeArgs),
     /// Check the installation: models, ONNX Runtime, audio devices, LLM, agents, disk,
     /// memory, the status page's port — one line each, OK or FAIL with the fix.
     Doctor {
@@ -107,6 +111,19 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+}
+
+/// `panda serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where to serve Wyoming: tcp://HOST:PORT (default `[wyoming] listen`, else
+    /// tcp://127.0.0.1:10300). Wyoming has no authentication: anyone who can reach the
+    /// port can use the models.
+    #[arg(long, value_name = "URL")]
+    pub wyoming: Option<String>,
+    /// What to serve, comma-separated: asr, tts, wake (default `[wyoming] services`).
+    #[arg(long, value_delimiter = ',')]
+    pub services: Option<Vec<String>>,
 }
 
 #[derive(Subcommand)]
@@ -428,6 +445,7 @@ pub fn run(cli: Cli) -> Result<(), Exit> {
         Cmd::Voices => say::voices(&cfg),
         Cmd::Ask(args) => ask::run(&cfg, args),
         Cmd::Run(args) => run::run(&cfg, args),
+        Cmd::Serve(args) => serve::run(&cfg, args),
         Cmd::Doctor { json } => doctor::run(&cfg, json),
         Cmd::Memory { cmd } => memory::run(&cfg, cmd),
         Cmd::Bench { cmd } => bench::run(&cfg, cmd),

@@ -19,14 +19,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::command::CommandSpotter;
 use super::endpoint::{Arm, Endpoint, EndpointParams, Endpointer};
-use super::stt::SttHandle;
+use super::stt::{SttError, SttHandle, SttOutput};
 use super::vad::{LevelGate, Vad};
-use super::wake::WakeDetector;
+use super::wake::{WakeDetector, WakeHit};
 use crate::audio::aec::SelfWakeGuard;
 use crate::config::Config;
 use crate::event::{AudioFrame, Event, FRAME_MS, FRAME_SAMPLES, ListenControl, Turn, Utterance};
@@ -94,14 +94,31 @@ impl WakeVerifier {
 }
 
 impl WakeVerifier {
-    /// Runs the check on `audio` (the window before a detection): whether the keyword was
-    /// heard, and what was heard. A failing STT worker accepts the detection — a wake is
-    /// better than a deaf appliance.
-    pub fn check(&self, audio: &[i16], token: &CancellationToken) -> (bool, Option<String>) {
+    /// Queues the check of `audio` (the window before a detection) on the speech-to-text
+    /// worker and returns at once: the listener reads on while Whisper runs.
+    fn submit(&self, audio: &[i16], token: &CancellationToken) -> Check {
         match self
             .stt
-            .transcribe_blocking_with_prompt(audio, Some(&self.prompt), token)
+            .submit_blocking_with_prompt(audio, Some(&self.prompt), token)
         {
+            Ok(rx) => Check::Running(rx),
+            Err(e) => Check::Done(self.judge(Err(e))),
+        }
+    }
+
+    /// Runs the check on `audio` and waits for it: whether the keyword was heard, and
+    /// what was heard (benches; the listener itself never waits, see [`Self::submit`]).
+    pub fn check(&self, audio: &[i16], token: &CancellationToken) -> (bool, Option<String>) {
+        match self.submit(audio, token) {
+            Check::Running(rx) => self.judge(rx.blocking_recv().unwrap_or(Err(SttError::Stopped))),
+            Check::Done(d) => d,
+        }
+    }
+
+    /// Whether a check's result heard the keyword, and what it heard. A failing STT
+    /// worker accepts the detection — a wake is better than a deaf appliance.
+    fn judge(&self, result: Result<SttOutput, SttError>) -> (bool, Option<String>) {
+        match result {
             Ok(out) => (mentions_keyword(&out.text, &self.keyword), Some(out.text)),
             Err(e) => {
                 tracing::warn!(error = %e, "wake word check failed; accepting the detection");
@@ -109,6 +126,25 @@ impl WakeVerifier {
             }
         }
     }
+}
+
+/// A second-stage check on its way.
+enum Check {
+    /// Queued on the speech-to-text worker.
+    Running(oneshot::Receiver<Result<SttOutput, SttError>>),
+    /// Decided: (accepted, what Whisper heard).
+    Done((bool, Option<String>)),
+}
+
+/// A template detection waiting for its second-stage check.
+struct Pending {
+    hit: WakeHit,
+    /// The frame after which the check's window is complete.
+    due: u64,
+    /// When the detection fired (stream time).
+    at_ms: u64,
+    /// Submitted once `due` is reached.
+    check: Option<Check>,
 }
 
 /// The keyword (last word, lower case) and the Whisper prompt (words capitalised, a full
@@ -255,78 +291,240 @@ pub enum Trigger {
     Always,
 }
 
-/// Runs the listener until the audio edge closes or `root` is cancelled. Build the
-/// [`Trigger`] on the thread that runs this (see [`spawn`]).
-pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: ListenerIo) {
-    let ListenerOptions {
-        verifier,
-        hold_after_wake_ms,
-        guard,
-        stop_words,
-        ..
-    } = opts;
-    let mut spotter = stop_words.then(CommandSpotter::default);
-    let mut vad = Vad::new(cfg.vad.mode);
-    let mut level = LevelGate::default();
-    let mut ep = Endpointer::new(EndpointParams::from(&cfg.endpoint));
-    let ListenerIo {
-        mut frames,
-        utterances,
-        events,
-        root,
-        mut control,
-    } = io;
-    let frames_of = |ms: u64| ms.div_ceil(FRAME_MS as u64) as usize;
-    let hold = frames_of(hold_after_wake_ms);
-    let wake_phrase = matches!(trigger, Trigger::Wake(_)).then(|| cfg.wake.phrase.clone());
-    let mut turn: Option<Turn> = None;
-    // A template detection waiting for the second-stage check: (hit, due frame, at_ms).
-    let mut pending = None;
-    // Frames since a detection, while its check waits.
-    let mut held: Vec<AudioFrame> = Vec::new();
-    let mut last_seq = 0u64;
-    // The most recent audio, for the second-stage wake check.
-    let window = verifier.as_ref().map_or(0, |v| v.window_frames);
-    let mut recent: VecDeque<Box<[i16; FRAME_SAMPLES]>> = VecDeque::with_capacity(window + 1);
-    let emit = |ev: Event| {
-        let _ = events.blocking_send(ev);
+/// Frames the listener holds back while a wake word check runs (10 s). It reads on
+/// meanwhile, so a Whisper busy with a question (several seconds on a loaded machine)
+/// never makes the audio edge drop the next question; past this it waits for the check
+/// (a file source is then simply slowed; a live one drops and counts).
+const MAX_HELD_FRAMES: usize = 334;
+
+/// Frames of the near-end history the self-wake guard looks at: about one "hey panda".
+const NEAR_WINDOW_FRAMES: usize = 34;
+/// Frames (of [`NEAR_WINDOW_FRAMES`]) in which the echo canceller heard someone other
+/// than Panda that make a detection under the self-wake guard a person's (see
+/// [`Listening::guard_lets_through`]).
+pub const NEAR_FRAMES_FOR_PERSON: usize = 6;
+
+/// The utterance side of the listener: VAD, level gate, endpointer and the turn being
+/// collected, fed frame by frame.
+struct Collector {
+    vad: Vad,
+    level: LevelGate,
+    ep: Endpointer,
+    turn: Option<Turn>,
+}
+
+/// Where the listener's results go.
+struct Outputs<'a> {
+    utterances: &'a mpsc::Sender<Utterance>,
+    events: &'a mpsc::Sender<Event>,
+    root: &'a CancellationToken,
+    wake_phrase: &'a Option<String>,
+}
+
+impl Outputs<'_> {
+    fn emit(&self, ev: Event) {
+        let _ = self.events.blocking_send(ev);
+    }
+}
+
+impl Collector {
+    /// Runs one frame through the VAD and the endpointer. False when the STT edge is
+    /// closed (shutdown).
+    fn feed(&mut self, f: &AudioFrame, out: &Outputs) -> bool {
+        // The level gate belongs to one utterance: it starts over whenever none is being
+        // collected.
+        if !self.ep.in_speech() {
+            self.level.reset();
+        }
+        let audio = audio_of(f);
+        let voiced = self.ep.is_armed() && self.level.voiced(audio, self.vad.is_voiced(audio));
+        match self.ep.push(f.seq, audio, voiced) {
+            Some(e) => deliver(e, &mut self.turn, out),
+            None => true,
+        }
+    }
+
+    /// A check decided: a wake opens the turn and arms the endpointer for the question
+    /// (the held frames are then the batch to feed); anything else leaves the held frames
+    /// as plain history.
+    fn conclude(
+        &mut self,
+        p: Pending,
+        (accepted, heard): (bool, Option<String>),
+        held: &mut Vec<AudioFrame>,
+        queued: usize,
+        hold: usize,
+        out: &Outputs,
+    ) -> Vec<AudioFrame> {
+        if !accepted {
+            tracing::info!(score = p.hit.score, at_ms = p.at_ms, heard = ?heard, "wake word rejected by the second stage");
+        }
+        if accepted && !self.ep.is_armed() {
+            let t = new_turn(out.root);
+            out.emit(Event::Wake {
+                turn: t.id,
+                name: p.hit.name,
+                score: p.hit.score,
+                heard,
+                at_ms: p.at_ms,
+            });
+            self.turn = Some(t);
+            // The earcon plays from now, wall-clock: the held frames and those already
+            // queued behind them were captured before it.
+            self.ep.arm(Arm::Wake {
+                hold_after: held.len() + queued,
+                hold,
+            });
+            std::mem::take(held)
+        } else {
+            for f in held.drain(..) {
+                self.ep.push(f.seq, audio_of(&f), false);
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Advances a pending detection's check: submits it once its window is complete, then
+/// takes its result if there is one — waiting for it when `wait`.
+fn poll_check(
+    p: &mut Pending,
+    verifier: &Option<WakeVerifier>,
+    recent: &VecDeque<Box<[i16; FRAME_SAMPLES]>>,
+    root: &CancellationToken,
+    wait: bool,
+) -> Option<(bool, Option<String>)> {
+    let Some(v) = verifier else {
+        return Some((true, None));
     };
-    loop {
-        let frame = match frames.blocking_recv() {
-            Some(f) if !root.is_cancelled() => f,
-            _ => break,
+    let check = match p.check.take() {
+        Some(c) => c,
+        None => {
+            let audio: Vec<i16> = recent.iter().flat_map(|f| f.iter().copied()).collect();
+            v.submit(&audio, &root.child_token())
+        }
+    };
+    match check {
+        Check::Done(d) => Some(d),
+        Check::Running(rx) if wait => {
+            Some(v.judge(rx.blocking_recv().unwrap_or(Err(SttError::Stopped))))
+        }
+        Check::Running(mut rx) => match rx.try_recv() {
+            Ok(r) => Some(v.judge(r)),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                p.check = Some(Check::Running(rx));
+                None
+            }
+            Err(oneshot::error::TryRecvError::Closed) => Some(v.judge(Err(SttError::Stopped))),
+        },
+    }
+}
+
+/// The listener's state between frames (everything but its edges).
+struct Listening {
+    trigger: Trigger,
+    verifier: Option<WakeVerifier>,
+    guard: Option<Arc<SelfWakeGuard>>,
+    spotter: Option<CommandSpotter>,
+    c: Collector,
+    /// Frames the VAD is held after a wake (the earcon).
+    hold: usize,
+    /// A template detection waiting for the second-stage check.
+    pending: Option<Pending>,
+    /// Frames since a detection, while its check waits for its window.
+    held: Vec<AudioFrame>,
+    /// The most recent audio, for the second-stage wake check.
+    recent: VecDeque<Box<[i16; FRAME_SAMPLES]>>,
+    window: usize,
+    /// Whether the echo canceller heard someone else, for the last frames.
+    near: VecDeque<bool>,
+    last_seq: u64,
+}
+
+/// What [`Listening::settle`] found.
+enum Settled {
+    /// No check is running, or it has decided.
+    Ready,
+    /// The check is still running.
+    Running,
+    /// The STT edge closed (shutdown).
+    Closed,
+}
+
+impl Listening {
+    /// True while a second-stage check runs on the speech-to-text worker: frames wait
+    /// their turn (they are processed in order once it has decided, as if it had taken
+    /// no time — without the listener ever blocking on it).
+    fn checking(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.check.is_some())
+    }
+
+    /// Takes the running check's decision (waiting for it when `wait`) and acts on it.
+    fn settle(&mut self, wait: bool, queued: usize, out: &Outputs) -> Settled {
+        let Some(p) = self.pending.as_mut() else {
+            return Settled::Ready;
         };
-        last_seq = frame.seq;
-        if window > 0 {
-            if recent.len() == window {
-                recent.pop_front();
+        let Some(verdict) = poll_check(p, &self.verifier, &self.recent, out.root, wait) else {
+            return Settled::Running;
+        };
+        let p = self.pending.take().expect("checked above");
+        let batch = self
+            .c
+            .conclude(p, verdict, &mut self.held, queued, self.hold, out);
+        for f in &batch {
+            if !self.c.feed(f, out) {
+                return Settled::Closed;
+            }
+        }
+        Settled::Ready
+    }
+
+    /// One frame, in stream order. `queued`: frames captured after it and not yet
+    /// processed. False when the STT edge closed (shutdown).
+    fn step(
+        &mut self,
+        frame: AudioFrame,
+        queued: usize,
+        control: &mut Option<mpsc::Receiver<ListenControl>>,
+        out: &Outputs,
+    ) -> bool {
+        let frames_of = |ms: u64| ms.div_ceil(FRAME_MS as u64) as usize;
+        let c = &mut self.c;
+        self.last_seq = frame.seq;
+        if self.window > 0 {
+            if self.recent.len() == self.window {
+                self.recent.pop_front();
             }
             // The wake word's audio: the canceller's linear output while Panda speaks.
-            recent.push_back(Box::new(*audio_of(&frame)));
+            self.recent.push_back(Box::new(*audio_of(&frame)));
         }
+        if self.near.len() == NEAR_WINDOW_FRAMES {
+            self.near.pop_front();
+        }
+        self.near.push_back(frame.near_end);
         // A cancelled turn (barge-in, shutdown) stops collecting at once.
-        if let Some(t) = &turn
+        if let Some(t) = &c.turn
             && t.token.is_cancelled()
-            && ep.is_armed()
+            && c.ep.is_armed()
         {
-            ep.disarm();
-            emit(Event::Cancelled {
+            c.ep.disarm();
+            out.emit(Event::Cancelled {
                 turn: t.id,
                 stage: "listener",
             });
-            turn = None;
+            c.turn = None;
         }
         while let Some(cmd) = control.as_mut().and_then(|c| c.try_recv().ok()) {
             match cmd {
-                ListenControl::FollowUp { window_ms } if !ep.is_armed() => {
-                    let t = new_turn(&root);
-                    emit(Event::FollowUp {
+                ListenControl::FollowUp { window_ms } if !c.ep.is_armed() => {
+                    let t = new_turn(out.root);
+                    out.emit(Event::FollowUp {
                         turn: t.id,
                         window_ms,
                         at_ms: frame.start_ms(),
                     });
-                    turn = Some(t);
-                    ep.arm(Arm::FollowUp {
+                    c.turn = Some(t);
+                    c.ep.arm(Arm::FollowUp {
                         timeout: frames_of(window_ms),
                     });
                 }
@@ -334,135 +532,176 @@ pub fn run(cfg: &Config, mut trigger: Trigger, opts: ListenerOptions, io: Listen
                 ListenControl::FollowUp { .. } => {}
             }
         }
-        // Frames to run through the VAD and the endpointer now: this one, or — when a
-        // wake was just confirmed — every frame since its detection, held back while
-        // the second-stage check waited (a question said in that time is kept).
-        let mut batch: Vec<AudioFrame> = Vec::new();
-        match &mut trigger {
-            Trigger::Wake(det) => {
-                let hit = det.process(frame.seq, audio_of(&frame));
-                // Panda saying its own wake word is not a wake.
-                let hit = match (hit, &guard) {
-                    (Some(h), Some(g)) if g.active() => {
-                        tracing::info!(score = h.score, "wake word in Panda's own voice ignored");
-                        emit(Event::SelfWake {
-                            score: h.score,
-                            at_ms: end_ms(&frame),
-                        });
-                        None
-                    }
-                    (hit, _) => hit,
-                };
-                // Stop words over an answer: only while Panda's voice is in the room and
-                // nothing else listens.
-                match &mut spotter {
-                    Some(sp)
-                        if !ep.is_armed()
-                            && pending.is_none()
-                            && let Some(lin) = &frame.linear =>
-                    {
-                        // The linear output: the suppressor also eats a voice talking
-                        // over the answer. Its residual echo is voiced too, so a frame
-                        // counts only where the canceller also heard someone else.
-                        let voiced = frame.near_end && vad.is_voiced(lin);
-                        if let Some(samples) = sp.push(lin, voiced) {
-                            let t = new_turn(&root);
-                            let start_ms = end_ms(&frame).saturating_sub(
-                                (samples.len() / FRAME_SAMPLES) as u64 * FRAME_MS as u64,
-                            );
-                            let u = Utterance {
-                                turn: t,
-                                samples,
-                                start_ms,
-                                end: crate::event::EndReason::Silence,
-                                wake_phrase: None,
-                                command: true,
-                            };
-                            if utterances.blocking_send(u).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Some(sp) => sp.reset(),
-                    None => {}
-                }
-                if pending.is_none() {
-                    if let Some(hit) = hit.filter(|_| !ep.is_armed()) {
-                        let due =
-                            frame.seq + verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
-                        pending = Some((hit, due, end_ms(&frame)));
-                        // The detection's frame is the phrase's (kept as history).
-                        ep.push(frame.seq, audio_of(&frame), false);
-                    } else {
-                        batch.push(frame);
-                    }
-                } else {
-                    held.push(frame);
-                }
-                let due_now = pending.as_ref().is_some_and(|(_, due, _)| last_seq >= *due);
-                if due_now && let Some((hit, _, at_ms)) = pending.take() {
-                    let (accepted, heard) = match &verifier {
-                        None => (true, None),
-                        Some(v) => {
-                            let audio: Vec<i16> =
-                                recent.iter().flat_map(|f| f.iter().copied()).collect();
-                            let (ok, heard) = v.check(&audio, &root.child_token());
-                            if !ok {
-                                tracing::info!(score = hit.score, at_ms, heard = ?heard, "wake word rejected by the second stage");
-                            }
-                            (ok, heard)
-                        }
-                    };
-                    if accepted && !ep.is_armed() {
-                        let t = new_turn(&root);
-                        emit(Event::Wake {
-                            turn: t.id,
-                            name: hit.name,
-                            score: hit.score,
-                            heard,
-                            at_ms,
-                        });
-                        turn = Some(t);
-                        // The earcon plays from now, wall-clock: the held frames and those
-                        // already queued behind them were captured before it.
-                        ep.arm(Arm::Wake {
-                            hold_after: held.len() + frames.len(),
-                            hold,
-                        });
-                        batch.append(&mut held);
-                    } else {
-                        // Not a wake: the held frames are plain history.
-                        for f in held.drain(..) {
-                            ep.push(f.seq, audio_of(&f), false);
-                        }
-                    }
-                }
-            }
+        let det = match &mut self.trigger {
+            Trigger::Wake(det) => det,
             Trigger::Always => {
-                if !ep.is_armed() {
-                    ep.arm(Arm::Open);
+                if !c.ep.is_armed() {
+                    c.ep.arm(Arm::Open);
                 }
-                batch.push(frame);
+                return c.feed(&frame, out);
             }
-        }
-        for f in batch {
-            // The level gate belongs to one utterance: it starts over whenever none is
-            // being collected.
-            if !ep.in_speech() {
-                level.reset();
+        };
+        let hit = det.process(frame.seq, audio_of(&frame));
+        // Panda saying its own wake word is not a wake — unless the canceller heard
+        // someone else say it over Panda.
+        let hit = match (hit, &self.guard) {
+            (Some(h), Some(g)) if g.active() && !guard_lets_through(&self.near) => {
+                tracing::info!(score = h.score, "wake word in Panda's own voice ignored");
+                out.emit(Event::SelfWake {
+                    score: h.score,
+                    at_ms: end_ms(&frame),
+                });
+                None
             }
-            let audio = audio_of(&f);
-            let voiced = ep.is_armed() && level.voiced(audio, vad.is_voiced(audio));
-            if let Some(e) = ep.push(f.seq, audio, voiced)
-                && !deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit)
+            (hit, _) => hit,
+        };
+        // Stop words over an answer: only while Panda's voice is in the room and nothing
+        // else listens.
+        match &mut self.spotter {
+            Some(sp)
+                if !c.ep.is_armed()
+                    && self.pending.is_none()
+                    && let Some(lin) = &frame.linear =>
             {
+                // The linear output: the suppressor also eats a voice talking over the
+                // answer. Its residual echo is voiced too, so a frame counts only where
+                // the canceller also heard someone else.
+                let voiced = frame.near_end && c.vad.is_voiced(lin);
+                if let Some(samples) = sp.push(lin, voiced) {
+                    let t = new_turn(out.root);
+                    let start_ms = end_ms(&frame)
+                        .saturating_sub((samples.len() / FRAME_SAMPLES) as u64 * FRAME_MS as u64);
+                    let u = Utterance {
+                        turn: t,
+                        samples,
+                        start_ms,
+                        end: crate::event::EndReason::Silence,
+                        wake_phrase: None,
+                        command: true,
+                    };
+                    if out.utterances.blocking_send(u).is_err() {
+                        return false;
+                    }
+                }
+            }
+            Some(sp) => sp.reset(),
+            None => {}
+        }
+        if self.pending.is_none() {
+            if let Some(hit) = hit.filter(|_| !c.ep.is_armed()) {
+                let due = frame.seq + self.verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
+                self.pending = Some(Pending {
+                    hit,
+                    due,
+                    at_ms: end_ms(&frame),
+                    check: None,
+                });
+                // The detection's frame is the phrase's (kept as history).
+                c.ep.push(frame.seq, audio_of(&frame), false);
+            } else if !c.feed(&frame, out) {
+                return false;
+            }
+        } else {
+            self.held.push(frame);
+        }
+        // The check's window is complete: it starts (and, without a verifier, decides).
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| self.last_seq >= p.due)
+        {
+            return !matches!(self.settle(false, queued, out), Settled::Closed);
+        }
+        true
+    }
+}
+
+/// Runs the listener until the audio edge closes or `root` is cancelled. Build the
+/// [`Trigger`] on the thread that runs this (see [`spawn`]).
+pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo) {
+    let ListenerOptions {
+        verifier,
+        hold_after_wake_ms,
+        guard,
+        stop_words,
+        ..
+    } = opts;
+    let ListenerIo {
+        mut frames,
+        utterances,
+        events,
+        root,
+        mut control,
+    } = io;
+    let wake_phrase = matches!(trigger, Trigger::Wake(_)).then(|| cfg.wake.phrase.clone());
+    let out = Outputs {
+        utterances: &utterances,
+        events: &events,
+        root: &root,
+        wake_phrase: &wake_phrase,
+    };
+    let window = verifier.as_ref().map_or(0, |v| v.window_frames);
+    let mut l = Listening {
+        trigger,
+        verifier,
+        guard,
+        spotter: stop_words.then(CommandSpotter::default),
+        c: Collector {
+            vad: Vad::new(cfg.vad.mode),
+            level: LevelGate::default(),
+            ep: Endpointer::new(EndpointParams::from(&cfg.endpoint)),
+            turn: None,
+        },
+        hold: hold_after_wake_ms.div_ceil(FRAME_MS as u64) as usize,
+        pending: None,
+        held: Vec::new(),
+        recent: VecDeque::with_capacity(window + 1),
+        window,
+        near: VecDeque::with_capacity(NEAR_WINDOW_FRAMES + 1),
+        last_seq: 0,
+    };
+    // Frames received and not yet processed (while a check runs).
+    let mut backlog: VecDeque<AudioFrame> = VecDeque::new();
+    let mut open = true;
+    while open {
+        match frames.blocking_recv() {
+            Some(f) if !root.is_cancelled() => backlog.push_back(f),
+            Some(_) => return,
+            // The stream ended: what is left is processed, waiting for any check.
+            None => open = false,
+        }
+        loop {
+            if l.checking() {
+                let wait = !open || backlog.len() >= MAX_HELD_FRAMES;
+                match l.settle(wait, backlog.len() + frames.len(), &out) {
+                    Settled::Ready => {}
+                    Settled::Running => break,
+                    Settled::Closed => return,
+                }
+            }
+            let Some(f) = backlog.pop_front() else { break };
+            if !l.step(f, backlog.len() + frames.len(), &mut control, &out) {
                 return;
             }
         }
     }
-    if let Some(e) = ep.finish(last_seq) {
-        deliver(e, &mut turn, &utterances, &root, &wake_phrase, &emit);
+    if l.pending.is_some()
+        && !root.is_cancelled()
+        && matches!(l.settle(true, 0, &out), Settled::Closed)
+    {
+        return;
     }
+    if let Some(e) = l.c.ep.finish(l.last_seq) {
+        deliver(e, &mut l.c.turn, &out);
+    }
+}
+
+/// Whether a detection while Panda says its own wake word is a person's: the echo
+/// canceller heard someone other than Panda (its double-talk detector) in at least
+/// [`NEAR_FRAMES_FOR_PERSON`] of the last [`NEAR_WINDOW_FRAMES`] frames. Panda's own
+/// voice leaves only residual echo, which the detector does not count.
+fn guard_lets_through(near: &VecDeque<bool>) -> bool {
+    near.iter().filter(|&&n| n).count() >= NEAR_FRAMES_FOR_PERSON
 }
 
 /// The audio the listener works on: while Panda's voice is in the room, the echo
@@ -485,14 +724,8 @@ fn new_turn(root: &CancellationToken) -> Turn {
 
 /// Maps an endpointer decision to events and (for a finished utterance) the STT edge.
 /// Returns false when the STT edge is closed (shutdown).
-fn deliver(
-    e: Endpoint,
-    turn: &mut Option<Turn>,
-    utterances: &mpsc::Sender<Utterance>,
-    root: &CancellationToken,
-    wake_phrase: &Option<String>,
-    emit: &impl Fn(Event),
-) -> bool {
+fn deliver(e: Endpoint, turn: &mut Option<Turn>, out: &Outputs) -> bool {
+    let (root, emit) = (out.root, |ev| out.emit(ev));
     let ms = |seq: u64| seq * FRAME_MS as u64;
     match e {
         Endpoint::SpeechStart { at_seq } => {
@@ -525,13 +758,13 @@ fn deliver(
                 reason,
             });
             debug_assert_eq!(samples.len() % FRAME_SAMPLES, 0);
-            utterances
+            out.utterances
                 .blocking_send(Utterance {
                     turn: t,
                     samples,
                     start_ms: ms(start_seq),
                     end: reason,
-                    wake_phrase: wake_phrase.clone(),
+                    wake_phrase: out.wake_phrase.clone(),
                     command: false,
                 })
                 .is_ok()

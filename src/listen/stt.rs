@@ -220,6 +220,21 @@ impl SttHandle {
         prompt: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
+        self.submit_blocking_with_prompt(samples, prompt, token)?
+            .blocking_recv()
+            .unwrap_or(Err(SttError::Stopped))
+    }
+
+    /// Queues [`SttHandle::transcribe_blocking_with_prompt`]'s request and returns at once
+    /// with the reply's receiver, for a thread that must go on with other work while
+    /// Whisper runs (the listener keeps reading the microphone during its wake word
+    /// check). Waits only while the worker's queue is full.
+    pub fn submit_blocking_with_prompt(
+        &self,
+        samples: &[i16],
+        prompt: Option<&str>,
+        token: &CancellationToken,
+    ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
         let (reply, rx) = oneshot::channel();
         let req = SttRequest {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
@@ -231,7 +246,7 @@ impl SttHandle {
             reply,
         };
         self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
-        rx.blocking_recv().unwrap_or(Err(SttError::Stopped))
+        Ok(rx)
     }
 }
 

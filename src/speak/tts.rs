@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::kokoro::{self, Kokoro, KokoroError, KokoroOptions, SAMPLE_RATE_HZ};
 use super::sentences::first_fragment;
-use crate::event::{Event, PcmChunk, Sentence, Speech};
+use crate::event::{Event, PcmChunk, Sentence, ServedSpeech, Speech};
 
 /// What the TTS thread needs to start.
 #[derive(Debug, Clone)]
@@ -168,6 +168,10 @@ fn serve(k: &mut Kokoro, opts: &TtsOptions, mut io: TtsIo) -> TtsStats {
                 });
             }
             Speech::End { .. } => {}
+            Speech::Serve(s) => {
+                let _span = tracing::debug_span!("tts_served", chars = s.text.len()).entered();
+                stats.sentences += u64::from(serve_one(k, &s, &mut stats));
+            }
         }
     }
     stats.skipped_chars = k.skipped_chars;
@@ -242,6 +246,39 @@ fn synthesize_sentence(
             return; // playback is gone (shutdown)
         }
     }
+}
+
+/// Synthesises a client's text into its reply channel. False when nothing was sent
+/// (cancelled before the first call, or an error, which is sent instead).
+fn serve_one(k: &mut Kokoro, s: &ServedSpeech, stats: &mut TtsStats) -> bool {
+    let fail = |e: KokoroError| {
+        let _ = s.reply.blocking_send(Err(e.to_string()));
+        false
+    };
+    if let Err(e) = k.load_voice(&s.voice) {
+        return fail(e);
+    }
+    let chunks = match k.prepare(&s.text, &s.voice) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let mut sent = false;
+    for chunk in chunks {
+        if s.token.is_cancelled() {
+            stats.skipped_cancelled += 1;
+            break;
+        }
+        let audio = match k.synthesize_chunk(&chunk, &s.voice, s.speed) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        stats.calls += 1;
+        if s.reply.blocking_send(Ok(audio)).is_err() {
+            break; // the client is gone
+        }
+        sent = true;
+    }
+    sent
 }
 
 /// Voices installed in `model_dir/voices`, sorted (no model load needed).

@@ -4,8 +4,12 @@
 //!   with bounded buffers and written the way the Python `wyoming` library writes them.
 //! - [`info`]: the `info` event (the answer to `describe`) for what Panda serves.
 //!
-//! Servers (Panda's Whisper, Kokoro and wake word for Home Assistant), clients (remote
-//! engines as backends) and satellite mode build on it (see the Wyoming issue).
+//! - [`server`]: Panda's Whisper, Kokoro and wake word as Wyoming services
+//!   (`panda serve --wyoming`, and `panda run` with `[wyoming] listen`).
+//!
+//! Clients (remote engines as backends) and satellite mode build on it (see the Wyoming
+//! issue).
 
 pub mod codec;
 pub mod info;
+pub mod server;

@@ -22,3 +22,4 @@ mod run;
 mod speak;
 mod stt;
 mod think;
+mod wyoming;

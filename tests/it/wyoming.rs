@@ -1,0 +1,407 @@
+//! Panda's Wyoming servers (`panda serve --wyoming`) against the PyPI `wyoming` client
+//! (the library Home Assistant speaks it with) and against malformed and flooding peers.
+//!
+//! The client is `tests/it/wyoming_client.py`, run by the Python in `WYOMING_PYTHON`
+//! (`scripts/test.sh` installs `wyoming` 1.10.2 into a virtual environment and sets it;
+//! without it these tests skip, or fail when `REQUIRE_WYOMING=1`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common;
+
+/// A running `panda serve --wyoming`.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts the server on a free port with `services` and extra environment.
+    fn start(services: &str, env: &[(&str, &str)]) -> Server {
+        let mut cmd = common::command();
+        cmd.args([
+            "serve",
+            "--wyoming",
+            "tcp://127.0.0.1:0",
+            "--services",
+            services,
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("running panda serve");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                panic!("panda serve ended before serving");
+            }
+            if let Some(i) = line.find(" on tcp://") {
+                break line[i + 4..].trim().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while err.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        Server { child, addr }
+    }
+
+    fn host_port(&self) -> &str {
+        self.addr.trim_start_matches("tcp://")
+    }
+
+    /// Resident memory of the server process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python with the `wyoming` package, or `None` (skip) where the setup did not make
+/// one and it is not required.
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("WYOMING_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("REQUIRE_WYOMING").as_deref() == Ok("1") => {
+            panic!("WYOMING_PYTHON is not set (scripts/test.sh installs the wyoming client)")
+        }
+        None => {
+            eprintln!("skipped: WYOMING_PYTHON is not set");
+            None
+        }
+    }
+}
+
+/// Runs one client command; its JSON answer.
+fn client(py: &Path, server: &Server, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/wyoming_client.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(&server.addr)
+        .args(args)
+        .output()
+        .expect("running the wyoming client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client {args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("client {args:?}: {e}: {stdout}"))
+}
+
+fn text_of(v: &Value) -> String {
+    v["text"].as_str().unwrap_or_default().to_lowercase()
+}
+
+#[test]
+fn the_python_wyoming_client_transcribes_synthesises_and_detects_through_panda() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("asr,tts,wake", &[]);
+
+    let info = client(&py, &server, &["info"]);
+    assert!(
+        info["asr"].as_array().unwrap().contains(&"tiny.en".into()),
+        "{info}"
+    );
+    assert!(
+        info["tts"].as_array().unwrap().contains(&"af_heart".into()),
+        "{info}"
+    );
+    assert_eq!(info["wake"], serde_json::json!(["hey_panda"]), "{info}");
+    println!("info in {:.1} ms", info["ms"].as_f64().unwrap());
+
+    // A question recorded at 22,050 Hz (the server resamples) → its transcript.
+    let q = common::espeak_wav(
+        dir.path(),
+        "question",
+        "en-gb",
+        &["What is the capital of France?"],
+        0,
+    );
+    let t = client(&py, &server, &["transcribe", q.to_str().unwrap(), "en"]);
+    let text = text_of(&t);
+    assert!(text.contains("capital") && text.contains("france"), "{t}");
+    assert_eq!(t["events"][0], "transcript-start", "{t}");
+
+    // Synthesis, plain and streamed, heard back by the server's own Whisper.
+    let plain = dir.path().join("plain.wav");
+    let s = client(
+        &py,
+        &server,
+        &[
+            "synthesize",
+            "The weather is sunny and warm today.",
+            plain.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(s["audio_groups"], 1, "{s}");
+    assert_eq!(s["rate"], 24_000, "{s}");
+    let back = client(&py, &server, &["transcribe", plain.to_str().unwrap()]);
+    assert!(
+        text_of(&back).contains("weather") && text_of(&back).contains("sunny"),
+        "{back}"
+    );
+    let streamed = dir.path().join("streamed.wav");
+    let s = client(
+        &py,
+        &server,
+        &[
+            "synthesize",
+            "Rivers run to the sea. Mountains rise above the clouds. Birds sing in the morning.",
+            streamed.to_str().unwrap(),
+            "--stream",
+            "bm_george",
+        ],
+    );
+    // One audio group per sentence, the first before the text was complete.
+    assert_eq!(s["audio_groups"], 3, "{s}");
+    let back = client(&py, &server, &["transcribe", streamed.to_str().unwrap()]);
+    let heard = text_of(&back);
+    for w in ["rivers", "mountains", "birds"] {
+        assert!(heard.contains(w), "{w}: {back}");
+    }
+
+    // An unknown voice is a clear error, not a silent default.
+    let bad = client(
+        &py,
+        &server,
+        &["synthesize", "Hello.", plain.to_str().unwrap(), "xx_nobody"],
+    );
+    assert!(
+        bad["error"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("xx_nobody"),
+        "{bad}"
+    );
+
+    // The wake word: one detection over "hey panda", none over other speech.
+    let mut pcm = vec![0i16; 16_000];
+    pcm.extend(common::kokoro_speech(
+        dir.path(),
+        "wake",
+        "am_michael",
+        &["Hey panda.", "What time is it?"],
+        &[500, 1500],
+    ));
+    let wake = dir.path().join("wake.wav");
+    common::write_wav(&wake, 16_000, &pcm);
+    let d = client(&py, &server, &["detect", wake.to_str().unwrap()]);
+    let found = d["detections"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{d}");
+    assert_eq!(found[0]["name"], "hey_panda", "{d}");
+    let at = found[0]["timestamp"].as_u64().unwrap();
+    assert!((1_000..3_500).contains(&at), "detected at {at} ms: {d}");
+    let other = dir.path().join("other.wav");
+    let mut pcm = vec![0i16; 8_000];
+    pcm.extend(common::kokoro_speech(
+        dir.path(),
+        "other",
+        "am_michael",
+        &["What time is it?", "Tell me about the weather."],
+        &[500, 1000],
+    ));
+    common::write_wav(&other, 16_000, &pcm);
+    let d = client(&py, &server, &["detect", other.to_str().unwrap()]);
+    assert_eq!(d["detections"], serde_json::json!([]), "{d}");
+}
+
+/// Sends raw bytes on a new connection and reads every event until the server closes
+/// it (or 10 s pass): the events' types and data.
+fn exchange(addr: &str, bytes: &[u8], close_write: bool) -> Vec<(String, Value)> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    if close_write {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    read_events(&mut s)
+}
+
+/// Reads events (header line, data block, payload) until EOF or a read timeout.
+fn read_events(s: &mut TcpStream) -> Vec<(String, Value)> {
+    let mut r = BufReader::new(s);
+    let mut out = Vec::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return out,
+            Ok(_) => {}
+        }
+        let header: Value = serde_json::from_str(&line).expect("the server writes JSON");
+        let mut data = header["data"].clone();
+        if let Some(n) = header["data_length"].as_u64() {
+            let mut block = vec![0u8; n as usize];
+            r.read_exact(&mut block).unwrap();
+            data = serde_json::from_slice(&block).unwrap();
+        }
+        if let Some(n) = header["payload_length"].as_u64() {
+            let mut p = vec![0u8; n as usize];
+            r.read_exact(&mut p).unwrap();
+        }
+        let kind = header["type"].as_str().unwrap().to_string();
+        let done = kind == "pong";
+        out.push((kind, data));
+        if done {
+            return out;
+        }
+    }
+}
+
+fn kinds(evs: &[(String, Value)]) -> Vec<&str> {
+    evs.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+#[test]
+fn malformed_frames_close_only_their_connection_and_floods_are_refused() {
+    let server = Server::start("asr", &[("PANDA_WYOMING__MAX_CONNECTIONS", "16")]);
+    let addr = server.host_port().to_string();
+    let ping = b"{\"type\":\"ping\",\"data\":{\"text\":\"still here\"}}\n";
+
+    // Each malformed frame: an error naming what was wrong, then the connection closes.
+    for (what, bytes, want) in [
+        (
+            "not JSON",
+            b"this is not json\n".to_vec(),
+            "not a JSON object",
+        ),
+        ("no type", b"{\"data\":{}}\n".to_vec(), "type"),
+        (
+            "data not an object",
+            b"{\"type\":\"transcribe\",\"data\":[1,2]}\n".to_vec(),
+            "not an object",
+        ),
+        (
+            "payload past the cap",
+            b"{\"type\":\"audio-chunk\",\"payload_length\":100000000}\n".to_vec(),
+            "payload_length",
+        ),
+        (
+            "negative length",
+            b"{\"type\":\"audio-chunk\",\"data_length\":-5}\n".to_vec(),
+            "data_length",
+        ),
+        (
+            "truncated payload",
+            b"{\"type\":\"audio-chunk\",\"payload_length\":1000}\n0123456789".to_vec(),
+            "ended inside a frame",
+        ),
+    ] {
+        let evs = exchange(&addr, &bytes, true);
+        assert_eq!(kinds(&evs), ["error"], "{what}: {evs:?}");
+        let text = evs[0].1["text"].as_str().unwrap_or("");
+        assert!(text.contains(want), "{what}: {text}");
+    }
+    // A header line past 1 MiB is refused without reading it whole.
+    let mut long = b"{\"type\":\"describe\",\"pad\":\"".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 2 << 20));
+    let evs = exchange(&addr, &long, false);
+    assert_eq!(kinds(&evs), ["error"], "{evs:?}");
+
+    // Bad audio is an error on a connection that goes on serving; unknown events are
+    // ignored.
+    let mut bytes =
+        b"{\"type\":\"audio-start\",\"data\":{\"rate\":16000,\"width\":2,\"channels\":2}}\n"
+            .to_vec();
+    bytes.extend(b"{\"type\":\"audio-chunk\",\"data\":{\"rate\":16000,\"width\":2,\"channels\":2},\"payload_length\":3}\nabc");
+    bytes.extend(
+        b"{\"type\":\"audio-start\",\"data\":{\"rate\":16000,\"width\":3,\"channels\":1}}\n",
+    );
+    bytes.extend(b"{\"type\":\"some-future-event\",\"data\":{\"x\":null}}\n");
+    bytes.extend(ping);
+    let evs = exchange(&addr, &bytes, false);
+    assert_eq!(kinds(&evs), ["error", "error", "pong"], "{evs:?}");
+    assert!(
+        evs[0].1["text"].as_str().unwrap().contains("whole frames"),
+        "{evs:?}"
+    );
+    assert!(
+        evs[1].1["text"].as_str().unwrap().contains("width 3"),
+        "{evs:?}"
+    );
+    assert_eq!(evs[2].1["text"], "still here");
+
+    // A flood of idle connections: the first 16 are served, the rest refused at once
+    // with `busy`; memory stays bounded; once they go, the server serves again.
+    let rss_before = server.rss_kib();
+    let mut held = Vec::new();
+    let mut busy = 0;
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut b = [0u8; 256];
+        if let Ok(n) = s.read(&mut b)
+            && n > 0
+            && String::from_utf8_lossy(&b[..n]).contains("\"error\"")
+        {
+            busy += 1;
+        }
+        held.push(s);
+        if held.len() == 16 {
+            // The served ones are idle: nothing comes back on them.
+            assert_eq!(busy, 0, "refused before the limit");
+        }
+    }
+    let rss_flood = server.rss_kib();
+    assert_eq!(busy, 1000 - 16, "refused connections");
+    println!(
+        "1000 connections: {busy} refused; server memory {} → {} MiB",
+        rss_before / 1024,
+        rss_flood / 1024
+    );
+    assert!(
+        rss_flood < rss_before + 64 * 1024,
+        "memory grew from {rss_before} to {rss_flood} KiB"
+    );
+    drop(held);
+    let t = Instant::now();
+    loop {
+        let evs = exchange(&addr, ping, false);
+        if kinds(&evs) == ["pong"] {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never served again: {evs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_idle_connection_is_closed_with_an_error() {
+    let server = Server::start("asr", &[("PANDA_WYOMING__IDLE_TIMEOUT_MS", "500")]);
+    let t = Instant::now();
+    let evs = exchange(server.host_port(), b"", false);
+    assert_eq!(kinds(&evs), ["error"], "{evs:?}");
+    assert_eq!(evs[0].1["code"], "idle");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
