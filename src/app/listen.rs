@@ -33,6 +33,7 @@ pub async fn listen(
         .map(|h| WakeVerifier::new(h.clone(), &cfg.wake));
     let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_EDGE);
+    let live = opts.input.is_live();
     let listening = start_listening(
         cfg,
         opts.input,
@@ -41,6 +42,7 @@ pub async fn listen(
             verifier,
             // No speaker here, no earcon to hold for.
             hold_after_wake_ms: 0,
+            live,
             ..Default::default()
         },
         utt_tx,

@@ -171,6 +171,16 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// A source that runs in real time: a device, or a file paced with `--realtime`.
+    pub fn is_live(&self) -> bool {
+        match self {
+            Input::File(spec) => spec.realtime,
+            Input::Device { .. } => true,
+        }
+    }
+}
+
 /// `panda listen` options.
 #[derive(Debug, Clone)]
 pub struct ListenOptions {

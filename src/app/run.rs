@@ -131,6 +131,7 @@ pub async fn run(
     let (q_tx, q_rx) = mpsc::channel::<Question>(QUESTION_EDGE);
     let (control_tx, control_rx) = mpsc::channel::<ListenControl>(LISTEN_CONTROL_EDGE);
     let file_mode = matches!(opts.input, Input::File(_));
+    let live = opts.input.is_live();
     let listening = start_listening(
         cfg,
         opts.input.clone(),
@@ -140,6 +141,7 @@ pub async fn run(
             hold_after_wake_ms,
             guard,
             stop_words: aec_on && opts.use_wake && !cfg.aec.stop_words.is_empty(),
+            live,
         },
         utt_tx,
         ev_tx.clone(),

@@ -188,9 +188,19 @@ pub struct DoubleTalk {
 /// See [`DoubleTalk`].
 pub const NEAR_END_MARGIN_DB: f32 = 6.0;
 
+/// Where the echo floor starts (and starts over when Panda falls silent): 10 dB of echo
+/// reduction. Where the microphone hears no echo at all (a headset, a speaker in another
+/// room, the device tests' virtual devices) the linear output never sounds without a
+/// person, so the floor is never measured — and a person, whose voice passes the filter
+/// unchanged (0 dB), must still count. With an echo the filter's first frames (10–20 dB
+/// once converged) bring the floor down at once.
+pub const FLOOR_START_DB: f32 = -10.0;
+
 impl Default for DoubleTalk {
     fn default() -> Self {
-        Self { floor_db: 0.0 }
+        Self {
+            floor_db: FLOOR_START_DB,
+        }
     }
 }
 
@@ -211,7 +221,7 @@ impl DoubleTalk {
 
     /// Panda is silent: the next answer starts from a fresh estimate.
     pub fn reset(&mut self) {
-        self.floor_db = 0.0;
+        self.floor_db = FLOOR_START_DB;
     }
 }
 
@@ -723,6 +733,11 @@ mod tests {
         assert!(dt.near_end(cap, at(-3.0)));
         // Too quiet to be anyone, whatever the ratio.
         assert!(!dt.near_end(1.0, 1.0));
+        // No echo in the room at all (the linear output silent while Panda speaks): a
+        // person, untouched by the filter, counts from the first frame.
+        let mut quiet_room = DoubleTalk::default();
+        assert!((0..50).all(|_| !quiet_room.near_end(1.0, 0.5)));
+        assert!(quiet_room.near_end(cap, cap));
         // The floor follows a worse canceller up (2 dB/s), so a steady −8 dB is Panda
         // again after a few seconds.
         let later = (0..200).map(|_| dt.near_end(cap, at(-8.0))).last().unwrap();

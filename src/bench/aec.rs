@@ -220,6 +220,8 @@ pub fn run_scene(
             hold_after_wake_ms: 0,
             guard: guard.clone(),
             stop_words: opts.stop_words && opts.aec,
+            // Frames as fast as the machine goes, each in its order.
+            live: false,
         },
         ListenerIo {
             frames: frame_rx,
@@ -701,8 +703,8 @@ fn barge_in(
         "speech/echo", "canceller", "wake", "stop alone", "next question", "double-talk SDR"
     );
     // Answers that say the keyword, for the rows where the person's "hey panda" lands on
-    // Panda's own "panda" (the self-wake guard is up; only the canceller's evidence of
-    // someone else talking lets the wake through).
+    // Panda's own "panda": the self-wake guard is up and ignores it — what the guard
+    // costs a person who barges in at that moment (only "stop" alone gets through).
     let saying: Vec<usize> = (0..pool.len())
         .filter(|&i| !pool[i].keyword_at.is_empty())
         .collect();

@@ -650,8 +650,9 @@ fn a_barge_in_before_the_first_audio_lets_the_next_question_through() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let llm = slow_llm(&rt, Duration::from_millis(300), Duration::from_secs(20));
     let dir = tempfile::tempdir().unwrap();
-    // "Hey panda. Tell me about rivers." then, 0.8 s later while the LLM still thinks,
-    // "Hey panda. What time is it?"
+    // "Hey panda. Tell me about rivers." then, 1.2 s later while the LLM still thinks,
+    // "Hey panda. What time is it?" (past the endpointer's 0.8 s hangover with room to
+    // spare: this test is about the barge-in, not about short pauses).
     let mut pcm: Vec<i16> = vec![0; 16_000];
     pcm.extend(common::kokoro_speech(
         dir.path(),
@@ -663,7 +664,7 @@ fn a_barge_in_before_the_first_audio_lets_the_next_question_through() {
             "Hey panda.",
             "What time is it?",
         ],
-        &[600, 800, 600],
+        &[600, 1200, 600],
     ));
     pcm.extend(std::iter::repeat_n(0i16, 16_000 * 3));
     let input = dir.path().join("barge.wav");
