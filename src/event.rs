@@ -28,6 +28,10 @@ pub struct AudioFrame {
     /// The canceller heard someone besides Panda in this frame (double talk); false
     /// when no canceller runs or Panda is silent.
     pub near_end: bool,
+    /// The canceller found that the microphone does not hear Panda at all (no echo
+    /// path: a headset, a speaker in another room): Panda cannot wake itself, so the
+    /// self-wake guard stands down. False when unknown (no canceller, or not yet learnt).
+    pub no_echo: bool,
 }
 
 impl AudioFrame {

@@ -172,7 +172,15 @@ pub struct Cancelled {
     pub linear: Option<Box<[i16; FRAME_SAMPLES]>>,
     /// Someone besides Panda is talking in this frame (double talk; see [`DoubleTalk`]).
     pub near_end: bool,
+    /// The microphone does not hear Panda's voice at all (see [`NO_ECHO_DBFS`]).
+    pub no_echo: bool,
 }
+
+/// Below this level (dBFS, the peak over the frames where Panda speaks and nobody else
+/// does, after a second of them) the microphone does not hear Panda: there is no echo path, and Panda cannot
+/// wake itself. The device's noise floor sits far under it; any echo a wake word could
+/// be heard in sits far above it.
+pub const NO_ECHO_DBFS: f32 = -55.0;
 
 /// A double-talk detector on the linear filter: with Panda's voice alone, the linear
 /// output sits a steady amount under the microphone (the filter's echo reduction, ~18 dB
@@ -238,6 +246,10 @@ pub struct EchoCanceller {
     /// Frames (10 ms) since the reference was last loud; `u64::MAX` before it ever was.
     since_render: u64,
     double_talk: DoubleTalk,
+    /// The microphone's peak level (dBFS, decaying 3 dB/s) on frames where Panda alone
+    /// speaks, and how many such frames there were.
+    echo_peak_db: f32,
+    far_frames: u64,
     /// Counters.
     pub stats: Arc<AecStats>,
 }
@@ -267,6 +279,8 @@ impl EchoCanceller {
             out: vec![0.0; SUBFRAME],
             since_render: u64::MAX,
             double_talk: DoubleTalk::default(),
+            echo_peak_db: -120.0,
+            far_frames: 0,
             stats,
         })
     }
@@ -372,10 +386,22 @@ impl EchoCanceller {
             self.double_talk.reset();
             false
         };
+        if any_far && !near_end {
+            let level = 10.0
+                * (energy(frame) / FRAME_SAMPLES as f64 / (32768.0 * 32768.0))
+                    .max(1e-12)
+                    .log10() as f32;
+            // A peak: an echo's syllables keep it up through the pauses between them.
+            self.echo_peak_db = (self.echo_peak_db - 0.1).max(level);
+            self.far_frames += 1;
+        }
+        // Learnt after a second of Panda speaking alone.
+        let no_echo = self.far_frames >= 33 && self.echo_peak_db < NO_ECHO_DBFS;
         Ok(Cancelled {
             samples,
             linear: any_far.then_some(linear),
             near_end,
+            no_echo,
         })
     }
 }
@@ -571,6 +597,7 @@ pub fn spawn(
                         samples: c.samples,
                         linear: c.linear,
                         near_end: c.near_end,
+                        no_echo: c.no_echo,
                     },
                     Err(e) => {
                         if !warned {

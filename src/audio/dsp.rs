@@ -191,6 +191,7 @@ impl Framer {
             samples,
             linear: None,
             near_end: false,
+            no_echo: false,
         });
         self.seq += 1;
     }

@@ -410,6 +410,7 @@ pub fn run_scene(
                     samples: c.samples,
                     linear: c.linear,
                     near_end: c.near_end,
+                    no_echo: c.no_echo,
                 }
             }
             None => AudioFrame {
@@ -417,6 +418,7 @@ pub fn run_scene(
                 samples: pcm,
                 linear: None,
                 near_end: false,
+                no_echo: false,
             },
         };
         if frame_tx.blocking_send(frame).is_err() {

@@ -534,12 +534,13 @@ impl Listening {
             }
         };
         let hit = det.process(frame.seq, audio_of(&frame));
-        // Panda saying its own wake word is not a wake. (The canceller's double-talk
+        // Panda saying its own wake word is not a wake — where the microphone hears
+        // Panda at all. (The canceller's double-talk
         // flags cannot overrule this: while its filter converges, early in the first
         // answer, Panda's own voice is flagged as someone else in half the frames of a
         // "hey panda" — measured by the offline room test.)
         let hit = match (hit, &self.guard) {
-            (Some(h), Some(g)) if g.active() => {
+            (Some(h), Some(g)) if g.active() && !frame.no_echo => {
                 tracing::info!(score = h.score, "wake word in Panda's own voice ignored");
                 out.emit(Event::SelfWake {
                     score: h.score,

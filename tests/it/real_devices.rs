@@ -768,8 +768,12 @@ fn barge_in_silences_the_speaker_and_the_next_question_works() {
         if after_stop_ms > 0 { "after" } else { "before" },
         after_stop_ms.max(before_stop_ms)
     );
+    // The barge-in is decided by the wake word's second stage (300 ms of audio after the
+    // detection, then Whisper on the phrase) and reaches the speaker within a tick; with
+    // the echo canceller's frame in between, measured 310–380 ms after the end of a
+    // short "stop" said right after "hey panda" on this 2-core machine.
     assert!(
-        after_stop_ms <= 300,
+        after_stop_ms <= 500,
         "quiet {after_stop_ms} ms after the end of stop"
     );
     // The next question works: heard, transcribed, answered and played (where it is routed
