@@ -640,8 +640,8 @@ impl Default for MemoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WyomingConfig {
-    /// Where `panda run` serves (`tcp://HOST:PORT`, e.g. `tcp://127.0.0.1:10300`); empty:
-    /// not served. `panda serve --wyoming` takes its own address.
+    /// Where `panda serve` listens when `--wyoming` is not given (`tcp://HOST:PORT`, e.g.
+    /// `tcp://127.0.0.1:10300`); empty: `tcp://127.0.0.1:10300`.
     pub listen: String,
     /// What is served: any of `asr` (Whisper), `tts` (Kokoro), `wake` (the wake word).
     pub services: Vec<String>,

@@ -1,7 +1,7 @@
-//! Wiring of the Wyoming server ([`crate::wyoming::server`]) to Panda's engines: its own
-//! Whisper and Kokoro owner threads for `panda serve --wyoming`, or the appliance's for
-//! `panda run` with `[wyoming] listen` (one model of each kind in the process either
-//! way).
+//! Wiring of the Wyoming server ([`crate::wyoming::server`]) to Panda's engines: for
+//! `panda serve --wyoming`, a Whisper and a Kokoro owner thread of its own, one model of
+//! each kind shared by every connection. (Serving beside the appliance in `panda run`
+//! would hand [`services`] the appliance's STT handle and sentence edge instead.)
 
 use std::sync::Arc;
 
