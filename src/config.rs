@@ -640,8 +640,9 @@ impl Default for MemoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WyomingConfig {
-    /// Where `panda serve` listens when `--wyoming` is not given (`tcp://HOST:PORT`, e.g.
-    /// `tcp://127.0.0.1:10300`); empty: `tcp://127.0.0.1:10300`.
+    /// Where `panda run` serves beside the appliance, and `panda serve` when `--wyoming`
+    /// is not given (`tcp://HOST:PORT`, e.g. `tcp://127.0.0.1:10300`). Empty: `panda run`
+    /// does not serve; `panda serve` uses `tcp://127.0.0.1:10300`.
     pub listen: String,
     /// What is served: any of `asr` (Whisper), `tts` (Kokoro), `wake` (the wake word).
     pub services: Vec<String>,

@@ -239,4 +239,6 @@ pub struct RunSummary {
     pub web_addr: Option<std::net::SocketAddr>,
     /// Audio frames dropped on the audio edge.
     pub frames_dropped: u64,
+    /// The Wyoming server's address, when served (`[wyoming] listen`).
+    pub wyoming_addr: Option<String>,
 }

@@ -118,6 +118,22 @@ pub async fn run(
     } else {
         drop(ask_tx);
     }
+    // Wyoming beside the appliance: the same Whisper and Kokoro, reached through their
+    // edges (the server holds Kokoro's weakly, so shutdown order is unchanged).
+    let wyoming_root = root.child_token();
+    let mut wyoming_task = None;
+    if !cfg.wyoming.listen.is_empty() {
+        let services = super::wyoming::services(
+            cfg,
+            &cfg.wyoming.services,
+            Some(stt.clone()),
+            Some(&speaking.sentences),
+        );
+        let serving =
+            super::wyoming::start(cfg, &cfg.wyoming.listen, services, wyoming_root.clone()).await?;
+        summary.wyoming_addr = Some(serving.addr);
+        wyoming_task = Some(serving.task);
+    }
 
     // The listening path and the STT stage. The earcon plays on a sound card only (a
     // WAV answer file gets answers, not chimes); the listener holds its VAD meanwhile.
@@ -235,7 +251,11 @@ pub async fn run(
     summary.turns = consume(cfg, &root, parts, extras).await.len();
 
     web_root.cancel();
+    wyoming_root.cancel();
     if let Some(t) = web_task {
+        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
+    }
+    if let Some(t) = wyoming_task {
         let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
     }
     // Memory is flushed before anything that can hang (a device thread stuck in a dying

@@ -1,7 +1,7 @@
 //! Wiring of the Wyoming server ([`crate::wyoming::server`]) to Panda's engines: for
-//! `panda serve --wyoming`, a Whisper and a Kokoro owner thread of its own, one model of
-//! each kind shared by every connection. (Serving beside the appliance in `panda run`
-//! would hand [`services`] the appliance's STT handle and sentence edge instead.)
+//! `panda serve --wyoming`, a Whisper and a Kokoro owner thread of its own; for
+//! `panda run` with `[wyoming] listen`, the appliance's own (its STT handle and its
+//! sentence edge to Kokoro). One model of each kind serves every connection either way.
 
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ pub fn services(
     cfg: &Config,
     kinds: &[String],
     stt: Option<SttHandle>,
-    tts: Option<mpsc::Sender<Speech>>,
+    tts: Option<&mpsc::Sender<Speech>>,
 ) -> Services {
     let has = |k: &str| kinds.iter().any(|x| x == k);
     let name_of = |p: &std::path::Path| {
@@ -50,7 +50,7 @@ pub fn services(
     let voices = tts::installed_voices(&cfg.model_path(&cfg.tts.model_dir));
     let name = wake_name(&cfg.wake.phrase);
     let asr = stt.clone().filter(|_| has("asr"));
-    let tts = tts.filter(|_| has("tts"));
+    let tts = tts.filter(|_| has("tts")).map(mpsc::Sender::downgrade);
     Services {
         served: Served {
             asr: asr.as_ref().map(|_| Offer { models }),
@@ -169,7 +169,7 @@ pub async fn serve(
         cfg,
         kinds,
         whisper.as_ref().map(|(h, _)| h.clone()),
-        kokoro.as_ref().map(|(tx, ..)| tx.clone()),
+        kokoro.as_ref().map(|(tx, ..)| tx),
     );
     let stop = root.child_token();
     let serving = start(cfg, listen, services, stop.clone()).await?;

@@ -5,7 +5,7 @@
 //! - [`info`]: the `info` event (the answer to `describe`) for what Panda serves.
 //!
 //! - [`server`]: Panda's Whisper, Kokoro and wake word as Wyoming services
-//!   (`panda serve --wyoming`).
+//!   (`panda serve --wyoming`, and `panda run` with `[wyoming] listen`).
 //!
 //! Clients (remote engines as backends) and satellite mode build on it (see the Wyoming
 //! issue).

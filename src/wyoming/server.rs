@@ -89,8 +89,10 @@ pub enum ServerError {
 pub struct Services {
     /// The Whisper owner thread (`asr`).
     pub stt: Option<SttHandle>,
-    /// The Kokoro owner thread's sentence edge (`tts`).
-    pub tts: Option<mpsc::Sender<Speech>>,
+    /// The Kokoro owner thread's sentence edge (`tts`), held weakly: the server never
+    /// keeps Kokoro alive (its owner ends it by closing the edge; the appliance's
+    /// shutdown waits for that), and a request after that is answered `error`.
+    pub tts: Option<mpsc::WeakSender<Speech>>,
     /// Wake word streams (`wake`): the configuration they load from.
     pub wake: Option<WakeService>,
     /// The `info` answer.
@@ -636,6 +638,7 @@ async fn synthesize(
     let Some(tts) = &services.tts else {
         return Ok(());
     };
+    let stopped = || error_event("text-to-speech is not running", "tts");
     let format = |kind: &str| {
         Event::new(kind)
             .with("rate", TTS_RATE_HZ)
@@ -654,8 +657,13 @@ async fn synthesize(
             token: token.clone(),
             reply,
         });
-        if tts.send(request).await.is_err() {
-            send(w, &error_event("text-to-speech is not running", "tts")).await?;
+        // The edge is held only for this send.
+        let sent = match tts.upgrade() {
+            Some(tx) => tx.send(request).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            send(w, &stopped()).await?;
             break;
         }
         while let Some(piece) = rx.recv().await {

@@ -405,3 +405,123 @@ fn an_idle_connection_is_closed_with_an_error() {
     assert_eq!(evs[0].1["code"], "idle");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[test]
+fn the_appliance_serves_wyoming_with_its_own_models_and_still_shuts_down_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let silence = dir.path().join("silence.wav");
+    common::write_wav(&silence, 16_000, &vec![0i16; 16_000 * 300]);
+    // A free port (bound and released; the appliance binds it next).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = common::command_in(dir.path())
+        .args(["run", "--json", "--realtime", "--no-web", "--input"])
+        .arg(&silence)
+        .arg("--output")
+        .arg(dir.path().join("out.wav"))
+        .env("PANDA_WYOMING__LISTEN", format!("tcp://{addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the appliance never served Wyoming"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "panda run ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let evs = exchange(&addr, b"{\"type\":\"describe\"}\n", false);
+    assert_eq!(evs[0].0, "info", "{evs:?}");
+    assert_eq!(evs[0].1["tts"][0]["name"], "panda-tts", "{evs:?}");
+
+    // Kokoro (the appliance's) speaks; Whisper (the appliance's) hears it back.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"{\"type\":\"synthesize\",\"data\":{\"text\":\"The library opens at nine in the morning.\"}}\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut pcm = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+        let h: Value = serde_json::from_str(&line).unwrap();
+        if let Some(n) = h["data_length"].as_u64() {
+            let mut b = vec![0u8; n as usize];
+            r.read_exact(&mut b).unwrap();
+        }
+        if let Some(n) = h["payload_length"].as_u64() {
+            let mut b = vec![0u8; n as usize];
+            r.read_exact(&mut b).unwrap();
+            pcm.extend(b);
+        }
+        if h["type"] == "audio-stop" {
+            break;
+        }
+        assert_ne!(h["type"], "error", "{line}");
+    }
+    assert!(pcm.len() > 24_000 * 2, "{} bytes of audio", pcm.len());
+    let fmt = "\"rate\":24000,\"width\":2,\"channels\":1";
+    let mut req = format!(
+        "{{\"type\":\"transcribe\",\"data\":{{\"language\":\"en\"}}}}\n{{\"type\":\"audio-start\",\"data\":{{{fmt}}}}}\n"
+    )
+    .into_bytes();
+    for chunk in pcm.chunks(4096) {
+        req.extend(
+            format!(
+                "{{\"type\":\"audio-chunk\",\"data\":{{{fmt}}},\"payload_length\":{}}}\n",
+                chunk.len()
+            )
+            .bytes(),
+        );
+        req.extend_from_slice(chunk);
+    }
+    req.extend(b"{\"type\":\"audio-stop\"}\n");
+    s.write_all(&req).unwrap();
+    let text = loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+        let h: Value = serde_json::from_str(&line).unwrap();
+        let mut data = h["data"].clone();
+        if let Some(n) = h["data_length"].as_u64() {
+            let mut b = vec![0u8; n as usize];
+            r.read_exact(&mut b).unwrap();
+            data = serde_json::from_slice(&b).unwrap();
+        }
+        if h["type"] == "transcript" {
+            break data["text"].as_str().unwrap_or("").to_lowercase();
+        }
+        assert_ne!(h["type"], "error", "{data}");
+    };
+    assert!(
+        text.contains("library") && (text.contains("nine") || text.contains('9')),
+        "heard {text:?}"
+    );
+
+    // SIGTERM: the server never holds Kokoro's edge, so the shutdown order holds.
+    let t = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            // Exited by itself (a recording with no question ends with 65, "nothing
+            // to answer"), not killed.
+            assert!(status.code().is_some(), "{status:?}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "panda run did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("SIGTERM → exit in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
