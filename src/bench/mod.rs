@@ -11,6 +11,7 @@ pub mod page;
 pub mod server;
 pub mod soak;
 pub mod wake;
+pub mod wyoming;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -17,6 +17,10 @@ pub fn run(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         } => panda::bench::agents(requests, concurrency)?,
         BenchCmd::Aec { minutes, trials } => panda::bench::aec::run(cfg, minutes, trials)?,
         BenchCmd::Route => panda::bench::route(cfg)?,
+        BenchCmd::Wyoming {
+            clients,
+            per_client,
+        } => runtime()?.block_on(panda::bench::wyoming::run(cfg, &clients, per_client))?,
         BenchCmd::E2e => runtime()?.block_on(panda::bench::e2e::run(cfg))?,
         BenchCmd::Page { clients, seconds } => {
             runtime()?.block_on(panda::bench::page::run(cfg, clients, seconds))?

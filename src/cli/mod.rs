@@ -291,6 +291,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 12)]
         trials: usize,
     },
+    /// Panda as a Wyoming speech-to-text hub: concurrent clients sending voice
+    /// commands; commands per second, p50/p95 latency, errors and word error rate.
+    Wyoming {
+        /// Concurrent clients, one row each.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16])]
+        clients: Vec<usize>,
+        /// Commands each client sends (a connection per command).
+        #[arg(long, default_value_t = 3)]
+        per_client: usize,
+    },
     /// Wake word recall on unseen voices and false accepts on other speech.
     Wake {
         /// Thresholds to sweep.
