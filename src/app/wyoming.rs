@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use super::AppError;
 use crate::config::Config;
 use crate::event::Speech;
-use crate::listen::stt::{self, SttHandle};
+use crate::listen::stt::SttHandle;
 use crate::speak::tts::{self, TtsIo};
 use crate::wyoming::info::{Offer, Served};
-use crate::wyoming::server::{self, Limits, ServerStats, Services, WakeService, wake_name};
+use crate::wyoming::server::{self, Limits, Services, WakeService, wake_name};
 
 /// Control edge, Wyoming connections → the Kokoro thread of `panda serve`: syntheses.
 /// When full a connection waits (each synthesis is a sentence or a text; Kokoro serves
@@ -83,8 +83,6 @@ pub fn services(
 pub struct Serving {
     /// The bound address (`tcp://HOST:PORT`, the real port when 0 was asked for).
     pub addr: String,
-    /// Its counters.
-    pub stats: Arc<ServerStats>,
     /// Ends when `stop` is cancelled.
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -110,15 +108,13 @@ pub async fn start(
     .flatten()
     .collect();
     tracing::info!(addr, services = kinds.join(","), "serving Wyoming");
-    let stats = Arc::new(ServerStats::default());
     let task = tokio::spawn(server::serve(
         listener,
         Arc::new(services),
         Limits::from(&cfg.wyoming),
-        stats.clone(),
         stop,
     ));
-    Ok(Serving { addr, stats, task })
+    Ok(Serving { addr, task })
 }
 
 /// `panda serve --wyoming URL`: loads the engines `kinds` need (Whisper for `asr` and the
@@ -133,12 +129,7 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let has = |k: &str| kinds.iter().any(|x| x == k);
     let whisper = if has("asr") || has("wake") {
-        let c = cfg.clone();
-        Some(
-            tokio::task::spawn_blocking(move || stt::spawn_configured(&c))
-                .await
-                .map_err(|_| AppError::Thread("the Whisper loader"))??,
-        )
+        Some(super::topology::start_stt(cfg).await?)
     } else {
         None
     };
@@ -165,12 +156,7 @@ pub async fn serve(
         .map_err(|_| AppError::Thread("the Kokoro loader"))??;
         kokoro = Some((sent_tx, thread, pcm_rx, ev_rx));
     }
-    let services = services(
-        cfg,
-        kinds,
-        whisper.as_ref().map(|(h, _)| h.clone()),
-        kokoro.as_ref().map(|(tx, ..)| tx),
-    );
+    let services = services(cfg, kinds, whisper, kokoro.as_ref().map(|(tx, ..)| tx));
     let stop = root.child_token();
     let serving = start(cfg, listen, services, stop.clone()).await?;
     on_ready(&serving.addr);

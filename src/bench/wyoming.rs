@@ -95,6 +95,7 @@ pub async fn run(cfg: &Config, clients: &[usize], per_client: usize) -> Result<(
     drop(k);
     let audio_s: f64 =
         said.iter().map(|(_, p)| p.len() as f64).sum::<f64>() / said.len() as f64 / 16_000.0;
+    // Whisper's own error type, so a missing model is named as such.
     let cfg2 = cfg.clone();
     let (stt, _worker) =
         tokio::task::spawn_blocking(move || crate::listen::stt::spawn_configured(&cfg2))

@@ -190,15 +190,7 @@ impl SttHandle {
         language: Option<&str>,
         token: &CancellationToken,
     ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
-        let (reply, rx) = oneshot::channel();
-        let req = SttRequest {
-            samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
-            language: language.map(str::to_string),
-            wake_check: false,
-            prompt: None,
-            token: token.clone(),
-            reply,
-        };
+        let (req, rx) = SttRequest::new(samples, language, None, token);
         self.tx.send(req).await.map_err(|_| SttError::Stopped)?;
         Ok(rx)
     }
@@ -235,18 +227,33 @@ impl SttHandle {
         prompt: Option<&str>,
         token: &CancellationToken,
     ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
+        // The wake phrase is English whatever the conversation's language.
+        let language = prompt.map(|_| "en");
+        let (req, rx) = SttRequest::new(samples, language, prompt, token);
+        self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
+        Ok(rx)
+    }
+}
+
+impl SttRequest {
+    /// A request for `samples` (16 kHz i16) and the receiver of its reply; a `prompt`
+    /// makes it a wake word check.
+    fn new(
+        samples: &[i16],
+        language: Option<&str>,
+        prompt: Option<&str>,
+        token: &CancellationToken,
+    ) -> (Self, oneshot::Receiver<Result<SttOutput, SttError>>) {
         let (reply, rx) = oneshot::channel();
         let req = SttRequest {
             samples: samples.iter().map(|&s| s as f32 / 32768.0).collect(),
-            // The wake phrase is English whatever the conversation's language.
-            language: prompt.map(|_| "en".to_string()),
+            language: language.map(str::to_string),
             wake_check: prompt.is_some(),
             prompt: prompt.map(|p| p.replace('\0', " ")),
             token: token.clone(),
             reply,
         };
-        self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
-        Ok(rx)
+        (req, rx)
     }
 }
 

@@ -135,7 +135,7 @@ impl Limits {
     }
 }
 
-/// Counters a server keeps (the status page and the tests read them).
+/// Counters a server keeps, logged when it stops.
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Connections accepted and served.
@@ -171,14 +171,25 @@ pub async fn serve(
     listener: TcpListener,
     services: Arc<Services>,
     limits: Limits,
-    stats: Arc<ServerStats>,
     stop: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let stats = Arc::new(ServerStats::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                tracing::info!(
+                    connections = stats.connections.load(Relaxed),
+                    refused = stats.refused.load(Relaxed),
+                    malformed = stats.malformed.load(Relaxed),
+                    transcripts = stats.transcripts.load(Relaxed),
+                    syntheses = stats.syntheses.load(Relaxed),
+                    detections = stats.detections.load(Relaxed),
+                    "Wyoming server stopped"
+                );
+                return;
+            }
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
