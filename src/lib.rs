@@ -50,6 +50,7 @@
 //! - [`models`]: `panda models install|verify` — fetching weights from package
 //!   registries, checksums, and the CTranslate2 → ggml Whisper conversion.
 //! - [`doctor`]: `panda doctor`'s checks. [`bench`]: `panda bench …` figures.
+//!   [`scripted`]: a scripted HTTP peer (LLM, agents) the benches and tests talk to.
 //! - [`config`], [`event`]: the figment configuration tree and the types stages exchange;
 //!   [`metrics`]: Prometheus metrics; [`log`]: log flood control; [`onnx`]: loading ONNX
 //!   Runtime; [`numbers`]: English number words shared by speech and parsing; [`fs`]:
@@ -78,6 +79,7 @@ pub mod metrics;
 pub mod models;
 pub mod numbers;
 pub mod onnx;
+pub mod scripted;
 pub mod speak;
 pub mod think;
 pub mod web;

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 /// Sends a state line to systemd when run as a `Type=notify` service (no-op otherwise).
 /// Never blocks: a notify socket whose queue is full (nobody reading) drops the line
 /// rather than stalling the event loop that sends it.
+///
+/// Hand-written rather than the `sd-notify` crate (0.4.5, read for this): that crate
+/// sends with a blocking socket (a stalled manager would stall this loop) and connects
+/// to `NOTIFY_SOCKET` as a file path, so an abstract-namespace socket (`@…`, which
+/// systemd uses in containers and some user managers) fails; it does check
+/// `WATCHDOG_PID`, which `watchdog_interval` now does too.
 pub fn sd_notify(msg: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
@@ -33,6 +39,13 @@ pub fn sd_notify(msg: &str) {
 /// `WATCHDOG_USEC`; none when no watchdog is asked for.
 pub fn watchdog_interval(configured_ms: u64) -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    // sd_watchdog_enabled(3): a WATCHDOG_PID naming another process (we were started by
+    // a wrapper that did not unset it) means the watchdog is not ours to feed.
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
     Some(if configured_ms > 0 {
         Duration::from_millis(configured_ms)
     } else {

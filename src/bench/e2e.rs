@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::percentile;
-use super::server::{Reply, Request, openai_stream, serve};
 use crate::app::{Input, RunOptions};
 use crate::audio::file::{FileFormat, FileSpec};
 use crate::audio::playback::Output;
 use crate::config::{Config, LlmBackend};
 use crate::event::Event;
+use crate::scripted::{Reply, Request, openai_stream, serve};
 
 /// Questions of the benchmark (after "Hey panda.").
 pub const QUESTIONS: &[&str] = &[

@@ -8,7 +8,6 @@ pub mod aec;
 pub mod e2e;
 pub mod memory;
 pub mod page;
-pub mod server;
 pub mod soak;
 pub mod wake;
 pub mod wyoming;
@@ -730,8 +729,8 @@ pub fn agents(requests: usize, concurrency: usize) -> Result<(), BenchError> {
         .build()
         .map_err(|e| BenchError::Synth(e.to_string()))?;
     rt.block_on(async {
-        let server = server::serve(Arc::new(|_r: &server::Request| {
-            server::Reply::json(
+        let server = crate::scripted::serve(Arc::new(|_r: &crate::scripted::Request| {
+            crate::scripted::Reply::json(
                 serde_json::json!({"articles": [{"title": "Rain expected tomorrow"}]}),
             )
         }))

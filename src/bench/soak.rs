@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::server::{Reply, Request, openai_stream, serve};
 use crate::config::Config;
+use crate::scripted::{Reply, Request, openai_stream, serve};
 
 /// The bearer token the soak's daemon is started with.
 const TOKEN: &str = "soak-token";

@@ -379,10 +379,7 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap, uri: axum::http
         );
     }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         st.hub.metrics.render(),
     )
         .into_response()

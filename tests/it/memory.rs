@@ -11,9 +11,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use panda::bench::server::{Reply, Request, openai_stream, serve};
 use panda::config::Config;
 use panda::memory::{Embedder, Kind, Memory};
+use panda::scripted::{Reply, Request, openai_stream, serve};
 use rand::Rng;
 
 /// `panda ARGS` with memory in `state` (and the test models).

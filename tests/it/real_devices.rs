@@ -126,6 +126,37 @@ fn pulse_or_skip() -> Option<Pulse> {
     }
 }
 
+/// The tests on virtual devices run one at a time: each plays and records in real time,
+/// and on a small machine a second one running beside it causes underruns and slow
+/// transcription — measuring the machine, not Panda.
+static ONE_APPLIANCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What every device test starts from: the one-appliance lock (tests share the machine's
+/// CPU and must not hear each other), a private PulseAudio with the virtual microphone
+/// and speaker, a runtime for the test's LLM server, and a scratch directory. Fields
+/// drop in order: the sound server stops before the lock is released.
+struct Rig {
+    pulse: Pulse,
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Rig {
+    /// None (the test skips, loudly) where PulseAudio cannot run, unless
+    /// `REQUIRE_PULSEAUDIO=1` makes that a failure.
+    fn start_or_skip() -> Option<Rig> {
+        let one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
+        let pulse = pulse_or_skip()?;
+        Some(Rig {
+            pulse,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            _one: one,
+        })
+    }
+}
+
 fn resample_to_16k(src: &Path, dir: &Path) -> PathBuf {
     let pcm = panda::audio::file::read_16k_mono(src).unwrap();
     let out = dir.join("mic.wav");
@@ -135,9 +166,10 @@ fn resample_to_16k(src: &Path, dir: &Path) -> PathBuf {
 
 #[test]
 fn listen_on_a_virtual_microphone() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pulse) = pulse_or_skip() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let Some(rig) = Rig::start_or_skip() else {
+        return;
+    };
+    let Rig { pulse, dir, .. } = &rig;
     let wav = common::espeak_wav(
         dir.path(),
         "q",
@@ -259,9 +291,10 @@ fn daemon_mode_retries_a_missing_device_until_stopped() {
 
 #[test]
 fn say_plays_on_a_virtual_speaker() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pulse) = pulse_or_skip() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let Some(rig) = Rig::start_or_skip() else {
+        return;
+    };
+    let Rig { pulse, dir, .. } = &rig;
     let raw = dir.path().join("speaker.raw");
     // Record what reaches the speaker (the null sink's monitor) while Panda speaks.
     let mut rec = pulse
@@ -550,8 +583,8 @@ fn play_into_mic(pulse: &Pulse, mic: &Path) -> Instant {
 fn llm_replying(
     rt: &tokio::runtime::Runtime,
     answer: impl Fn(&str) -> Vec<String> + Send + Sync + 'static,
-) -> panda::bench::server::Server {
-    use panda::bench::server::{Reply, Request, openai_stream, serve};
+) -> panda::scripted::Server {
+    use panda::scripted::{Reply, Request, openai_stream, serve};
     rt.block_on(serve(std::sync::Arc::new(move |r: &Request| {
         let body = String::from_utf8_lossy(&r.body).to_lowercase();
         // The last user message decides (the history holds earlier questions).
@@ -570,7 +603,7 @@ fn llm_replying(
     .unwrap()
 }
 
-fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::server::Server {
+fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::scripted::Server {
     llm_replying(rt, move |last| {
         if last.contains("france") {
             vec!["The capital of France ".into(), "is Paris.".into()]
@@ -588,29 +621,24 @@ fn llm_server(rt: &tokio::runtime::Runtime, words: usize) -> panda::bench::serve
     })
 }
 
-/// The tests on virtual devices run one at a time: each plays and records in real time,
-/// and on a small machine a second one running beside it causes underruns and slow
-/// transcription — measuring the machine, not Panda.
-static ONE_APPLIANCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn the_appliance_answers_through_a_microphone_and_a_speaker() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pulse) = pulse_or_skip() else { return };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = llm_server(&rt, 10);
-    let dir = tempfile::tempdir().unwrap();
-    let mut app = Appliance::start(&pulse, &server.url());
-    let rec = record_speaker(&pulse, dir.path());
+    let Some(rig) = Rig::start_or_skip() else {
+        return;
+    };
+    let Rig { pulse, rt, dir, .. } = &rig;
+    let server = llm_server(rt, 10);
+    let mut app = Appliance::start(pulse, &server.url());
+    let rec = record_speaker(pulse, dir.path());
     say_into_mic(
-        &pulse,
+        pulse,
         dir.path(),
         "time",
         &["Hey panda.", "What time is it?"],
     );
     let first = app.wait_for("a spoken answer", 60, |e| e["type"] == "spoken");
     say_into_mic(
-        &pulse,
+        pulse,
         dir.path(),
         "paris",
         &["Hey panda.", "What is the capital of France?"],
@@ -663,13 +691,13 @@ fn tone_share(w: &[i16], freq_hz: f32, rate_hz: f32) -> f32 {
 /// it is answered.
 #[test]
 fn the_earcon_plays_on_a_wake_and_is_never_the_question() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pulse) = pulse_or_skip() else { return };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = llm_server(&rt, 10);
-    let dir = tempfile::tempdir().unwrap();
+    let Some(rig) = Rig::start_or_skip() else {
+        return;
+    };
+    let Rig { pulse, rt, dir, .. } = &rig;
+    let server = llm_server(rt, 10);
     let app = Appliance::spawn(
-        &pulse,
+        pulse,
         &server.url(),
         false,
         &[("PANDA_ENDPOINT__QUESTION_TIMEOUT_MS", "4000")],
@@ -679,20 +707,20 @@ fn the_earcon_plays_on_a_wake_and_is_never_the_question() {
     let question = mic_wav(dir.path(), "question", &["What time is it?"]);
     app.wait_log("capture started", 1, 60);
     pulse.loop_speaker_into_mic(30);
-    let rec = record_speaker(&pulse, dir.path());
+    let rec = record_speaker(pulse, dir.path());
     // A wake and nothing else: the chime comes back through the microphone, and must
     // not be the question.
-    play_into_mic(&pulse, &wake_only);
+    play_into_mic(pulse, &wake_only);
     let first = app.wait_for("a wake", 30, |e| e["type"] == "wake");
     let ended = app.wait_for("no_question", 30, |e| e["type"] == "no_question");
     assert_eq!(ended["turn"], first["turn"]);
     // A wake, the chime, 1.5 s of waiting, then the question.
-    play_into_mic(&pulse, &wake_only);
+    play_into_mic(pulse, &wake_only);
     let second = app.wait_for("a second wake", 30, |e| {
         e["type"] == "wake" && e["turn"] != first["turn"]
     });
     std::thread::sleep(Duration::from_millis(180 + 1500));
-    play_into_mic(&pulse, &question);
+    play_into_mic(pulse, &question);
     let spoken = app.wait_for("the answer", 60, |e| {
         e["type"] == "spoken" && e["turn"] == second["turn"]
     });
@@ -731,22 +759,22 @@ fn the_earcon_plays_on_a_wake_and_is_never_the_question() {
 
 #[test]
 fn barge_in_silences_the_speaker_and_the_next_question_works() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pulse) = pulse_or_skip() else { return };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = llm_server(&rt, 40);
-    let dir = tempfile::tempdir().unwrap();
-    let mut app = Appliance::start(&pulse, &server.url());
-    let rec = record_speaker(&pulse, dir.path());
+    let Some(rig) = Rig::start_or_skip() else {
+        return;
+    };
+    let Rig { pulse, rt, dir, .. } = &rig;
+    let server = llm_server(rt, 40);
+    let mut app = Appliance::start(pulse, &server.url());
+    let rec = record_speaker(pulse, dir.path());
     say_into_mic(
-        &pulse,
+        pulse,
         dir.path(),
         "story",
         &["Hey panda.", "Tell me a long story."],
     );
     app.wait_for("the answer playing", 60, |e| e["type"] == "playing");
     std::thread::sleep(Duration::from_millis(1500));
-    let stop_ended = say_into_mic(&pulse, dir.path(), "stop", &["Hey panda.", "Stop."]);
+    let stop_ended = say_into_mic(pulse, dir.path(), "stop", &["Hey panda.", "Stop."]);
     let spoken = app.wait_for("the interrupted answer", 30, |e| e["type"] == "spoken");
     assert_eq!(spoken["interrupted"], true, "{spoken}");
     std::thread::sleep(Duration::from_millis(1500));
@@ -783,7 +811,7 @@ fn barge_in_silences_the_speaker_and_the_next_question_works() {
     })["turn"]
         .clone();
     say_into_mic(
-        &pulse,
+        pulse,
         dir.path(),
         "time",
         &["Hey panda.", "What time is it?"],
@@ -955,15 +983,15 @@ return {
 
 #[test]
 fn the_status_page_follows_a_spoken_turn_in_chromium() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pulse) = pulse_or_skip() else { return };
+    let Some(rig) = Rig::start_or_skip() else {
+        return;
+    };
+    let Rig { pulse, rt, dir, .. } = &rig;
     let Some(browser) = Browser::start_or_skip() else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = llm_server(&rt, 10);
-    let dir = tempfile::tempdir().unwrap();
-    let app = Appliance::start_with(&pulse, &server.url(), true);
+    let server = llm_server(rt, 10);
+    let app = Appliance::start_with(pulse, &server.url(), true);
     let url = app.web_url.clone().unwrap();
     browser.open(&format!("{url}/"));
     // The page connects to the live feed and shows the appliance listening.
@@ -990,7 +1018,7 @@ fn the_status_page_follows_a_spoken_turn_in_chromium() {
     std::thread::scope(|s| {
         let saying = s.spawn(|| {
             say_into_mic(
-                &pulse,
+                pulse,
                 dir.path(),
                 "time",
                 &["Hey panda.", "What time is it?"],
@@ -1170,11 +1198,11 @@ fn the_appliance_waits_for_its_sound_server_and_survives_losing_it() {
 
 #[test]
 fn shutdown_ends_in_time_when_the_sound_server_dies_with_it() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut pulse) = pulse_or_skip() else {
+    let Some(mut rig) = Rig::start_or_skip() else {
         return;
     };
-    let mut app = Appliance::start(&pulse, "http://127.0.0.1:9");
+    let Rig { pulse, .. } = &mut rig;
+    let mut app = Appliance::start(pulse, "http://127.0.0.1:9");
     // The sound server dies at the moment systemd stops Panda (`systemctl stop` during a
     // shutdown): closing the capture stream then deadlocks inside libpulse.
     pulse.kill();
@@ -1204,12 +1232,13 @@ fn shutdown_ends_in_time_when_the_sound_server_dies_with_it() {
 /// the next question is answered. The canceller reports its figures on the status API.
 #[test]
 fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_stop() {
-    let _one = ONE_APPLIANCE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(pulse) = pulse_or_skip() else { return };
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(rig) = Rig::start_or_skip() else {
+        return;
+    };
+    let Rig { pulse, rt, dir, .. } = &rig;
     // Anything but the story gets the short answer: how Whisper hears the second
     // question on a machine busy synthesising the story is not what is tested.
-    let server = llm_replying(&rt, |last| {
+    let server = llm_replying(rt, |last| {
         if !last.contains("story") {
             return vec!["The capital of France is Paris.".into()];
         }
@@ -1226,7 +1255,6 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
         }));
         s
     });
-    let dir = tempfile::tempdir().unwrap();
     let story = mic_wav(
         dir.path(),
         "story",
@@ -1238,10 +1266,10 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
         "paris",
         &["Hey panda.", "What is the capital of France?"],
     );
-    let app = Appliance::spawn(&pulse, &server.url(), true, &[]);
+    let app = Appliance::spawn(pulse, &server.url(), true, &[]);
     app.wait_log("capture started", 1, 60);
     pulse.loop_speaker_into_mic(60);
-    play_into_mic(&pulse, &story);
+    play_into_mic(pulse, &story);
     let playing = app.wait_for("the story playing", 60, |e| e["type"] == "playing");
     let story_turn = playing["turn"].clone();
     // The three "hey panda"s are in the first sentences: ~15 s of Panda's own voice.
@@ -1274,10 +1302,10 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
     // here; `panda bench aec` measures the rate), and what is tested is that it can be,
     // and that Panda never wakes itself meanwhile.
     let cut = |e: &serde_json::Value| e["type"] == "spoken" && e["turn"] == story_turn;
-    play_into_mic(&pulse, &stop);
+    play_into_mic(pulse, &stop);
     if !app.wait_until(15, cut) {
         println!("the first \"hey panda. stop.\" was not heard; saying it again");
-        play_into_mic(&pulse, &stop);
+        play_into_mic(pulse, &stop);
     }
     let spoken = app.wait_for("the story cut", 30, cut);
     for l in app.log.lock().unwrap().iter() {
@@ -1287,7 +1315,7 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
     }
     assert_eq!(spoken["interrupted"], true, "{spoken}");
     std::thread::sleep(Duration::from_millis(1500));
-    play_into_mic(&pulse, &paris);
+    play_into_mic(pulse, &paris);
     // The question's own turn (what the words after the barge-in's "hey panda" were
     // heard as — "stop", or the end of Panda's sentence under it — makes a turn of its
     // own, which the next wake may cut before it plays).

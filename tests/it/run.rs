@@ -538,8 +538,8 @@ fn slow_llm(
     rt: &tokio::runtime::Runtime,
     first_token: Duration,
     rest: Duration,
-) -> panda::bench::server::Server {
-    use panda::bench::server::{Reply, Request, openai_stream, serve};
+) -> panda::scripted::Server {
+    use panda::scripted::{Reply, Request, openai_stream, serve};
     rt.block_on(serve(std::sync::Arc::new(move |_: &Request| {
         let mut pieces = openai_stream(
             &["Rivers", " run to the sea. ", "They carve valleys. "],

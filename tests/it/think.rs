@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use panda::bench::server::{Reply, Request, ollama_stream, openai_stream, serve};
 use panda::config::{AgentConfig, LlmBackend, LlmConfig};
 use panda::event::{BreakerState, Event};
+use panda::scripted::{Reply, Request, ollama_stream, openai_stream, serve};
 use panda::think::agents::{AgentError, Agents};
 use panda::think::llm::{LlmClient, LlmError, Message};
 use tokio::sync::mpsc;

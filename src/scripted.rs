@@ -3,7 +3,9 @@
 //! can make a peer stream slowly, die mid-stream, send garbage or stall, and count what
 //! the client did (connections accepted, requests, their time intervals).
 //!
-//! Not part of the daemon: `panda bench agents` and the integration tests start it.
+//! Not part of the daemon: the benches (`panda bench agents`, `e2e`, `soak`) and the
+//! integration tests start it as the LLM and agent peers they talk to; it sits beside
+//! the stages rather than under `bench` so that tests do not reach into a bench.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
