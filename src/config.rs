@@ -306,6 +306,28 @@ pub struct SttConfig {
     /// Transcripts whose mean token probability is below this are discarded as noise.
     /// Measured on tiny.en: recorded speech 0.45–0.95, noise and non-words 0.15–0.17.
     pub min_confidence: f32,
+    /// Which engine transcribes questions: `local` (Whisper here) or `wyoming` (the
+    /// Wyoming ASR service at `wyoming_url`, e.g. wyoming-faster-whisper or another
+    /// Panda's `panda serve` on a bigger box). The local model stays loaded either way:
+    /// the wake word's check uses it, and it transcribes while the remote fails (a
+    /// breaker stops trying a failing remote for 5 s, doubling up to 5 min).
+    pub backend: SttBackend,
+    /// `tcp://HOST:PORT` of the Wyoming ASR service (`backend = "wyoming"`).
+    pub wyoming_url: String,
+    /// Longest wait for the remote transcript (connect, send, answer); past it the
+    /// local Whisper transcribes the question.
+    pub wyoming_timeout_ms: u64,
+}
+
+/// `[stt] backend`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SttBackend {
+    /// Whisper on this machine.
+    #[default]
+    Local,
+    /// A Wyoming ASR service, the local Whisper as fallback.
+    Wyoming,
 }
 
 impl Default for SttConfig {
@@ -320,6 +342,9 @@ impl Default for SttConfig {
             multilingual_model: PathBuf::from("whisper/ggml-base.bin"),
             gpu: true,
             min_confidence: 0.3,
+            backend: SttBackend::Local,
+            wyoming_url: "tcp://127.0.0.1:10300".into(),
+            wyoming_timeout_ms: 10_000,
         }
     }
 }
@@ -1131,6 +1156,20 @@ impl Config {
         int("stt.beam_size", self.stt.beam_size, 0, 16)?;
         int("stt.threads", self.stt.threads, 0, MAX_THREADS)?;
         real("stt.min_confidence", self.stt.min_confidence, 0.0, 1.0)?;
+        int(
+            "stt.wyoming_timeout_ms",
+            self.stt.wyoming_timeout_ms,
+            100,
+            600_000,
+        )?;
+        if self.stt.backend == SttBackend::Wyoming
+            && let Err(e) = crate::wyoming::client::AsrClient::new(
+                &self.stt.wyoming_url,
+                std::time::Duration::from_millis(self.stt.wyoming_timeout_ms),
+            )
+        {
+            return Err(invalid("stt.wyoming_url", e.to_string()));
+        }
         let lang = self.stt.language.as_str();
         if lang != "auto" && whisper_rs::get_lang_id(lang).is_none() {
             return Err(invalid(

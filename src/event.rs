@@ -368,7 +368,22 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// An agent's circuit breaker changed state.
+    /// A question sent to the remote speech-to-text service (`[stt] backend =
+    /// "wyoming"`); on failure the local Whisper transcribed it.
+    RemoteStt {
+        /// Turn.
+        turn: u64,
+        /// The service, `tcp://HOST:PORT`.
+        url: String,
+        /// It answered with a transcript.
+        ok: bool,
+        /// Request time.
+        ms: u64,
+        /// The error, when it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// An agent's (or the remote STT's, agent `stt`) circuit breaker changed state.
     Breaker {
         /// Agent name.
         agent: String,

@@ -7,7 +7,7 @@
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::topology::{spawn_stt_stage, start_listening, start_stt};
+use super::topology::{spawn_stt_stage, start_listening, start_stt, transcriber};
 use super::{AppError, EVENT_EDGE, ListenOptions, ListenSummary, UTTERANCE_EDGE};
 use crate::config::Config;
 use crate::event::{Event, Utterance};
@@ -52,14 +52,11 @@ pub async fn listen(
         None,
         &root,
     )?;
-    let stage = spawn_stt_stage(
-        utt_rx,
-        stt.filter(|_| opts.transcribe),
-        ev_tx,
-        None,
-        None,
-        Vec::new(),
-    );
+    let transcriber = match stt.filter(|_| opts.transcribe) {
+        Some(h) => Some(transcriber(cfg, h, &ev_tx)?),
+        None => None,
+    };
+    let stage = spawn_stt_stage(utt_rx, transcriber, ev_tx, None, None, Vec::new());
     while let Some(ev) = ev_rx.recv().await {
         on_event(&ev);
     }

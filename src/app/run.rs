@@ -23,7 +23,7 @@ use super::shutdown::{Consume, Extras, consume};
 use super::systemd::{Progress, sd_notify, watchdog_interval};
 use super::topology::{
     EchoCancel, SpeakerTaps, spawn_stt_stage, start_listening, start_speaking, start_stt,
-    start_thinking,
+    start_thinking, transcriber,
 };
 use super::{
     ASK_EDGE, AppError, EVENT_EDGE, HEARD_EDGE, Input, LISTEN_CONTROL_EDGE, QUESTION_EDGE,
@@ -33,6 +33,7 @@ use crate::audio::playback::Output;
 use crate::config::Config;
 use crate::event::{Cue, Event, ListenControl, Question, Utterance};
 use crate::listen::listener::{ListenerOptions, WakeVerifier};
+use crate::listen::transcriber::Transcriber;
 use crate::think::agents::Agents;
 use crate::think::driver::{ActiveTurn, Driver, FollowUp, Host, Source};
 use crate::think::turn::TurnOutcome;
@@ -84,6 +85,7 @@ pub async fn run(
 
     // Models first (each on its owner thread), so a missing one fails before audio flows.
     let stt = start_stt(cfg).await?;
+    let transcriber = transcriber(cfg, stt.clone(), &ev_tx)?;
     // The conversation's language, from the thinker (which switches it) to the STT stage.
     let (lang_tx, lang_rx) = tokio::sync::watch::channel(cfg.conversation.language.clone());
     let thinking = start_thinking(cfg, &ev_tx, &root, None, Some(lang_tx)).await?;
@@ -110,7 +112,13 @@ pub async fn run(
     let web_root = root.child_token();
     let mut web_task = None;
     if opts.web && cfg.web.enabled {
-        let handle = web_handle(cfg, ask_tx, active.clone(), thinking.agents.clone());
+        let handle = web_handle(
+            cfg,
+            ask_tx,
+            active.clone(),
+            thinking.agents.clone(),
+            transcriber.clone(),
+        );
         let (addr, task) =
             crate::web::serve(&cfg.web, hub.clone(), handle, web_root.clone()).await?;
         summary.web_addr = Some(addr);
@@ -196,7 +204,7 @@ pub async fn run(
     }
     let _stt_stage = spawn_stt_stage(
         utt_rx,
-        Some(stt),
+        Some(transcriber),
         ev_tx.clone(),
         Some(q_tx),
         // `[stt] language = "auto"` keeps detecting, whatever Panda speaks.
@@ -296,6 +304,7 @@ fn web_handle(
     asks: mpsc::Sender<String>,
     active: ActiveTurn,
     agents: Arc<Agents>,
+    stt: Transcriber,
 ) -> crate::web::WebHandle {
     crate::web::WebHandle {
         asks,
@@ -316,6 +325,7 @@ fn web_handle(
                     .collect(),
             )
         }),
+        stt: Arc::new(move || stt.status()),
         llm: serde_json::json!({
             "enabled": cfg.llm.enabled,
             "url": cfg.llm.url,

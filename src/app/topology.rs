@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`start_stt`] | Whisper, loaded and warmed up | `panda-stt` |
 //! | [`start_listening`] | audio source → listener | `panda-capture` or `panda-file-source`, `panda-listener` |
+//! | [`transcriber`] | the question's engine: local Whisper or a Wyoming service | — |
 //! | [`spawn_stt_stage`] | utterances → transcripts (→ questions) | a tokio task |
 //! | [`start_speaking`] | sentences → Kokoro → playback | `panda-tts`, `panda-playback` |
 //! | [`start_thinking`] | memory, agents, timers, the thinker | `panda-memory`, `panda-embed`, tokio tasks |
@@ -24,15 +25,35 @@ use crate::audio::capture::{CaptureStats, spawn_capture};
 use crate::audio::file::spawn_source;
 use crate::audio::playback::{self, Output, PlaybackIo};
 use crate::audio::{AudioError, EdgeStats};
-use crate::config::Config;
+use crate::config::{Config, SttBackend};
 use crate::event::{AudioFrame, Cue, Event, ListenControl, PcmChunk, Question, Speech, Utterance};
 use crate::listen::listener::{self, ListenerIo, ListenerOptions};
 use crate::listen::stt::{self, SttError, SttHandle};
+use crate::listen::transcriber::{RemoteStt, Transcriber};
 use crate::speak::kokoro::{KokoroError, voice_language};
 use crate::speak::tts::{self, TtsIo, TtsOptions};
 use crate::think::agents::Agents;
 use crate::think::timers::{self, TimerEntry};
 use crate::think::turn::{Thinker, ThinkerDeps};
+
+/// The question's transcriber for `[stt] backend`: the local Whisper (`stt`) alone, or a
+/// Wyoming ASR service in front of it; `events` gets the remote's events.
+pub fn transcriber(
+    cfg: &Config,
+    stt: SttHandle,
+    events: &mpsc::Sender<Event>,
+) -> Result<Transcriber, AppError> {
+    Ok(match cfg.stt.backend {
+        SttBackend::Local => Transcriber::Local(stt),
+        SttBackend::Wyoming => Transcriber::Remote(Arc::new(RemoteStt::new(
+            &cfg.stt.wyoming_url,
+            std::time::Duration::from_millis(cfg.stt.wyoming_timeout_ms),
+            &cfg.stt.language,
+            stt,
+            events.clone(),
+        )?)),
+    })
+}
 
 /// Loads Whisper on its owner thread (off the runtime: loading blocks).
 pub async fn start_stt(cfg: &Config) -> Result<SttHandle, AppError> {
@@ -207,7 +228,7 @@ pub fn join_detached<T: Send + 'static>(
 /// Ends when the utterance edge closes.
 pub fn spawn_stt_stage(
     mut utterances: mpsc::Receiver<Utterance>,
-    stt: Option<SttHandle>,
+    stt: Option<Transcriber>,
     events: mpsc::Sender<Event>,
     questions: Option<mpsc::Sender<Question>>,
     language: Option<tokio::sync::watch::Receiver<String>>,
@@ -222,10 +243,18 @@ pub fn spawn_stt_stage(
             let turn = u.turn.id;
             let span = tracing::info_span!("turn", turn);
             let lang = language.as_ref().map(|l| l.borrow().clone());
-            let result = stt
-                .transcribe_in(&u.samples, lang.as_deref(), &u.turn.token)
-                .instrument(span)
-                .await;
+            let result = if u.command {
+                // "stop" over the answer: the local model decides at once (a stop word
+                // must not wait on the network, and the remote breaker is not for it).
+                stt.local()
+                    .transcribe_in(&u.samples, lang.as_deref(), &u.turn.token)
+                    .instrument(span)
+                    .await
+            } else {
+                stt.transcribe(turn, &u.samples, lang.as_deref(), &u.turn.token)
+                    .instrument(span)
+                    .await
+            };
             if u.command {
                 if let Ok(out) = &result {
                     match crate::listen::command::stop_command(&out.text, &stop_words) {

@@ -5,11 +5,14 @@
 //! - [`endpoint`]: the pure endpointing state machine.
 //! - [`listener`]: the thread that owns the three above and mints turns.
 //! - [`stt`]: the Whisper owner thread and its handle.
+//! - [`transcriber`]: the question's engine: local Whisper, or a remote Wyoming ASR
+//!   service with Whisper as fallback.
 
 pub mod command;
 pub mod endpoint;
 pub mod listener;
 pub mod stt;
 pub mod templates;
+pub mod transcriber;
 pub mod vad;
 pub mod wake;

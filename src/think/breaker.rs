@@ -122,6 +122,12 @@ impl Breaker {
         capped.mul_f64(1.0 + 0.2 * jitter.clamp(-1.0, 1.0))
     }
 
+    /// Gives back a probe whose call ended without a verdict (the turn was cancelled):
+    /// the next call may probe again.
+    pub fn abandon(&mut self) {
+        self.probe_in_flight = false;
+    }
+
     /// When an open breaker lets the next probe through.
     pub fn open_until(&self) -> Option<Instant> {
         self.open_until

@@ -48,6 +48,8 @@ pub struct WebHandle {
     pub agents: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
     /// LLM configuration as JSON.
     pub llm: serde_json::Value,
+    /// The speech-to-text backend's state as JSON (remote service, breaker, fallbacks).
+    pub stt: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 #[derive(Clone)]
@@ -362,8 +364,15 @@ fn redacted(mut snap: serde_json::Value) -> serde_json::Value {
     snap
 }
 
+/// The hub's model plus what the pipeline reports of its services.
+fn snapshot(st: &AppState) -> serde_json::Value {
+    let mut snap = st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone());
+    snap["stt"] = (st.handle.stt)();
+    snap
+}
+
 async fn status(State(st): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    let snap = st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone());
+    let snap = snapshot(&st);
     if may_read(&st, &headers, uri.query()) {
         Json(snap).into_response()
     } else {
@@ -503,7 +512,7 @@ async fn events(State(st): State<AppState>, headers: HeaderMap, uri: axum::http:
     let guard = ClientGuard(m.clone());
     // Subscribe before the snapshot, so nothing falls between them.
     let rx = st.hub.subscribe();
-    let mut snap = st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone());
+    let mut snap = snapshot(&st);
     if !private {
         snap = redacted(snap);
     }

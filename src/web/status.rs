@@ -405,6 +405,19 @@ impl Hub {
                     };
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": text}));
                 }
+                Event::RemoteStt {
+                    url, ok, ms, error, ..
+                } => {
+                    let text = match (ok, error) {
+                        (false, Some(e)) => {
+                            format!(
+                                "speech-to-text at {url} failed ({e}): the local Whisper heard it"
+                            )
+                        }
+                        _ => format!("speech-to-text at {url} answered in {ms} ms"),
+                    };
+                    publish.push(serde_json::json!({"type": "log", "at": clock(), "text": text}));
+                }
                 Event::Breaker { agent, state: b } => {
                     publish
                         .push(serde_json::json!({"type": "breaker", "agent": agent, "state": b}));

@@ -7,9 +7,12 @@
 //! - [`server`]: Panda's Whisper, Kokoro and wake word as Wyoming services
 //!   (`panda serve --wyoming`, and `panda run` with `[wyoming] listen`).
 //!
-//! Clients (remote engines as backends) and satellite mode build on it (see the Wyoming
-//! issue).
+//! - [`client`]: a remote Wyoming ASR engine as Panda's speech-to-text backend
+//!   (`[stt] backend = "wyoming"`).
+//!
+//! Satellite mode builds on it (see the Wyoming issue).
 
+pub mod client;
 pub mod codec;
 pub mod info;
 pub mod server;

@@ -525,3 +525,284 @@ fn the_appliance_serves_wyoming_with_its_own_models_and_still_shuts_down_in_time
     println!("SIGTERM → exit in {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+/// `wyoming-faster-whisper` (PyPI) on the CTranslate2 tiny.en the installer fetched
+/// (`CT2_TINY_EN_DIR`, set by `scripts/test.sh`), serving on a free port; the child
+/// is shared so a test can kill it mid-request.
+struct FasterWhisper {
+    child: std::sync::Arc<std::sync::Mutex<Child>>,
+    port: u16,
+}
+
+impl Drop for FasterWhisper {
+    fn drop(&mut self) {
+        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts wyoming-faster-whisper and waits until it answers `describe`; `None` (skip)
+/// where the setup did not install it and `REQUIRE_WYOMING` is not 1.
+fn faster_whisper() -> Option<FasterWhisper> {
+    let required = std::env::var("REQUIRE_WYOMING").as_deref() == Ok("1");
+    let (Some(py), Some(model)) = (
+        std::env::var_os("WYOMING_PYTHON"),
+        std::env::var_os("CT2_TINY_EN_DIR"),
+    ) else {
+        assert!(
+            !required,
+            "WYOMING_PYTHON and CT2_TINY_EN_DIR must be set (scripts/test.sh sets them)"
+        );
+        eprintln!("skipped: WYOMING_PYTHON or CT2_TINY_EN_DIR is not set");
+        return None;
+    };
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let child = Command::new(&py)
+        .args(["-m", "wyoming_faster_whisper", "--uri"])
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "--local-files-only",
+            "--language",
+            "en",
+            "--beam-size",
+            "1",
+            "--compute-type",
+            "int8",
+            "--device",
+            "cpu",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running wyoming-faster-whisper");
+    let fw = FasterWhisper {
+        child: std::sync::Arc::new(std::sync::Mutex::new(child)),
+        port,
+    };
+    let t = Instant::now();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"{\"type\": \"describe\"}\n").unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(&mut s).read_line(&mut line);
+            if line.contains("\"info\"") {
+                return Some(fw);
+            }
+        }
+        let exited = fw.child.lock().unwrap().try_wait().unwrap();
+        assert!(
+            exited.is_none() && t.elapsed() < Duration::from_secs(120),
+            "wyoming-faster-whisper did not start (exit {exited:?}) within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A TCP proxy in front of `upstream` that, on its `cut_on`-th connection (from 1), kills
+/// `victim` once the request's audio has all arrived (before `audio-stop` passes on):
+/// the server dies mid-request, deterministically, and the proxy stops listening.
+/// Returns the proxy's port.
+fn cutting_proxy(
+    upstream: u16,
+    cut_on: usize,
+    victim: std::sync::Arc<std::sync::Mutex<Child>>,
+) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    // Once the server is killed the proxy stops listening too, so the next request
+    // finds nobody there (connection refused), as it would without a proxy.
+    let dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut i = 0;
+        while !dead.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok((mut client, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            i += 1;
+            client.set_nonblocking(false).unwrap();
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+            let (victim, dead) = (victim.clone(), dead.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut tail: Vec<u8> = Vec::new();
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    tail.extend_from_slice(&buf[..n]);
+                    let seen = tail.windows(12).any(|w| w == b"\"audio-stop\"");
+                    if i == cut_on && seen {
+                        let mut v = victim.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = v.kill();
+                        let _ = v.wait();
+                        dead.store(true, std::sync::atomic::Ordering::SeqCst);
+                        break;
+                    }
+                    let keep = tail.len().saturating_sub(16);
+                    tail.drain(..keep);
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_remote_wyoming_asr_hears_the_question_and_the_local_whisper_takes_over_when_it_dies() {
+    let Some(fw) = faster_whisper() else { return };
+    // Question 1 through wyoming-faster-whisper; during question 2 the server is killed
+    // (after the audio arrived, before the transcript); question 3 finds nobody there.
+    let proxy = cutting_proxy(fw.port, 2, fw.child.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let question = panda::audio::file::read_16k_mono(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hey-panda-what-time.wav"),
+    )
+    .unwrap();
+    let gap = vec![0i16; 16_000 * 6];
+    let mut pcm = Vec::new();
+    for _ in 0..3 {
+        pcm.extend_from_slice(&question);
+        pcm.extend_from_slice(&gap);
+    }
+    // Silence after the last question keeps the appliance up for the status page.
+    pcm.extend(std::iter::repeat_n(0i16, 16_000 * 60));
+    let input = dir.path().join("three-questions.wav");
+    common::write_wav(&input, 16_000, &pcm);
+
+    let token = "wyoming-backend-token";
+    let mut child = common::command_in(dir.path())
+        .args(["run", "--json", "--web", "--realtime", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.wav"))
+        .env("PANDA_STT__BACKEND", "wyoming")
+        .env("PANDA_STT__WYOMING_URL", format!("tcp://127.0.0.1:{proxy}"))
+        .env("PANDA_WEB__LISTEN", "127.0.0.1:0")
+        .env("PANDA_WEB__TOKEN", token)
+        .env("RUST_LOG", "panda=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log_sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = common::status_page_url(&line) {
+                let _ = url_tx.send(url);
+            }
+            let mut l = log_sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    let Ok(url) = url_rx.recv_timeout(Duration::from_secs(120)) else {
+        let _ = child.kill();
+        panic!(
+            "the appliance did not print its status page address:\n{}",
+            log.lock().unwrap()
+        );
+    };
+    let of_type = |t: &str| -> Vec<Value> {
+        let evs = events.lock().unwrap();
+        evs.iter().filter(|e| e["type"] == t).cloned().collect()
+    };
+    let t = Instant::now();
+    while of_type("route").len() < 3 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status: Value = reqwest::blocking::Client::new()
+        .get(format!("{url}/api/status"))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    for e in events.lock().unwrap().iter() {
+        if ["remote_stt", "transcript", "breaker", "route"]
+            .contains(&e["type"].as_str().unwrap_or(""))
+        {
+            println!("{e}");
+        }
+    }
+    let remote = of_type("remote_stt");
+    let oks: Vec<bool> = remote.iter().map(|e| e["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, [true, false, false], "{remote:?}");
+    let transcripts = of_type("transcript");
+    assert_eq!(transcripts.len(), 3, "{transcripts:?}");
+    for t in &transcripts {
+        let text = t["text"].as_str().unwrap().to_lowercase();
+        assert!(
+            text.contains("time"),
+            "every question heard, remote or local: {text}"
+        );
+    }
+    let routes = of_type("route");
+    assert!(
+        routes.iter().all(|r| r["target"] == "skill:time"),
+        "{routes:?}"
+    );
+    // Two failures in a row open the breaker; the status page says so and why.
+    assert!(
+        of_type("breaker")
+            .iter()
+            .any(|b| b["agent"] == "stt" && b["state"] == "open"),
+        "{:?}",
+        of_type("breaker")
+    );
+    let stt = &status["stt"];
+    assert_eq!(stt["backend"], "wyoming", "{status}");
+    assert_eq!(stt["breaker"], "open", "{stt}");
+    assert_eq!(stt["remote_ok"], 1, "{stt}");
+    assert_eq!(stt["fallbacks"], 2, "{stt}");
+    assert!(
+        stt["last_error"].as_str().unwrap_or("").contains("connect"),
+        "the last failure was nobody listening: {stt}"
+    );
+    let log = status["log"].to_string();
+    assert!(log.contains("the local Whisper heard it"), "{log}");
+}

@@ -58,10 +58,10 @@
 
   // What the services list shows: the last snapshot, updated by live messages and by a
   // slow poll of /api/status (agent health is checked in the background, not per turn).
-  let svc = { llm: null, agents: [], echo: null };
+  let svc = { llm: null, agents: [], echo: null, stt: null };
 
   function services(snap) {
-    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo };
+    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo, stt: snap.stt || svc.stt };
     const ul = $("services");
     ul.replaceChildren();
     const llm = document.createElement("li");
@@ -74,6 +74,14 @@
       const li = document.createElement("li");
       li.className = a.breaker === "open" ? "bad" : a.healthy === true ? "ok" : a.healthy === false ? "bad" : "unknown";
       li.textContent = a.name + ": " + (a.healthy === true ? "healthy" : a.healthy === false ? "unhealthy" : "unchecked") + ", breaker " + a.breaker;
+      ul.appendChild(li);
+    }
+    const s = svc.stt;
+    if (s && s.backend === "wyoming") {
+      const li = document.createElement("li");
+      li.className = s.breaker === "open" ? "bad" : s.last_error && !s.remote_ok ? "bad" : "ok";
+      li.textContent = "Speech-to-text " + s.url + ": breaker " + s.breaker + ", " + s.remote_ok +
+        " remote, " + s.fallbacks + " on the local Whisper" + (s.last_error ? " (last error: " + s.last_error + ")" : "");
       ul.appendChild(li);
     }
     const e = svc.echo;
@@ -108,7 +116,8 @@
         services({ llm: Object.assign({}, svc.llm, { last_ok: m.last_ok, last_error: m.last_error }), agents: svc.agents });
         break;
       case "breaker":
-        services({ llm: svc.llm, agents: svc.agents.map((a) => a.name === m.agent ? Object.assign({}, a, { breaker: m.state }) : a) });
+        services({ llm: svc.llm, agents: svc.agents.map((a) => a.name === m.agent ? Object.assign({}, a, { breaker: m.state }) : a),
+          stt: m.agent === "stt" && svc.stt ? Object.assign({}, svc.stt, { breaker: m.state }) : svc.stt });
         break;
       case "log": log(m); break;
       case "lagged": log({ text: "(skipped " + m.skipped + " updates)" }); break;
