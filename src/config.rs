@@ -311,7 +311,7 @@ pub struct SttConfig {
     /// Panda's `panda serve` on a bigger box). The local model stays loaded either way:
     /// the wake word's check uses it, and it transcribes while the remote fails (a
     /// breaker stops trying a failing remote for 5 s, doubling up to 5 min).
-    pub backend: SttBackend,
+    pub backend: Backend,
     /// `tcp://HOST:PORT` of the Wyoming ASR service (`backend = "wyoming"`).
     pub wyoming_url: String,
     /// Longest wait for the remote transcript (connect, send, answer); past it the
@@ -319,14 +319,14 @@ pub struct SttConfig {
     pub wyoming_timeout_ms: u64,
 }
 
-/// `[stt] backend`.
+/// `[stt] backend`, `[tts] backend`: which engine serves.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum SttBackend {
-    /// Whisper on this machine.
+pub enum Backend {
+    /// The model on this machine (Whisper, Kokoro).
     #[default]
     Local,
-    /// A Wyoming ASR service, the local Whisper as fallback.
+    /// A Wyoming service, the local model as fallback.
     Wyoming,
 }
 
@@ -342,7 +342,7 @@ impl Default for SttConfig {
             multilingual_model: PathBuf::from("whisper/ggml-base.bin"),
             gpu: true,
             min_confidence: 0.3,
-            backend: SttBackend::Local,
+            backend: Backend::Local,
             wyoming_url: "tcp://127.0.0.1:10300".into(),
             wyoming_timeout_ms: 10_000,
         }
@@ -375,6 +375,19 @@ pub struct TtsConfig {
     /// A sentence without an end is cut at a clause mark or word after this many
     /// characters, so a run-on answer cannot hold speech back.
     pub max_sentence_chars: u32,
+    /// Which engine speaks answers: `local` (Kokoro here) or `wyoming` (the Wyoming TTS
+    /// service at `wyoming_url`, e.g. wyoming-piper or another Panda's `panda serve`).
+    /// Kokoro stays loaded and speaks a sentence whenever the remote fails (a breaker
+    /// stops trying it for 5 s, doubling up to 5 min), and every sentence in a voice
+    /// other than `voice` (the remote speaks one voice: a conversation switched to
+    /// another language is spoken here).
+    pub backend: Backend,
+    /// `tcp://HOST:PORT` of the Wyoming TTS service (`backend = "wyoming"`).
+    pub wyoming_url: String,
+    /// The remote voice's name; empty: the server's default.
+    pub wyoming_voice: String,
+    /// Longest wait for one sentence's whole synthesis; past it Kokoro speaks it.
+    pub wyoming_timeout_ms: u64,
 }
 
 impl Default for TtsConfig {
@@ -387,6 +400,10 @@ impl Default for TtsConfig {
             gpu: true,
             first_fragment_words: 4,
             max_sentence_chars: 300,
+            backend: Backend::Local,
+            wyoming_url: "tcp://127.0.0.1:10200".into(),
+            wyoming_voice: String::new(),
+            wyoming_timeout_ms: 10_000,
         }
     }
 }
@@ -1162,7 +1179,7 @@ impl Config {
             100,
             600_000,
         )?;
-        if self.stt.backend == SttBackend::Wyoming
+        if self.stt.backend == Backend::Wyoming
             && let Err(e) = crate::wyoming::client::AsrClient::new(
                 &self.stt.wyoming_url,
                 std::time::Duration::from_millis(self.stt.wyoming_timeout_ms),
@@ -1204,6 +1221,15 @@ impl Config {
         int("tts.threads", t.threads, 0, MAX_THREADS)?;
         int("tts.first_fragment_words", t.first_fragment_words, 0, 100)?;
         int("tts.max_sentence_chars", t.max_sentence_chars, 40, 2_000)?;
+        int("tts.wyoming_timeout_ms", t.wyoming_timeout_ms, 100, 600_000)?;
+        if t.backend == Backend::Wyoming
+            && let Err(e) = crate::wyoming::client::TtsClient::new(
+                &t.wyoming_url,
+                std::time::Duration::from_millis(t.wyoming_timeout_ms),
+            )
+        {
+            return Err(invalid("tts.wyoming_url", e.to_string()));
+        }
         if voice_language(&t.voice).is_none() {
             return Err(invalid(
                 "tts.voice",

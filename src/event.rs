@@ -368,14 +368,16 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// A question sent to the remote speech-to-text service (`[stt] backend =
-    /// "wyoming"`); on failure the local Whisper transcribed it.
-    RemoteStt {
+    /// A request to a remote Wyoming engine (`[stt]`/`[tts] backend = "wyoming"`); on
+    /// failure the local engine served it.
+    Remote {
         /// Turn.
         turn: u64,
+        /// `stt` or `tts`.
+        stage: &'static str,
         /// The service, `tcp://HOST:PORT`.
         url: String,
-        /// It answered with a transcript.
+        /// It answered.
         ok: bool,
         /// Request time.
         ms: u64,
@@ -383,7 +385,7 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// An agent's (or the remote STT's, agent `stt`) circuit breaker changed state.
+    /// An agent's (or a remote engine's: agent `stt`, `tts`) circuit breaker changed state.
     Breaker {
         /// Agent name.
         agent: String,
@@ -458,4 +460,36 @@ pub enum Event {
         /// What went wrong.
         message: String,
     },
+}
+
+impl Event {
+    /// The events of one request to a remote engine: its `remote` report and, when the
+    /// backend's breaker changed, a `breaker` event named after the stage.
+    pub fn remote<T>(
+        turn: u64,
+        stage: &'static str,
+        health: &crate::wyoming::client::Health,
+        ms: u64,
+        result: &Result<T, crate::wyoming::client::ClientError>,
+        breaker: Option<BreakerState>,
+    ) -> Vec<Event> {
+        let mut evs = vec![Event::Remote {
+            turn,
+            stage,
+            url: health.url().to_string(),
+            ok: result.is_ok(),
+            ms,
+            error: result.as_ref().err().map(|e| e.to_string()),
+        }];
+        if let Some(state) = breaker {
+            if state == BreakerState::Open {
+                tracing::warn!(url = %health.url(), stage, "remote engine's breaker open: the local one serves until it recovers");
+            }
+            evs.push(Event::Breaker {
+                agent: stage.to_string(),
+                state,
+            });
+        }
+        evs
+    }
 }

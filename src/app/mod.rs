@@ -114,9 +114,9 @@ pub enum AppError {
     /// The Wyoming server could not start (bad address, port in use).
     #[error(transparent)]
     Wyoming(#[from] crate::wyoming::server::ServerError),
-    /// The remote speech-to-text client could not be set up (`[stt] wyoming_url`).
-    #[error("[stt] wyoming_url: {0}")]
-    RemoteStt(#[from] crate::wyoming::client::ClientError),
+    /// A remote Wyoming client could not be set up (`[stt]`/`[tts] wyoming_url`).
+    #[error("wyoming_url: {0}")]
+    Remote(#[from] crate::wyoming::client::ClientError),
     /// A stage's thread panicked or could not be joined (names which).
     #[error("{0} stopped unexpectedly (a thread panicked)")]
     Thread(&'static str),

@@ -118,6 +118,7 @@ pub async fn run(
             active.clone(),
             thinking.agents.clone(),
             transcriber.clone(),
+            speaking.remote.clone(),
         );
         let (addr, task) =
             crate::web::serve(&cfg.web, hub.clone(), handle, web_root.clone()).await?;
@@ -305,6 +306,7 @@ fn web_handle(
     active: ActiveTurn,
     agents: Arc<Agents>,
     stt: Transcriber,
+    tts: Option<Arc<crate::wyoming::client::Health>>,
 ) -> crate::web::WebHandle {
     crate::web::WebHandle {
         asks,
@@ -326,6 +328,10 @@ fn web_handle(
             )
         }),
         stt: Arc::new(move || stt.status()),
+        tts: Arc::new(move || {
+            tts.as_ref()
+                .map_or(serde_json::json!({"backend": "local"}), |h| h.status())
+        }),
         llm: serde_json::json!({
             "enabled": cfg.llm.enabled,
             "url": cfg.llm.url,

@@ -25,16 +25,17 @@ use crate::audio::capture::{CaptureStats, spawn_capture};
 use crate::audio::file::spawn_source;
 use crate::audio::playback::{self, Output, PlaybackIo};
 use crate::audio::{AudioError, EdgeStats};
-use crate::config::{Config, SttBackend};
+use crate::config::{Backend, Config};
 use crate::event::{AudioFrame, Cue, Event, ListenControl, PcmChunk, Question, Speech, Utterance};
 use crate::listen::listener::{self, ListenerIo, ListenerOptions};
 use crate::listen::stt::{self, SttError, SttHandle};
 use crate::listen::transcriber::{RemoteStt, Transcriber};
 use crate::speak::kokoro::{KokoroError, voice_language};
-use crate::speak::tts::{self, TtsIo, TtsOptions};
+use crate::speak::tts::{self, RemoteTts, TtsIo, TtsOptions};
 use crate::think::agents::Agents;
 use crate::think::timers::{self, TimerEntry};
 use crate::think::turn::{Thinker, ThinkerDeps};
+use crate::wyoming::client::{Health, TtsClient};
 
 /// The question's transcriber for `[stt] backend`: the local Whisper (`stt`) alone, or a
 /// Wyoming ASR service in front of it; `events` gets the remote's events.
@@ -44,8 +45,8 @@ pub fn transcriber(
     events: &mpsc::Sender<Event>,
 ) -> Result<Transcriber, AppError> {
     Ok(match cfg.stt.backend {
-        SttBackend::Local => Transcriber::Local(stt),
-        SttBackend::Wyoming => Transcriber::Remote(Arc::new(RemoteStt::new(
+        Backend::Local => Transcriber::Local(stt),
+        Backend::Wyoming => Transcriber::Remote(Arc::new(RemoteStt::new(
             &cfg.stt.wyoming_url,
             std::time::Duration::from_millis(cfg.stt.wyoming_timeout_ms),
             &cfg.stt.language,
@@ -320,6 +321,8 @@ pub struct Speaking {
     pub player: std::thread::JoinHandle<Result<playback::PlaybackSummary, AudioError>>,
     /// Kokoro's load and warm-up.
     pub info: tts::TtsInfo,
+    /// The remote TTS's health, when `[tts] backend = "wyoming"` (for the status page).
+    pub remote: Option<Arc<Health>>,
 }
 
 impl Speaking {
@@ -361,7 +364,21 @@ pub async fn start_speaking(
     let (sent_tx, sent_rx) = mpsc::channel::<Speech>(SENTENCE_EDGE);
     let (pcm_tx, pcm_rx) = mpsc::channel::<PcmChunk>(PCM_EDGE);
     let (cue_tx, cue_rx) = mpsc::channel::<Cue>(CUE_EDGE);
-    let topts = tts_options(cfg, voice);
+    let mut topts = tts_options(cfg, voice);
+    // The remote speaks the configured voice; another one asked for (`panda say
+    // --voice`) is Kokoro's.
+    if cfg.tts.backend == Backend::Wyoming && voice == cfg.tts.voice {
+        let client = TtsClient::new(
+            &cfg.tts.wyoming_url,
+            Duration::from_millis(cfg.tts.wyoming_timeout_ms),
+        )?;
+        topts.remote = Some(RemoteTts {
+            health: Arc::new(Health::new(client.url())),
+            client,
+            voice: Some(cfg.tts.wyoming_voice.clone()).filter(|v| !v.is_empty()),
+        });
+    }
+    let remote = topts.remote.as_ref().map(|r| r.health.clone());
     let tts_io = TtsIo {
         sentences: sent_rx,
         pcm: pcm_tx,
@@ -391,6 +408,7 @@ pub async fn start_speaking(
         tts_thread,
         player,
         info,
+        remote,
     })
 }
 
@@ -403,6 +421,7 @@ pub fn tts_options(cfg: &Config, voice: &str) -> TtsOptions {
         gpu: cfg.tts.gpu,
         voice: voice.to_string(),
         first_fragment_words: cfg.tts.first_fragment_words as usize,
+        remote: None,
     }
 }
 

@@ -281,6 +281,9 @@ struct Segment {
 struct Active {
     turn: Turn,
     resampler: Resampler,
+    /// The rate `resampler` converts from: the synthesiser's (Kokoro 24 kHz; a remote
+    /// Wyoming TTS may use another, and a fallback mid-answer switches back).
+    rate_hz: u32,
     segments: Vec<Segment>,
     /// Output samples queued for this turn so far (resampled).
     queued: u64,
@@ -417,6 +420,7 @@ impl Player {
         let a = self.active.get_or_insert_with(|| Active {
             turn: c.turn.clone(),
             resampler: Resampler::new(c.rate_hz, out_rate),
+            rate_hz: c.rate_hz,
             segments: Vec::new(),
             queued: 0,
             base: None,
@@ -427,6 +431,12 @@ impl Player {
         let mut out = Vec::with_capacity(
             c.samples.len() * out_rate as usize / c.rate_hz.max(1) as usize + 64,
         );
+        if a.rate_hz != c.rate_hz && !c.samples.is_empty() {
+            // Audio at another rate within one answer: the old rate's tail first.
+            a.resampler.finish(&mut out);
+            a.resampler = Resampler::new(c.rate_hz, out_rate);
+            a.rate_hz = c.rate_hz;
+        }
         a.resampler.process(&c.samples, &mut out);
         if c.last {
             a.resampler.finish(&mut out);
@@ -478,6 +488,7 @@ impl Player {
                 token: tokio_util::sync::CancellationToken::new(),
             },
             resampler,
+            rate_hz: c.rate_hz,
             segments: Vec::new(),
             queued: out.len() as u64,
             base: None,

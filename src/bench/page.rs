@@ -111,6 +111,7 @@ pub async fn run(cfg: &Config, clients: usize, seconds: u64) -> Result<(), std::
         agents: Arc::new(|| serde_json::json!([])),
         llm: serde_json::json!({}),
         stt: Arc::new(|| serde_json::json!({"backend": "local"})),
+        tts: Arc::new(|| serde_json::json!({"backend": "local"})),
     };
     let root = CancellationToken::new();
     // Each client is two descriptors in this process (its socket and the server's).

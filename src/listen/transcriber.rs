@@ -5,14 +5,13 @@
 //! Owned by the STT stage's task (on the async runtime; the remote call is network I/O
 //! only, the local one goes to the Whisper owner thread). The local model stays loaded
 //! with a remote backend: the wake word's second stage needs it, and so the appliance
-//! still hears while the remote is down. A circuit breaker (the agents' state machine)
-//! stops trying a failing remote for a backoff that doubles up to five minutes, so a dead
-//! hub costs one deadline, not one per question; every remote attempt is an event
-//! (`remote_stt`) and the breaker's changes are `breaker` events with agent `stt`, which
-//! the status page shows beside its `stt` entry (backend, breaker, last error, fallbacks).
+//! still hears while the remote is down. A circuit breaker ([`Health`]) stops trying a
+//! failing remote for a backoff that doubles up to five minutes, so a dead hub costs one
+//! deadline, not one per question; every remote attempt is a `remote` event and the
+//! breaker's changes are `breaker` events with agent `stt`, which the status page shows
+//! beside its `stt` entry (backend, breaker, last error, fallbacks).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -20,18 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::stt::{SttError, SttHandle, SttOutput, clean_transcript};
 use crate::event::{Event, SAMPLE_RATE_HZ};
-use crate::think::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
-use crate::wyoming::client::{AsrClient, ClientError};
+use crate::wyoming::client::{AsrClient, ClientError, Health};
 
-/// Failed remote requests in a row that open the breaker: two, so one dropped packet
-/// does not switch engines but a dead hub is found on the second question.
-const REMOTE_FAILURES_TO_OPEN: u32 = 2;
-/// First open period; doubles on every re-open.
-const REMOTE_BACKOFF: Duration = Duration::from_secs(5);
-/// Longest open period.
-const REMOTE_MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// The breaker's name in `breaker` events and on the status page.
+/// The breaker's name in `breaker` events.
 pub const BREAKER_NAME: &str = "stt";
 
 /// The question's transcriber.
@@ -40,7 +30,7 @@ pub enum Transcriber {
     /// Whisper on this machine.
     Local(SttHandle),
     /// A Wyoming ASR service, the local Whisper as fallback.
-    Remote(std::sync::Arc<RemoteStt>),
+    Remote(Arc<RemoteStt>),
 }
 
 impl Transcriber {
@@ -79,18 +69,15 @@ impl Transcriber {
 pub struct RemoteStt {
     client: AsrClient,
     local: SttHandle,
-    breaker: Mutex<Breaker>,
+    health: Health,
     /// Language sent when the caller names none (`[stt] language`).
     language: String,
     events: mpsc::Sender<Event>,
-    remote_ok: AtomicU64,
-    fallbacks: AtomicU64,
-    last_error: Mutex<Option<String>>,
 }
 
 impl RemoteStt {
     /// A remote backend at `url` (`tcp://HOST:PORT`), giving up on a request after
-    /// `timeout`; `events` receives its `remote_stt` and `breaker` events.
+    /// `timeout`; `events` receives its `remote` and `breaker` events.
     pub fn new(
         url: &str,
         timeout: Duration,
@@ -98,19 +85,13 @@ impl RemoteStt {
         local: SttHandle,
         events: mpsc::Sender<Event>,
     ) -> Result<Self, ClientError> {
+        let client = AsrClient::new(url, timeout)?;
         Ok(Self {
-            client: AsrClient::new(url, timeout)?,
+            health: Health::new(client.url()),
+            client,
             local,
-            breaker: Mutex::new(Breaker::new(BreakerConfig {
-                failure_threshold: REMOTE_FAILURES_TO_OPEN,
-                base_backoff: REMOTE_BACKOFF,
-                max_backoff: REMOTE_MAX_BACKOFF,
-            })),
             language: language.to_string(),
             events,
-            remote_ok: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
-            last_error: Mutex::new(None),
         })
     }
 
@@ -121,8 +102,7 @@ impl RemoteStt {
         language: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
-        let permit = crate::lock(&self.breaker).permit(Instant::now());
-        if permit == Permit::Refuse {
+        if !self.health.permit() {
             tracing::debug!(turn, "remote STT breaker open: local Whisper");
             return self.fallback(samples, language, token).await;
         }
@@ -130,58 +110,26 @@ impl RemoteStt {
         let started = Instant::now();
         let result = self.client.transcribe(samples, Some(lang), token).await;
         let ms = started.elapsed().as_millis() as u64;
-        let change = match &result {
-            Ok(_) => crate::lock(&self.breaker).success(),
-            Err(ClientError::Cancelled) => {
-                crate::lock(&self.breaker).abandon();
-                None
-            }
-            Err(_) => crate::lock(&self.breaker)
-                .failure(Instant::now(), rand::random::<f64>() * 2.0 - 1.0),
-        };
-        let error = match &result {
-            Err(ClientError::Cancelled) => return Err(SttError::Cancelled),
-            Err(e) => Some(e.to_string()),
-            Ok(_) => None,
-        };
-        let _ = self
-            .events
-            .send(Event::RemoteStt {
-                turn,
-                url: self.client.url(),
-                ok: error.is_none(),
-                ms,
-                error: error.clone(),
-            })
-            .await;
-        if let Some(state) = change {
-            if state == BreakerState::Open {
-                tracing::warn!(url = %self.client.url(), "remote STT breaker open: the local Whisper transcribes until it recovers");
-            }
-            let _ = self
-                .events
-                .send(Event::Breaker {
-                    agent: BREAKER_NAME.to_string(),
-                    state,
-                })
-                .await;
+        let change = self.health.record(&result);
+        if let Err(ClientError::Cancelled) = result {
+            return Err(SttError::Cancelled);
+        }
+        let events = Event::remote(turn, "stt", &self.health, ms, &result, change);
+        for ev in events {
+            let _ = self.events.send(ev).await;
         }
         match result {
-            Ok(text) => {
-                self.remote_ok.fetch_add(1, Relaxed);
-                Ok(SttOutput {
-                    text: clean_transcript(&text),
-                    audio_ms: samples.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64,
-                    stt_ms: ms,
-                    language: lang.to_string(),
-                    // A Wyoming transcript carries no confidence: the remote engine has
-                    // already decided it heard words.
-                    confidence: 1.0,
-                })
-            }
+            Ok(text) => Ok(SttOutput {
+                text: clean_transcript(&text),
+                audio_ms: samples.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64,
+                stt_ms: ms,
+                language: lang.to_string(),
+                // A Wyoming transcript carries no confidence: the remote engine has
+                // already decided it heard words.
+                confidence: 1.0,
+            }),
             Err(e) => {
-                tracing::warn!(turn, url = %self.client.url(), error = %e, "remote STT failed: local Whisper");
-                *crate::lock(&self.last_error) = error;
+                tracing::warn!(turn, url = %self.health.url(), error = %e, "remote STT failed: local Whisper");
                 self.fallback(samples, language, token).await
             }
         }
@@ -193,18 +141,11 @@ impl RemoteStt {
         language: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
-        self.fallbacks.fetch_add(1, Relaxed);
+        self.health.fell_back();
         self.local.transcribe_in(samples, language, token).await
     }
 
     fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "backend": "wyoming",
-            "url": self.client.url(),
-            "breaker": crate::lock(&self.breaker).state(Instant::now()),
-            "remote_ok": self.remote_ok.load(Relaxed),
-            "fallbacks": self.fallbacks.load(Relaxed),
-            "last_error": *crate::lock(&self.last_error),
-        })
+        self.health.status()
     }
 }

@@ -15,15 +15,25 @@
 //!
 //! Cancellation: the turn's token is checked before each model call (a call is at most
 //! 510 tokens, about a second of CPU); a cancelled turn's remaining sentences are skipped.
+//!
+//! A remote engine (`[tts] backend = "wyoming"`): each sentence of an answer in the
+//! configured voice goes to the Wyoming TTS service first, over a small single-threaded
+//! runtime this thread owns (the request is network I/O; a cancel drops it). Kokoro
+//! stays loaded and speaks a sentence whenever the remote fails or its breaker is open,
+//! and every sentence in another voice (a conversation switched language: the remote
+//! speaks one configured voice). What Panda serves over Wyoming itself is always Kokoro.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
 use super::kokoro::{self, Kokoro, KokoroError, KokoroOptions, SAMPLE_RATE_HZ};
 use super::sentences::first_fragment;
 use crate::event::{Event, PcmChunk, Sentence, ServedSpeech, Speech};
+use crate::wyoming::client::{ClientError, Health, TtsClient};
 
 /// What the TTS thread needs to start.
 #[derive(Debug, Clone)]
@@ -40,6 +50,19 @@ pub struct TtsOptions {
     pub voice: String,
     /// Aim for a first fragment of about this many words (0: whole first sentence).
     pub first_fragment_words: usize,
+    /// A remote Wyoming TTS in front of Kokoro (`[tts] backend = "wyoming"`).
+    pub remote: Option<RemoteTts>,
+}
+
+/// A remote Wyoming TTS service, with the health the status page reads.
+#[derive(Debug, Clone)]
+pub struct RemoteTts {
+    /// The service.
+    pub client: TtsClient,
+    /// Its breaker and counters (shared with the status page).
+    pub health: Arc<Health>,
+    /// The remote voice (`None`: the server's default).
+    pub voice: Option<String>,
 }
 
 /// What start-up measured.
@@ -124,8 +147,25 @@ pub fn spawn(
                 gpu = info.on_gpu,
                 "Kokoro ready"
             );
+            // The remote's requests run on a runtime of this thread's own (the thread
+            // must not borrow the process runtime's workers to block on).
+            let remote = match opts.remote.clone().map(|r| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| (r, rt))
+            }) {
+                Some(Err(e)) => {
+                    let _ = ready_tx.send(Err(KokoroError::Inference(format!(
+                        "cannot start the remote TTS client: {e}"
+                    ))));
+                    return TtsStats::default();
+                }
+                Some(Ok(r)) => Some(r),
+                None => None,
+            };
             let _ = ready_tx.send(Ok(info));
-            serve(&mut k, &opts, io)
+            serve(&mut k, &opts, remote.as_ref(), io)
         })
         .map_err(|e| KokoroError::Inference(format!("cannot start the TTS thread: {e}")))?;
     match ready_rx.recv() {
@@ -140,7 +180,10 @@ pub fn spawn(
     }
 }
 
-fn serve(k: &mut Kokoro, opts: &TtsOptions, mut io: TtsIo) -> TtsStats {
+/// The remote TTS and the runtime its requests run on.
+type Remote = (RemoteTts, tokio::runtime::Runtime);
+
+fn serve(k: &mut Kokoro, opts: &TtsOptions, remote: Option<&Remote>, mut io: TtsIo) -> TtsStats {
     let mut stats = TtsStats::default();
     while let Some(speech) = io.sentences.blocking_recv() {
         match speech {
@@ -152,7 +195,10 @@ fn serve(k: &mut Kokoro, opts: &TtsOptions, mut io: TtsIo) -> TtsStats {
                     stats.skipped_cancelled += 1;
                     continue;
                 }
-                synthesize_sentence(k, opts, &s, &io, &mut stats);
+                let remote = remote.filter(|_| s.voice == opts.voice);
+                if !remote.is_some_and(|r| synthesize_remote(r, &s, &io, &mut stats)) {
+                    synthesize_sentence(k, opts, &s, &io, &mut stats);
+                }
                 stats.sentences += 1;
             }
             // The answer ends here, whatever its sentences made: playback must learn
@@ -177,6 +223,58 @@ fn serve(k: &mut Kokoro, opts: &TtsOptions, mut io: TtsIo) -> TtsStats {
     stats.skipped_chars = k.skipped_chars;
     stats.unknown_symbols = k.unknown_symbols;
     stats
+}
+
+/// Speaks one sentence through the remote TTS. True when it was handled (spoken, or
+/// its turn cancelled); false when Kokoro must speak it (the remote failed, or its
+/// breaker is open).
+fn synthesize_remote(r: &Remote, s: &Sentence, io: &TtsIo, stats: &mut TtsStats) -> bool {
+    let (remote, rt) = r;
+    if !remote.health.permit() {
+        remote.health.fell_back();
+        return false;
+    }
+    let t0 = Instant::now();
+    let result = rt.block_on(remote.client.synthesize(
+        &s.text,
+        remote.voice.as_deref(),
+        &s.turn.token,
+    ));
+    let ms = t0.elapsed().as_millis() as u64;
+    let change = remote.health.record(&result);
+    if let Err(ClientError::Cancelled) = result {
+        stats.skipped_cancelled += 1;
+        return true;
+    }
+    for ev in Event::remote(s.turn.id, "tts", &remote.health, ms, &result, change) {
+        let _ = io.events.blocking_send(ev);
+    }
+    let audio = match result {
+        Ok(a) if !a.samples.is_empty() => a,
+        Ok(_) => return true, // nothing to say (the server made no audio of it)
+        Err(e) => {
+            tracing::warn!(turn = s.turn.id, url = %remote.health.url(), error = %e, "remote TTS failed: Kokoro speaks the sentence");
+            remote.health.fell_back();
+            return false;
+        }
+    };
+    stats.calls += 1;
+    let _ = io.events.blocking_send(Event::Synthesized {
+        turn: s.turn.id,
+        sentence: s.index,
+        chars: s.text.chars().count(),
+        audio_ms: audio.samples.len() as u64 * 1000 / audio.rate_hz.max(1) as u64,
+        synth_ms: ms,
+    });
+    let _ = io.pcm.blocking_send(PcmChunk {
+        turn: s.turn.clone(),
+        sentence: s.index,
+        text: s.text.clone(),
+        samples: audio.samples,
+        rate_hz: audio.rate_hz,
+        last: false,
+    });
+    true
 }
 
 /// Synthesises one sentence piece by piece into PCM chunks.

@@ -50,6 +50,8 @@ pub struct WebHandle {
     pub llm: serde_json::Value,
     /// The speech-to-text backend's state as JSON (remote service, breaker, fallbacks).
     pub stt: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// The text-to-speech backend's state, likewise.
+    pub tts: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 #[derive(Clone)]
@@ -368,6 +370,7 @@ fn redacted(mut snap: serde_json::Value) -> serde_json::Value {
 fn snapshot(st: &AppState) -> serde_json::Value {
     let mut snap = st.hub.snapshot((st.handle.agents)(), st.handle.llm.clone());
     snap["stt"] = (st.handle.stt)();
+    snap["tts"] = (st.handle.tts)();
     snap
 }
 

@@ -405,16 +405,22 @@ impl Hub {
                     };
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": text}));
                 }
-                Event::RemoteStt {
-                    url, ok, ms, error, ..
+                Event::Remote {
+                    stage,
+                    url,
+                    ok,
+                    ms,
+                    error,
+                    ..
                 } => {
+                    let (what, local) = if *stage == "tts" {
+                        ("text-to-speech", "Kokoro spoke it")
+                    } else {
+                        ("speech-to-text", "the local Whisper heard it")
+                    };
                     let text = match (ok, error) {
-                        (false, Some(e)) => {
-                            format!(
-                                "speech-to-text at {url} failed ({e}): the local Whisper heard it"
-                            )
-                        }
-                        _ => format!("speech-to-text at {url} answered in {ms} ms"),
+                        (false, Some(e)) => format!("{what} at {url} failed ({e}): {local}"),
+                        _ => format!("{what} at {url} answered in {ms} ms"),
                     };
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": text}));
                 }

@@ -763,13 +763,12 @@ fn a_remote_wyoming_asr_hears_the_question_and_the_local_whisper_takes_over_when
     let _ = child.kill();
     let _ = child.wait();
     for e in events.lock().unwrap().iter() {
-        if ["remote_stt", "transcript", "breaker", "route"]
-            .contains(&e["type"].as_str().unwrap_or(""))
+        if ["remote", "transcript", "breaker", "route"].contains(&e["type"].as_str().unwrap_or(""))
         {
             println!("{e}");
         }
     }
-    let remote = of_type("remote_stt");
+    let remote = of_type("remote");
     let oks: Vec<bool> = remote.iter().map(|e| e["ok"].as_bool().unwrap()).collect();
     assert_eq!(oks, [true, false, false], "{remote:?}");
     let transcripts = of_type("transcript");
@@ -805,4 +804,85 @@ fn a_remote_wyoming_asr_hears_the_question_and_the_local_whisper_takes_over_when
     );
     let log = status["log"].to_string();
     assert!(log.contains("the local Whisper heard it"), "{log}");
+}
+
+/// `panda say` with its voice from a remote Wyoming TTS (here another Panda's `panda
+/// serve`); with the server gone, Kokoro speaks every sentence and the breaker opens.
+#[test]
+fn a_remote_wyoming_tts_speaks_the_answer_and_kokoro_takes_over_when_it_is_gone() {
+    let server = Server::start("tts", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = "The river runs past the old mill. Seven green boats sail by the bridge. \
+                The baker sells warm bread.";
+    let say = |out: &Path| {
+        let r = common::command_in(dir.path())
+            .args(["say", "--json", "-o"])
+            .arg(out)
+            .arg(text)
+            .env("PANDA_TTS__BACKEND", "wyoming")
+            .env("PANDA_TTS__WYOMING_URL", &server.addr)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let run = common::Run::from_output(r);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run
+    };
+    let heard = |wav: &Path| {
+        common::panda(&["transcribe", wav.to_str().unwrap()])
+            .stdout
+            .to_lowercase()
+    };
+
+    let remote_wav = dir.path().join("remote.wav");
+    let run = say(&remote_wav);
+    let remote = run.of_type("remote");
+    assert_eq!(remote.len(), 3, "a request per sentence: {remote:?}");
+    assert!(
+        remote
+            .iter()
+            .all(|r| r["ok"] == true && r["stage"] == "tts"),
+        "{remote:?}"
+    );
+    let words = heard(&remote_wav);
+    println!("remote: {words:?}");
+    for w in ["river", "boats", "bread"] {
+        assert!(words.contains(w), "{w} in {words:?}");
+    }
+
+    // The server is gone: the first two sentences fail to connect (the breaker opens
+    // on the second), the third goes straight to Kokoro; every word is still spoken.
+    let addr = server.addr.clone();
+    drop(server);
+    let local_wav = dir.path().join("local.wav");
+    let r = common::command_in(dir.path())
+        .args(["say", "--json", "-o"])
+        .arg(&local_wav)
+        .arg(text)
+        .env("PANDA_TTS__BACKEND", "wyoming")
+        .env("PANDA_TTS__WYOMING_URL", &addr)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let run = common::Run::from_output(r);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let remote = run.of_type("remote");
+    let oks: Vec<bool> = remote.iter().map(|r| r["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, [false, false], "{remote:?}");
+    assert!(
+        remote[0]["error"].as_str().unwrap().contains("connect"),
+        "{remote:?}"
+    );
+    assert!(
+        run.of_type("breaker")
+            .iter()
+            .any(|b| b["agent"] == "tts" && b["state"] == "open"),
+        "{:?}",
+        run.of_type("breaker")
+    );
+    let words = heard(&local_wav);
+    println!("fallback: {words:?}");
+    for w in ["river", "boats", "bread"] {
+        assert!(words.contains(w), "{w} in {words:?}");
+    }
 }

@@ -58,10 +58,10 @@
 
   // What the services list shows: the last snapshot, updated by live messages and by a
   // slow poll of /api/status (agent health is checked in the background, not per turn).
-  let svc = { llm: null, agents: [], echo: null, stt: null };
+  let svc = { llm: null, agents: [], echo: null, stt: null, tts: null };
 
   function services(snap) {
-    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo, stt: snap.stt || svc.stt };
+    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo, stt: snap.stt || svc.stt, tts: snap.tts || svc.tts };
     const ul = $("services");
     ul.replaceChildren();
     const llm = document.createElement("li");
@@ -76,12 +76,12 @@
       li.textContent = a.name + ": " + (a.healthy === true ? "healthy" : a.healthy === false ? "unhealthy" : "unchecked") + ", breaker " + a.breaker;
       ul.appendChild(li);
     }
-    const s = svc.stt;
-    if (s && s.backend === "wyoming") {
+    for (const [name, s, local] of [["Speech-to-text", svc.stt, "the local Whisper"], ["Text-to-speech", svc.tts, "Kokoro"]]) {
+      if (!s || s.backend !== "wyoming") continue;
       const li = document.createElement("li");
       li.className = s.breaker === "open" ? "bad" : s.last_error && !s.remote_ok ? "bad" : "ok";
-      li.textContent = "Speech-to-text " + s.url + ": breaker " + s.breaker + ", " + s.remote_ok +
-        " remote, " + s.fallbacks + " on the local Whisper" + (s.last_error ? " (last error: " + s.last_error + ")" : "");
+      li.textContent = name + " " + s.url + ": breaker " + s.breaker + ", " + s.remote_ok +
+        " remote, " + s.fallbacks + " by " + local + (s.last_error ? " (last error: " + s.last_error + ")" : "");
       ul.appendChild(li);
     }
     const e = svc.echo;
@@ -117,7 +117,8 @@
         break;
       case "breaker":
         services({ llm: svc.llm, agents: svc.agents.map((a) => a.name === m.agent ? Object.assign({}, a, { breaker: m.state }) : a),
-          stt: m.agent === "stt" && svc.stt ? Object.assign({}, svc.stt, { breaker: m.state }) : svc.stt });
+          stt: m.agent === "stt" && svc.stt ? Object.assign({}, svc.stt, { breaker: m.state }) : svc.stt,
+          tts: m.agent === "tts" && svc.tts ? Object.assign({}, svc.tts, { breaker: m.state }) : svc.tts });
         break;
       case "log": log(m); break;
       case "lagged": log({ text: "(skipped " + m.skipped + " updates)" }); break;
