@@ -695,6 +695,11 @@ pub struct WyomingConfig {
     pub idle_timeout_ms: u64,
     /// Longest audio one `transcribe` takes; longer is answered `error`.
     pub max_audio_ms: u64,
+    /// Announce the server over zeroconf (`_wyoming._tcp.local.`) so Home Assistant
+    /// discovers it by itself. Off by default: Wyoming has no authentication.
+    pub zeroconf: bool,
+    /// The name announced (what Home Assistant shows); empty: `panda-<host name>`.
+    pub zeroconf_name: String,
 }
 
 impl Default for WyomingConfig {
@@ -705,6 +710,8 @@ impl Default for WyomingConfig {
             max_connections: 32,
             idle_timeout_ms: 30_000,
             max_audio_ms: 60_000,
+            zeroconf: false,
+            zeroconf_name: String::new(),
         }
     }
 }

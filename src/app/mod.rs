@@ -114,6 +114,9 @@ pub enum AppError {
     /// The Wyoming server could not start (bad address, port in use).
     #[error(transparent)]
     Wyoming(#[from] crate::wyoming::server::ServerError),
+    /// The zeroconf announcement failed (`[wyoming] zeroconf`).
+    #[error(transparent)]
+    Zeroconf(#[from] crate::wyoming::zeroconf::ZeroconfError),
     /// A remote Wyoming client could not be set up (`[stt]`/`[tts] wyoming_url`).
     #[error("wyoming_url: {0}")]
     Remote(#[from] crate::wyoming::client::ClientError),

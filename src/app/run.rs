@@ -131,6 +131,8 @@ pub async fn run(
     // edges (the server holds Kokoro's weakly, so shutdown order is unchanged).
     let wyoming_root = root.child_token();
     let mut wyoming_task = None;
+    // Held to the end of the run: dropping it withdraws the zeroconf announcement.
+    let mut announcement = None;
     if !cfg.wyoming.listen.is_empty() {
         let services = super::wyoming::services(
             cfg,
@@ -142,6 +144,7 @@ pub async fn run(
             super::wyoming::start(cfg, &cfg.wyoming.listen, services, wyoming_root.clone()).await?;
         summary.wyoming_addr = Some(serving.addr);
         wyoming_task = Some(serving.task);
+        announcement = serving.announcement;
     }
 
     // The listening path and the STT stage. The earcon plays on a sound card only (a
@@ -266,6 +269,9 @@ pub async fn run(
     }
     if let Some(t) = wyoming_task {
         let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
+    }
+    if let Some(a) = announcement.take() {
+        a.withdraw().await;
     }
     // Memory is flushed before anything that can hang (a device thread stuck in a dying
     // sound server): every turn is over or past its grace by now.

@@ -85,6 +85,8 @@ pub struct Serving {
     pub addr: String,
     /// Ends when `stop` is cancelled.
     pub task: tokio::task::JoinHandle<()>,
+    /// The zeroconf announcement (`[wyoming] zeroconf`), withdrawn when dropped.
+    pub announcement: Option<crate::wyoming::zeroconf::Announcement>,
 }
 
 /// Starts serving `services` on `listen` until `stop` is cancelled; returns once bound.
@@ -95,10 +97,17 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<Serving, AppError> {
     let listener = server::bind(listen).await?;
-    let addr = listener
-        .local_addr()
-        .map(|a| format!("tcp://{a}"))
-        .unwrap_or_else(|_| listen.to_string());
+    let bound = listener.local_addr().ok();
+    let addr = bound.map_or_else(|| listen.to_string(), |a| format!("tcp://{a}"));
+    let announcement = match bound.filter(|_| cfg.wyoming.zeroconf) {
+        Some(a) => {
+            let name = Some(cfg.wyoming.zeroconf_name.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(crate::wyoming::zeroconf::default_name);
+            Some(crate::wyoming::zeroconf::Announcement::start(&name, a)?)
+        }
+        None => None,
+    };
     let kinds: Vec<&str> = [
         services.served.asr.as_ref().map(|_| "asr"),
         services.served.tts.as_ref().map(|_| "tts"),
@@ -114,7 +123,11 @@ pub async fn start(
         Limits::from(&cfg.wyoming),
         stop,
     ));
-    Ok(Serving { addr, task })
+    Ok(Serving {
+        addr,
+        task,
+        announcement,
+    })
 }
 
 /// `panda serve --wyoming URL`: loads the engines `kinds` need (Whisper for `asr` and the
@@ -163,6 +176,9 @@ pub async fn serve(
     root.cancelled().await;
     stop.cancel();
     let _ = serving.task.await;
+    if let Some(a) = serving.announcement {
+        a.withdraw().await;
+    }
     if let Some((tx, thread, _pcm, _ev)) = kokoro {
         drop(tx);
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

@@ -10,9 +10,13 @@
 //! - [`client`]: a remote Wyoming ASR engine as Panda's speech-to-text backend
 //!   (`[stt] backend = "wyoming"`).
 //!
+//! - [`zeroconf`]: the opt-in `_wyoming._tcp.local.` announcement Home Assistant
+//!   discovers servers by.
+//!
 //! Satellite mode builds on it (see the Wyoming issue).
 
 pub mod client;
 pub mod codec;
 pub mod info;
 pub mod server;
+pub mod zeroconf;

@@ -886,3 +886,75 @@ fn a_remote_wyoming_tts_speaks_the_answer_and_kokoro_takes_over_when_it_is_gone(
         assert!(words.contains(w), "{w} in {words:?}");
     }
 }
+
+/// `[wyoming] zeroconf`: the server is found the way Home Assistant finds it (an mDNS
+/// browse for `_wyoming._tcp.local.`), answers `describe` at the address found, and is
+/// withdrawn (a goodbye, seen as the service's removal) when it stops.
+#[test]
+fn zeroconf_announces_the_server_and_withdraws_it_on_shutdown() {
+    let name = format!("panda-test-{}", std::process::id());
+    let server = Server::start(
+        "tts",
+        &[
+            ("PANDA_WYOMING__ZEROCONF", "true"),
+            ("PANDA_WYOMING__ZEROCONF_NAME", &name),
+        ],
+    );
+    let port: u16 = server
+        .host_port()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mdns = mdns_sd::ServiceDaemon::new().expect("an mDNS daemon for the test");
+    let events = mdns.browse("_wyoming._tcp.local.").unwrap();
+    let fullname = format!("{name}._wyoming._tcp.local.");
+    let next = |what: &str, pred: &dyn Fn(&mdns_sd::ServiceEvent) -> bool| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(ev) = events.recv_timeout(Duration::from_millis(250))
+                && pred(&ev)
+            {
+                return ev;
+            }
+        }
+        panic!("no {what} within 15 s");
+    };
+    let found = next(
+        "resolution",
+        &|ev| matches!(ev, mdns_sd::ServiceEvent::ServiceResolved(s) if s.get_fullname() == fullname),
+    );
+    let mdns_sd::ServiceEvent::ServiceResolved(info) = found else {
+        unreachable!()
+    };
+    assert_eq!(info.get_port(), port, "{info:?}");
+    let ip = info
+        .get_addresses_v4()
+        .into_iter()
+        .next()
+        .expect("an IPv4 address announced");
+    // The address found is where the server answers (it binds 127.0.0.1 here, so the
+    // announced address is loopback).
+    let evs = exchange(
+        &format!("{ip}:{port}"),
+        b"{\"type\":\"describe\"}\n{\"type\":\"ping\"}\n",
+        false,
+    );
+    assert_eq!(kinds(&evs), ["info", "pong"]);
+
+    // SIGTERM: the server withdraws the service before it exits.
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    next(
+        "removal",
+        &|ev| matches!(ev, mdns_sd::ServiceEvent::ServiceRemoved(_, n) if *n == fullname),
+    );
+    let _ = mdns.shutdown();
+}
