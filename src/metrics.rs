@@ -152,11 +152,33 @@ pub struct Metrics {
     pub aec_reference_dropped: Counter,
     /// Wake words in Panda's own voice ignored by the self-wake guard.
     pub self_wakes_ignored: Counter,
+    /// Wyoming connections served (`[wyoming] listen`).
+    pub wyoming_connections: Counter,
+    /// Wyoming connections refused at `[wyoming] max_connections`.
+    pub wyoming_refused: Counter,
+    /// Wyoming connections closed for a malformed frame.
+    pub wyoming_malformed: Counter,
+    /// Transcripts answered over Wyoming.
+    pub wyoming_transcripts: Counter,
+    /// Syntheses answered over Wyoming.
+    pub wyoming_syntheses: Counter,
+    /// Wake word detections sent over Wyoming.
+    pub wyoming_detections: Counter,
     /// What `/metrics` encodes: clones of the handles above.
     registry: Registry,
 }
 
 impl Metrics {
+    /// Copies the Wyoming server's counters (called periodically while it serves).
+    pub fn mirror_wyoming(&self, s: &crate::wyoming::server::ServerStats) {
+        self.wyoming_connections.mirror(s.connections.load(Relaxed));
+        self.wyoming_refused.mirror(s.refused.load(Relaxed));
+        self.wyoming_malformed.mirror(s.malformed.load(Relaxed));
+        self.wyoming_transcripts.mirror(s.transcripts.load(Relaxed));
+        self.wyoming_syntheses.mirror(s.syntheses.load(Relaxed));
+        self.wyoming_detections.mirror(s.detections.load(Relaxed));
+    }
+
     /// Copies the echo canceller's counters (called periodically while it runs).
     pub fn mirror_aec(&self, s: &crate::audio::aec::AecStats) {
         self.aec_active.set(1);
@@ -268,6 +290,36 @@ impl Metrics {
                 "panda_self_wakes_ignored",
                 "Wake words in Panda's own voice ignored by the self-wake guard",
             ),
+            wyoming_connections: c(
+                reg,
+                "panda_wyoming_connections",
+                "Wyoming connections served",
+            ),
+            wyoming_refused: c(
+                reg,
+                "panda_wyoming_refused",
+                "Wyoming connections refused at the connection limit",
+            ),
+            wyoming_malformed: c(
+                reg,
+                "panda_wyoming_malformed",
+                "Wyoming connections closed for a malformed frame",
+            ),
+            wyoming_transcripts: c(
+                reg,
+                "panda_wyoming_transcripts",
+                "Transcripts answered over Wyoming",
+            ),
+            wyoming_syntheses: c(
+                reg,
+                "panda_wyoming_syntheses",
+                "Syntheses answered over Wyoming",
+            ),
+            wyoming_detections: c(
+                reg,
+                "panda_wyoming_detections",
+                "Wake word detections sent over Wyoming",
+            ),
             registry: r,
         }
     }
@@ -334,5 +386,21 @@ mod tests {
         assert!(text.contains("panda_state 3"), "{text}");
         assert!(text.contains("# TYPE panda_turns counter"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+    #[test]
+    fn wyoming_counters_mirror_the_servers_own() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = Metrics::new();
+        let s = crate::wyoming::server::ServerStats::default();
+        s.connections.store(5, Relaxed);
+        s.refused.store(2, Relaxed);
+        s.transcripts.store(3, Relaxed);
+        m.mirror_wyoming(&s);
+        m.mirror_wyoming(&s); // mirroring twice counts nothing twice
+        let text = m.render();
+        assert!(text.contains("panda_wyoming_connections_total 5"), "{text}");
+        assert!(text.contains("panda_wyoming_refused_total 2"), "{text}");
+        assert!(text.contains("panda_wyoming_transcripts_total 3"), "{text}");
+        assert!(text.contains("panda_wyoming_syntheses_total 0"), "{text}");
     }
 }

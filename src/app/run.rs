@@ -145,6 +145,17 @@ pub async fn run(
         summary.wyoming_addr = Some(serving.addr);
         wyoming_task = Some(serving.task);
         announcement = serving.announcement;
+        // Its counters reach the metrics and the status page once a second.
+        let (metrics, stats, stop) = (metrics.clone(), serving.stats, root.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => metrics.mirror_wyoming(&stats),
+                }
+            }
+        });
     }
 
     // The listening path and the STT stage. The earcon plays on a sound card only (a

@@ -85,6 +85,8 @@ pub struct Serving {
     pub addr: String,
     /// Ends when `stop` is cancelled.
     pub task: tokio::task::JoinHandle<()>,
+    /// The server's counters.
+    pub stats: Arc<server::ServerStats>,
     /// The zeroconf announcement (`[wyoming] zeroconf`), withdrawn when dropped.
     pub announcement: Option<crate::wyoming::zeroconf::Announcement>,
 }
@@ -117,15 +119,18 @@ pub async fn start(
     .flatten()
     .collect();
     tracing::info!(addr, services = kinds.join(","), "serving Wyoming");
+    let stats = Arc::new(server::ServerStats::default());
     let task = tokio::spawn(server::serve(
         listener,
         Arc::new(services),
         Limits::from(&cfg.wyoming),
+        stats.clone(),
         stop,
     ));
     Ok(Serving {
         addr,
         task,
+        stats,
         announcement,
     })
 }

@@ -554,6 +554,14 @@ impl Hub {
                 "reference_dropped": self.metrics.aec_reference_dropped.get(),
                 "self_wakes_ignored": self.metrics.self_wakes_ignored.get(),
             },
+            "wyoming": {
+                "connections": self.metrics.wyoming_connections.get(),
+                "refused": self.metrics.wyoming_refused.get(),
+                "malformed": self.metrics.wyoming_malformed.get(),
+                "transcripts": self.metrics.wyoming_transcripts.get(),
+                "syntheses": self.metrics.wyoming_syntheses.get(),
+                "detections": self.metrics.wyoming_detections.get(),
+            },
         })
     }
 }

@@ -135,7 +135,8 @@ impl Limits {
     }
 }
 
-/// Counters a server keeps, logged when it stops.
+/// Counters a server keeps (the caller's, so `panda run` can mirror them into its
+/// metrics and status page), logged when it stops.
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Connections accepted and served.
@@ -171,10 +172,10 @@ pub async fn serve(
     listener: TcpListener,
     services: Arc<Services>,
     limits: Limits,
+    stats: Arc<ServerStats>,
     stop: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let stats = Arc::new(ServerStats::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let (stream, peer) = tokio::select! {

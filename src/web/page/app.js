@@ -58,10 +58,10 @@
 
   // What the services list shows: the last snapshot, updated by live messages and by a
   // slow poll of /api/status (agent health is checked in the background, not per turn).
-  let svc = { llm: null, agents: [], echo: null, stt: null, tts: null };
+  let svc = { llm: null, agents: [], echo: null, stt: null, tts: null, wyoming: null };
 
   function services(snap) {
-    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo, stt: snap.stt || svc.stt, tts: snap.tts || svc.tts };
+    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo, stt: snap.stt || svc.stt, tts: snap.tts || svc.tts, wyoming: snap.wyoming || svc.wyoming };
     const ul = $("services");
     ul.replaceChildren();
     const llm = document.createElement("li");
@@ -82,6 +82,15 @@
       li.className = s.breaker === "open" ? "bad" : s.last_error && !s.remote_ok ? "bad" : "ok";
       li.textContent = name + " " + s.url + ": breaker " + s.breaker + ", " + s.remote_ok +
         " remote, " + s.fallbacks + " by " + local + (s.last_error ? " (last error: " + s.last_error + ")" : "");
+      ul.appendChild(li);
+    }
+    const w = svc.wyoming;
+    if (w && w.connections > 0) {
+      const li = document.createElement("li");
+      li.className = "ok";
+      li.textContent = "Wyoming server: " + w.connections + " connections (" + w.refused + " refused, " +
+        w.malformed + " malformed), " + w.transcripts + " transcripts, " + w.syntheses + " syntheses, " +
+        w.detections + " wake detections";
       ul.appendChild(li);
     }
     const e = svc.echo;
