@@ -503,7 +503,13 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
         flash_attn: false,
         ..cfg.stt.clone()
     };
-    let settings = [
+    // The q8_0 weights beside the f16 ones, when the configured model is the f16 tiny.en
+    // the installer quantised.
+    let q8 = (cfg.stt.model
+        == std::path::Path::new(crate::models::install::paths::WHISPER_TINY_EN))
+    .then(|| std::path::PathBuf::from(crate::models::install::paths::WHISPER_TINY_EN_Q8))
+    .filter(|p| cfg.model_path(p).exists());
+    let mut settings = vec![
         ("default (this config)", cfg.stt.clone()),
         ("full 30 s window", full.clone()),
         (
@@ -521,6 +527,15 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
             },
         ),
     ];
+    if let Some(q8) = q8 {
+        settings.push((
+            "q8_0 weights, full window",
+            crate::config::SttConfig {
+                model: q8,
+                ..full.clone()
+            },
+        ));
+    }
     println!(
         "whisper {} on {} recorded clips, {} threads (accuracy beside speed)",
         model.display(),

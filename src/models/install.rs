@@ -135,6 +135,9 @@ const POCKETSPHINX: Package = Package {
 pub mod paths {
     /// Converted Whisper tiny.en.
     pub const WHISPER_TINY_EN: &str = "whisper/ggml-tiny.en.bin";
+    /// tiny.en with q8_0 weight matrices (`[stt] model` may name it; `panda bench stt`
+    /// measures it beside the f16 file).
+    pub const WHISPER_TINY_EN_Q8: &str = "whisper/ggml-tiny.en-q8_0.bin";
     /// Converted Whisper base (multilingual).
     pub const WHISPER_BASE: &str = "whisper/ggml-base.bin";
     /// ONNX Runtime library.
@@ -185,6 +188,10 @@ const FILE_PINS: &[(&str, &str)] = &[
     (
         paths::WHISPER_BASE,
         "55291f5ff1d681e4b59a08228cfe3577ffddd35035507698756a48d423130de7",
+    ),
+    (
+        paths::WHISPER_TINY_EN_Q8,
+        "7ee8378848be8ce445aea82832483f41c20124a51a7cf20488f9d66739f6fb7d",
     ),
 ];
 
@@ -265,7 +272,7 @@ pub fn install(opts: InstallOptions, wake: &dyn WakeTemplates) -> Result<(), Mod
         source,
     })?;
     let manifest = read_manifest(&opts.dir);
-    let steps = 7 + usize::from(opts.test_data);
+    let steps = 8 + usize::from(opts.test_data);
     let mut inst = Installer {
         opts,
         manifest,
@@ -274,6 +281,7 @@ pub fn install(opts: InstallOptions, wake: &dyn WakeTemplates) -> Result<(), Mod
         step_started: Instant::now(),
     };
     inst.whisper()?;
+    inst.whisper_q8()?;
     inst.whisper_base()?;
     inst.onnxruntime()?;
     inst.kokoro()?;
@@ -457,6 +465,31 @@ impl Installer {
             });
         }
         self.convert_whisper(rel, model, &assets)
+    }
+
+    /// Quantises the installed tiny.en to q8_0 (deterministic, so pinned like the
+    /// conversion).
+    fn whisper_q8(&mut self) -> Result<(), ModelError> {
+        self.next("Whisper tiny.en q8_0 (quantised from the f16 conversion)");
+        let rel = paths::WHISPER_TINY_EN_Q8;
+        if self.done(rel) {
+            eprintln!("      {rel} verified");
+            return Ok(());
+        }
+        let t = Instant::now();
+        let src = self.opts.dir.join(paths::WHISPER_TINY_EN);
+        let f16 = std::fs::read(&src).map_err(|source| ModelError::Io {
+            path: src.clone(),
+            source,
+        })?;
+        let bytes = super::quantize::whisper_q8_0(&f16)?;
+        write_atomic(&self.opts.dir.join(rel), &bytes)?;
+        eprintln!(
+            "      quantised {rel} ({} MB, {:.1} s)",
+            bytes.len() / 1_000_000,
+            t.elapsed().as_secs_f64()
+        );
+        self.record(rel)
     }
 
     /// Converts checked CT2 weights to ggml (with the openai-whisper sdist's assets) and

@@ -10,6 +10,7 @@
 pub mod ct2;
 pub mod install;
 pub mod npy;
+pub mod quantize;
 
 use std::collections::BTreeMap;
 use std::io::Read;
