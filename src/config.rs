@@ -281,7 +281,10 @@ impl Default for EndpointConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SttConfig {
-    /// ggml Whisper model, relative to `[models] dir` unless absolute.
+    /// ggml Whisper model, relative to `[models] dir` unless absolute. The default is
+    /// tiny.en with q8_0 weight matrices: on the recorded test set it makes the same
+    /// words as the f16 file (WER 5.4 % both) in 22 % less time (`panda bench stt`);
+    /// `whisper/ggml-tiny.en.bin` is the f16 original.
     pub model: PathBuf,
     /// Spoken language code (`en`, `de`, …) or `auto` (multilingual models only).
     pub language: String,
@@ -333,7 +336,7 @@ pub enum Backend {
 impl Default for SttConfig {
     fn default() -> Self {
         Self {
-            model: PathBuf::from("whisper/ggml-tiny.en.bin"),
+            model: PathBuf::from("whisper/ggml-tiny.en-q8_0.bin"),
             language: "en".into(),
             beam_size: 1,
             threads: 0,

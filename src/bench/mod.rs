@@ -503,12 +503,20 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
         flash_attn: false,
         ..cfg.stt.clone()
     };
-    // The q8_0 weights beside the f16 ones, when the configured model is the f16 tiny.en
-    // the installer quantised.
-    let q8 = (cfg.stt.model
-        == std::path::Path::new(crate::models::install::paths::WHISPER_TINY_EN))
-    .then(|| std::path::PathBuf::from(crate::models::install::paths::WHISPER_TINY_EN_Q8))
-    .filter(|p| cfg.model_path(p).exists());
+    // tiny.en's other precision beside the configured one (q8_0 ↔ f16), when the
+    // configured model is one of the two the installer writes.
+    let (f16, q8) = (
+        crate::models::install::paths::WHISPER_TINY_EN,
+        crate::models::install::paths::WHISPER_TINY_EN_Q8,
+    );
+    let other = if cfg.stt.model == Path::new(f16) {
+        Some(("q8_0 weights, full window", q8))
+    } else if cfg.stt.model == Path::new(q8) {
+        Some(("f16 weights, full window", f16))
+    } else {
+        None
+    }
+    .filter(|(_, p)| cfg.model_path(Path::new(p)).exists());
     let mut settings = vec![
         ("default (this config)", cfg.stt.clone()),
         ("full 30 s window", full.clone()),
@@ -527,11 +535,11 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
             },
         ),
     ];
-    if let Some(q8) = q8 {
+    if let Some((name, model)) = other {
         settings.push((
-            "q8_0 weights, full window",
+            name,
             crate::config::SttConfig {
-                model: q8,
+                model: model.into(),
                 ..full.clone()
             },
         ));
