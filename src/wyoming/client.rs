@@ -276,7 +276,8 @@ impl TtsClient {
                     format = Some(f);
                     let (rate, width, channels) = f;
                     if !ev.payload.is_empty() {
-                        push_mono(&ev.payload, width, channels, &mut samples)?;
+                        super::codec::pcm_to_mono(&ev.payload, width, channels, &mut samples)
+                            .map_err(ClientError::BadAudio)?;
                     }
                     if samples.len() as u64 > MAX_SYNTH_AUDIO_S * rate as u64 {
                         return Err(ClientError::BadAudio(format!(
@@ -325,32 +326,6 @@ fn audio_format(
         )));
     }
     Ok(f)
-}
-
-/// Appends a payload's frames, down-mixed to mono f32.
-fn push_mono(
-    payload: &[u8],
-    width: usize,
-    channels: usize,
-    out: &mut Vec<f32>,
-) -> Result<(), ClientError> {
-    if !payload.len().is_multiple_of(width * channels) {
-        return Err(ClientError::BadAudio(format!(
-            "audio-chunk of {} bytes is not whole frames of {channels} × {width} bytes",
-            payload.len()
-        )));
-    }
-    for frame in payload.chunks_exact(width * channels) {
-        let sum: f32 = frame
-            .chunks_exact(width)
-            .map(|s| match width {
-                2 => i16::from_le_bytes([s[0], s[1]]) as f32 / 32_768.0,
-                _ => i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32 / 2_147_483_648.0,
-            })
-            .sum();
-        out.push(sum / channels as f32);
-    }
-    Ok(())
 }
 
 /// A remote backend's health, shared by its user (which asks before each request and

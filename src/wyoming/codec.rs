@@ -108,6 +108,34 @@ impl Event {
     }
 }
 
+/// Appends an `audio-chunk` payload's frames (little-endian 16- or 32-bit, `channels`
+/// interleaved) to `out`, down-mixed to mono f32; the error names a payload that is not
+/// whole frames. Callers check `width` is 2 or 4.
+pub fn pcm_to_mono(
+    payload: &[u8],
+    width: usize,
+    channels: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), String> {
+    if width * channels == 0 || !payload.len().is_multiple_of(width * channels) {
+        return Err(format!(
+            "audio-chunk of {} bytes is not whole frames of {channels} channel(s) × {width} bytes",
+            payload.len()
+        ));
+    }
+    for frame in payload.chunks_exact(width * channels) {
+        let sum: f32 = frame
+            .chunks_exact(width)
+            .map(|s| match width {
+                2 => i16::from_le_bytes([s[0], s[1]]) as f32 / 32_768.0,
+                _ => i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32 / 2_147_483_648.0,
+            })
+            .sum();
+        out.push(sum / channels as f32);
+    }
+    Ok(())
+}
+
 /// Reads one event; `Ok(None)` at a clean end of stream (between frames).
 pub async fn read_event<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Event>, CodecError> {
     let mut line = Vec::with_capacity(256);

@@ -295,23 +295,8 @@ impl Converter {
     /// Converts one chunk's payload; the samples it completes are appended to `to`.
     fn push(&mut self, payload: &[u8], to: &mut Vec<i16>) -> Result<(), String> {
         let (w, ch) = (self.format.width as usize, self.format.channels as usize);
-        if !payload.len().is_multiple_of(w * ch) {
-            return Err(format!(
-                "audio-chunk of {} bytes is not whole frames of {ch} channel(s) × {w} bytes",
-                payload.len()
-            ));
-        }
         self.mono.clear();
-        for frame in payload.chunks_exact(w * ch) {
-            let sum: f32 = frame
-                .chunks_exact(w)
-                .map(|s| match w {
-                    2 => i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0,
-                    _ => i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32 / 2_147_483_648.0,
-                })
-                .sum();
-            self.mono.push(sum / ch as f32);
-        }
+        super::codec::pcm_to_mono(payload, w, ch, &mut self.mono)?;
         self.out.clear();
         self.resampler.process(&self.mono, &mut self.out);
         to.extend(self.out.iter().map(|&s| f32_to_i16(s)));

@@ -795,7 +795,12 @@ fn a_remote_wyoming_asr_hears_the_question_and_the_local_whisper_takes_over_when
     );
     let stt = &status["stt"];
     assert_eq!(stt["backend"], "wyoming", "{status}");
-    assert_eq!(stt["breaker"], "open", "{stt}");
+    // Open, or already half-open when the 5 s backoff ran out before this read (the
+    // local fallbacks are slow on a loaded machine): either way not trusted.
+    assert!(
+        stt["breaker"] == "open" || stt["breaker"] == "half_open",
+        "{stt}"
+    );
     assert_eq!(stt["remote_ok"], 1, "{stt}");
     assert_eq!(stt["fallbacks"], 2, "{stt}");
     assert!(
