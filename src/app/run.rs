@@ -89,136 +89,47 @@ pub async fn run(
     // The conversation's language, from the thinker (which switches it) to the STT stage.
     let (lang_tx, lang_rx) = tokio::sync::watch::channel(cfg.conversation.language.clone());
     let thinking = start_thinking(cfg, &ev_tx, &root, None, Some(lang_tx)).await?;
-    // Panda's own voice: on a sound card the listener hears it. The canceller (with a
-    // microphone) takes it out; the guard ignores a wake word it says itself.
-    let on_speaker = matches!(opts.output, Output::Device { .. });
-    let aec_on = cfg.aec.enabled && on_speaker && matches!(opts.input, Input::Device { .. });
-    let (reference, feed) = aec_on.then(crate::audio::aec::reference_link).unzip();
-    let guard = (cfg.aec.self_wake_guard && on_speaker && opts.use_wake).then(|| {
-        Arc::new(crate::audio::aec::SelfWakeGuard::new(
-            &cfg.wake.phrase,
-            cfg.aec.guard_tail_ms,
-        ))
-    });
+    let mut echo = Echo::new(cfg, &opts);
     let taps = SpeakerTaps {
-        reference,
-        guard: guard.clone(),
+        reference: echo.reference.take(),
+        guard: echo.guard.clone(),
     };
     let speaking = start_speaking(cfg, &cfg.tts.voice, opts.output.clone(), &ev_tx, taps).await?;
 
     let active = ActiveTurn::default();
     let (ask_tx, ask_rx) = mpsc::channel::<String>(ASK_EDGE);
     let mut summary = RunSummary::default();
-    let web_root = root.child_token();
-    let mut web_task = None;
-    if opts.web && cfg.web.enabled {
-        let handle = web_handle(
+    let handle = (opts.web && cfg.web.enabled).then(|| {
+        web_handle(
             cfg,
             ask_tx,
             active.clone(),
             thinking.agents.clone(),
             transcriber.clone(),
             speaking.remote.clone(),
-        );
-        let (addr, task) =
-            crate::web::serve(&cfg.web, hub.clone(), handle, web_root.clone()).await?;
-        summary.web_addr = Some(addr);
-        web_task = Some(task);
-    } else {
-        drop(ask_tx);
-    }
-    // Wyoming beside the appliance: the same Whisper and Kokoro, reached through their
-    // edges (the server holds Kokoro's weakly, so shutdown order is unchanged).
-    let wyoming_root = root.child_token();
-    let mut wyoming_task = None;
-    // Held to the end of the run: dropping it withdraws the zeroconf announcement.
-    let mut announcement = None;
-    if !cfg.wyoming.listen.is_empty() {
-        let services = super::wyoming::services(
+        )
+    });
+    let wyoming = (!cfg.wyoming.listen.is_empty()).then(|| {
+        super::wyoming::services(
             cfg,
             &cfg.wyoming.services,
             Some(stt.clone()),
             Some(&speaking.sentences),
-        );
-        let serving =
-            super::wyoming::start(cfg, &cfg.wyoming.listen, services, wyoming_root.clone()).await?;
-        summary.wyoming_addr = Some(serving.addr);
-        wyoming_task = Some(serving.task);
-        announcement = serving.announcement;
-        // Its counters reach the metrics and the status page once a second.
-        let (metrics, stats, stop) = (metrics.clone(), serving.stats, root.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => metrics.mirror_wyoming(&stats),
-                }
-            }
-        });
-    }
-
-    // The listening path and the STT stage. The earcon plays on a sound card only (a
-    // WAV answer file gets answers, not chimes); the listener holds its VAD meanwhile.
-    let verifier =
-        (opts.use_wake && cfg.wake.verify).then(|| WakeVerifier::new(stt.clone(), &cfg.wake));
-    let earcon = earcon(cfg, &opts)?;
-    let hold_after_wake_ms = earcon.as_ref().map_or(0, |c| {
-        crate::audio::earcon::duration_ms(c) + crate::audio::earcon::OUTPUT_LATENCY_MS
+        )
     });
-    let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
+    let servers = Servers::start(cfg, &root, &hub, handle, wyoming, &mut summary).await?;
+
+    // The listening path and the STT stage.
+    let earcon = earcon(cfg, &opts)?;
     let (q_tx, q_rx) = mpsc::channel::<Question>(QUESTION_EDGE);
-    let (control_tx, control_rx) = mpsc::channel::<ListenControl>(LISTEN_CONTROL_EDGE);
     let file_mode = matches!(opts.input, Input::File(_));
-    let live = opts.input.is_live();
-    let listening = start_listening(
-        cfg,
-        opts.input.clone(),
-        ListenerOptions {
-            use_wake: opts.use_wake,
-            verifier,
-            hold_after_wake_ms,
-            guard,
-            stop_words: aec_on && opts.use_wake && !cfg.aec.stop_words.is_empty(),
-            live,
-        },
-        utt_tx,
-        ev_tx.clone(),
-        Some(control_rx),
-        feed.map(|reference| EchoCancel {
-            reference,
-            delay_hint_ms: cfg.aec.delay_hint_ms,
-        }),
-        &root,
-    )?;
-    // The canceller's figures reach the metrics and the status page once a second.
+    let ears = Ears::start(cfg, &opts, &stt, echo, earcon.as_ref(), &ev_tx, &root)?;
+    let listening = ears.listening;
     if let Some(stats) = listening.aec_stats.clone() {
-        let (metrics, stop) = (metrics.clone(), root.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut dropped = 0;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                metrics.mirror_aec(&stats);
-                // Drift or a stall: logged when it happens, not per frame.
-                let now = stats
-                    .render_dropped
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if now > dropped {
-                    tracing::warn!(
-                        frames = now - dropped,
-                        "echo canceller: reference frames dropped (speaker and microphone clocks drifting apart, or capture stalled)"
-                    );
-                    dropped = now;
-                }
-            }
-        });
+        mirror_echo(&root, metrics.clone(), stats);
     }
     let _stt_stage = spawn_stt_stage(
-        utt_rx,
+        ears.utterances,
         Some(transcriber),
         ev_tx.clone(),
         Some(q_tx),
@@ -239,7 +150,7 @@ pub async fn run(
         active: active.clone(),
         // Follow-ups need a wake word to be optional *after* an answer only.
         follow_up: opts.use_wake.then(|| FollowUp {
-            listener: control_tx,
+            listener: ears.control,
             window_ms: cfg.conversation.follow_up_ms,
             question_window_ms: cfg.endpoint.question_timeout_ms,
         }),
@@ -273,32 +184,215 @@ pub async fn run(
     };
     summary.turns = consume(cfg, &root, parts, extras).await.len();
 
-    web_root.cancel();
-    wyoming_root.cancel();
-    if let Some(t) = web_task {
-        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
+    servers.stop().await;
+    summary.frames_dropped = listening.frames().1;
+    close(thinking.memory, listening, cfg.run.grace_ms).await;
+    Ok(summary)
+}
+
+/// Panda's own voice on a sound card: the listener hears it. The canceller (with a
+/// microphone) takes it out; the guard ignores a wake word Panda says itself.
+struct Echo {
+    /// The canceller runs.
+    on: bool,
+    /// Playback's end of the reference link, when it runs (taken by playback).
+    reference: Option<crate::audio::aec::ReferenceLink>,
+    /// The canceller's end.
+    feed: Option<crate::audio::aec::ReferenceFeed>,
+    /// The self-wake guard, shared by playback and the listener.
+    guard: Option<Arc<crate::audio::aec::SelfWakeGuard>>,
+}
+
+impl Echo {
+    fn new(cfg: &Config, opts: &RunOptions) -> Self {
+        let on_speaker = matches!(opts.output, Output::Device { .. });
+        let on = cfg.aec.enabled && on_speaker && matches!(opts.input, Input::Device { .. });
+        let (reference, feed) = on.then(crate::audio::aec::reference_link).unzip();
+        let guard = (cfg.aec.self_wake_guard && on_speaker && opts.use_wake).then(|| {
+            Arc::new(crate::audio::aec::SelfWakeGuard::new(
+                &cfg.wake.phrase,
+                cfg.aec.guard_tail_ms,
+            ))
+        });
+        Self {
+            on,
+            reference,
+            feed,
+            guard,
+        }
     }
-    if let Some(t) = wyoming_task {
-        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
+}
+
+/// The servers beside the appliance: the status page and, with `[wyoming] listen`, the
+/// Wyoming server (the same Whisper and Kokoro, reached through their edges; it holds
+/// Kokoro's weakly, so the shutdown order is unchanged). Each has a child token of root.
+struct Servers {
+    web: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    wyoming: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Withdrawn when the servers stop.
+    announcement: Option<crate::wyoming::zeroconf::Announcement>,
+}
+
+impl Servers {
+    /// Starts the status page when given its handle, and Wyoming when given its
+    /// services; their addresses go into `summary`.
+    async fn start(
+        cfg: &Config,
+        root: &CancellationToken,
+        hub: &Arc<Hub>,
+        web: Option<crate::web::WebHandle>,
+        wyoming: Option<crate::wyoming::server::Services>,
+        summary: &mut RunSummary,
+    ) -> Result<Servers, AppError> {
+        let mut s = Servers {
+            web: None,
+            wyoming: None,
+            announcement: None,
+        };
+        if let Some(handle) = web {
+            let token = root.child_token();
+            let (addr, task) =
+                crate::web::serve(&cfg.web, hub.clone(), handle, token.clone()).await?;
+            summary.web_addr = Some(addr);
+            s.web = Some((token, task));
+        }
+        if let Some(wyoming) = wyoming {
+            let token = root.child_token();
+            let serving =
+                super::wyoming::start(cfg, &cfg.wyoming.listen, wyoming, token.clone()).await?;
+            summary.wyoming_addr = Some(serving.addr);
+            s.wyoming = Some((token, serving.task));
+            s.announcement = serving.announcement;
+            // Its counters reach the metrics and the status page once a second.
+            let (metrics, stats) = (hub.metrics.clone(), serving.stats);
+            every_second(root, move || metrics.mirror_wyoming(&stats));
+        }
+        Ok(s)
     }
-    if let Some(a) = announcement.take() {
-        a.withdraw().await;
+
+    /// Stops both (half a second each at most) and withdraws the announcement.
+    async fn stop(self) {
+        for (token, task) in [self.web, self.wyoming].into_iter().flatten() {
+            token.cancel();
+            let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
+        }
+        if let Some(a) = self.announcement {
+            a.withdraw().await;
+        }
     }
-    // Memory is flushed before anything that can hang (a device thread stuck in a dying
-    // sound server): every turn is over or past its grace by now.
-    if let Some(m) = thinking.memory
+}
+
+/// The listening path as `panda run` starts it, and the ends of its edges the rest of
+/// the appliance holds.
+struct Ears {
+    listening: super::topology::Listening,
+    /// Utterances, to the STT stage.
+    utterances: mpsc::Receiver<Utterance>,
+    /// Follow-up arming, from the driver.
+    control: mpsc::Sender<ListenControl>,
+}
+
+impl Ears {
+    /// The source, the canceller (with `echo`) and the listener. The earcon plays on a
+    /// sound card only (a WAV answer file gets answers, not chimes); the listener holds
+    /// its VAD meanwhile.
+    fn start(
+        cfg: &Config,
+        opts: &RunOptions,
+        stt: &crate::listen::stt::SttHandle,
+        echo: Echo,
+        earcon: Option<&Cue>,
+        events: &mpsc::Sender<Event>,
+        root: &CancellationToken,
+    ) -> Result<Ears, AppError> {
+        let verifier =
+            (opts.use_wake && cfg.wake.verify).then(|| WakeVerifier::new(stt.clone(), &cfg.wake));
+        let hold_after_wake_ms = earcon.map_or(0, |c| {
+            crate::audio::earcon::duration_ms(c) + crate::audio::earcon::OUTPUT_LATENCY_MS
+        });
+        let (utt_tx, utt_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
+        let (control_tx, control_rx) = mpsc::channel::<ListenControl>(LISTEN_CONTROL_EDGE);
+        let listening = start_listening(
+            cfg,
+            opts.input.clone(),
+            ListenerOptions {
+                use_wake: opts.use_wake,
+                verifier,
+                hold_after_wake_ms,
+                guard: echo.guard,
+                stop_words: echo.on && opts.use_wake && !cfg.aec.stop_words.is_empty(),
+                live: opts.input.is_live(),
+            },
+            utt_tx,
+            events.clone(),
+            Some(control_rx),
+            echo.feed.map(|reference| EchoCancel {
+                reference,
+                delay_hint_ms: cfg.aec.delay_hint_ms,
+            }),
+            root,
+        )?;
+        Ok(Ears {
+            listening,
+            utterances: utt_rx,
+            control: control_tx,
+        })
+    }
+}
+
+/// The canceller's figures reach the metrics and the status page once a second;
+/// reference drops (drift or a stall) are logged when they happen, not per frame.
+fn mirror_echo(
+    root: &CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
+    stats: Arc<crate::audio::aec::AecStats>,
+) {
+    let mut dropped = 0;
+    every_second(root, move || {
+        metrics.mirror_aec(&stats);
+        let now = stats
+            .render_dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now > dropped {
+            tracing::warn!(
+                frames = now - dropped,
+                "echo canceller: reference frames dropped (speaker and microphone clocks drifting apart, or capture stalled)"
+            );
+            dropped = now;
+        }
+    });
+}
+
+/// The end of a run: memory is flushed before anything that can hang (a device thread
+/// stuck in a dying sound server; every turn is over or past its grace by now), then
+/// the audio threads are joined.
+async fn close(
+    memory: Option<crate::memory::Memory>,
+    listening: super::topology::Listening,
+    grace_ms: u64,
+) {
+    if let Some(m) = memory
         && let Err(e) = m.close().await
     {
         tracing::warn!(error = %e, "memory: closing failed");
     }
-    summary.frames_dropped = listening.frames().1;
-    if let Err(e) = listening
-        .join(Duration::from_millis(cfg.run.grace_ms))
-        .await
-    {
+    if let Err(e) = listening.join(Duration::from_millis(grace_ms)).await {
         tracing::warn!(error = %e, "audio source ended with an error");
     }
-    Ok(summary)
+}
+
+/// Calls `tick` once a second until `root` is cancelled (on a task of its own).
+fn every_second(root: &CancellationToken, mut tick: impl FnMut() + Send + 'static) {
+    let stop = root.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = every.tick() => tick(),
+            }
+        }
+    });
 }
 
 /// The wake earcon `panda run` plays, if any: `[wake] earcon` on, a wake word in use and
