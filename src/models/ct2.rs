@@ -147,13 +147,21 @@ pub struct Ct2Model {
     pub vars: BTreeMap<String, Variable>,
 }
 
-struct Reader<'a> {
+/// A bounds-checked little-endian reader over a model file (also the q8_0 quantiser's).
+pub(super) struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Ct2Error> {
+    pub(super) fn new(b: &'a [u8]) -> Self {
+        Self { b, pos: 0 }
+    }
+    /// Bytes not read yet.
+    pub(super) fn remaining(&self) -> usize {
+        self.b.len() - self.pos
+    }
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], Ct2Error> {
         let end = self
             .pos
             .checked_add(n)
@@ -172,9 +180,12 @@ impl<'a> Reader<'a> {
         let s = self.take(2)?;
         Ok(u16::from_le_bytes([s[0], s[1]]))
     }
-    fn u32(&mut self) -> Result<u32, Ct2Error> {
+    pub(super) fn u32(&mut self) -> Result<u32, Ct2Error> {
         let s = self.take(4)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    pub(super) fn i32(&mut self) -> Result<i32, Ct2Error> {
+        Ok(self.u32()? as i32)
     }
     fn string(&mut self) -> Result<String, Ct2Error> {
         let n = self.u16()? as usize;
@@ -186,7 +197,7 @@ impl<'a> Reader<'a> {
 
 /// Parses a CT2 `model.bin` (version 6).
 pub fn parse(bytes: &[u8]) -> Result<Ct2Model, Ct2Error> {
-    let mut r = Reader { b: bytes, pos: 0 };
+    let mut r = Reader::new(bytes);
     let version = r.u32()?;
     if version != 6 {
         return Err(Ct2Error::Unsupported(format!(

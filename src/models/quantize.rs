@@ -9,7 +9,7 @@
 
 use half::f16;
 
-use super::ct2::Ct2Error;
+use super::ct2::{Ct2Error, Reader};
 
 /// ggml's type ids in a tensor header.
 const GGML_TYPE_F32: i32 = 0;
@@ -23,7 +23,7 @@ const QK8_0: usize = 32;
 
 /// A ggml Whisper file (as the converter writes it, f16) → the same model in q8_0.
 pub fn whisper_q8_0(ggml: &[u8]) -> Result<Vec<u8>, Ct2Error> {
-    let mut r = Reader { b: ggml, at: 0 };
+    let mut r = Reader::new(ggml);
     let mut out = Vec::with_capacity(ggml.len() * 6 / 10);
     // Magic and the 11 hparams; the last (ftype) changes.
     let head = r.take(4 + 4 * 11)?;
@@ -44,7 +44,7 @@ pub fn whisper_q8_0(ggml: &[u8]) -> Result<Vec<u8>, Ct2Error> {
         out.extend_from_slice(r.take(count(len)?)?);
     }
     // Tensors to the end.
-    while r.at < r.b.len() {
+    while r.remaining() > 0 {
         let (n_dims, name_len, ttype) = (r.i32()?, r.i32()?, r.i32()?);
         if !(1..=4).contains(&n_dims) {
             return Err(Ct2Error::Malformed(format!(
@@ -107,31 +107,6 @@ fn quantise_q8_0(f16_bytes: &[u8], out: &mut Vec<u8>) {
 
 fn count(v: i32) -> Result<usize, Ct2Error> {
     usize::try_from(v).map_err(|_| Ct2Error::Malformed(format!("negative size {v}")))
-}
-
-struct Reader<'b> {
-    b: &'b [u8],
-    at: usize,
-}
-
-impl<'b> Reader<'b> {
-    fn take(&mut self, n: usize) -> Result<&'b [u8], Ct2Error> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                Ct2Error::Malformed(format!("ggml file ends inside a field at byte {}", self.at))
-            })?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn i32(&mut self) -> Result<i32, Ct2Error> {
-        let b = self.take(4)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
 }
 
 #[cfg(test)]
