@@ -161,8 +161,12 @@ impl Default for AudioConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WakeConfig {
-    /// Wake word file (rustpotter `.rpw`), relative to `[models] dir` unless absolute.
+    /// Wake word file (rustpotter `.rpw`: a trained model, as installed, or templates),
+    /// relative to `[models] dir` unless absolute.
     pub model: PathBuf,
+    /// Templates of the owner's own voice (`panda enroll` writes them here), used beside
+    /// `model` when the file exists; empty to ignore.
+    pub owner_model: PathBuf,
     /// Minimum score (0–1) against the best template for a detection.
     pub threshold: f32,
     /// Minimum score (0–1) against the averaged template before the per-template
@@ -205,6 +209,7 @@ impl Default for WakeConfig {
     fn default() -> Self {
         Self {
             model: PathBuf::from("wake/hey_panda.rpw"),
+            owner_model: PathBuf::from("wake/owner.rpw"),
             threshold: 0.5,
             avg_threshold: 0.0,
             min_scores: 5,

@@ -8,6 +8,8 @@
 //! - [`dsp`]: down-mixing, windowed-sinc resampling, and framing — shared by all.
 //! - [`aec`]: echo cancellation (WebRTC AEC3) between the source and the listener, with
 //!   playback's own samples as the reference.
+//! - [`synth`]: deterministic noise and reverberant rooms for the wake word's training set
+//!   and the benches' evaluation sets.
 //! - [`playback`]: the output thread — rodio on a sound card or a WAV file — that plays
 //!   PCM chunks as they arrive and goes silent when the turn is cancelled.
 
@@ -18,6 +20,7 @@ pub mod dsp;
 pub mod earcon;
 pub mod file;
 pub mod playback;
+pub mod synth;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -49,7 +49,7 @@ impl Room {
         let mut taps = vec![(d0, 1.0f32)];
         // Early reflections: a few within 20 ms (the table, the walls of the enclosure).
         for _ in 0..6 {
-            let d = d0 + 16 + (rng.next() % 320) as usize;
+            let d = d0 + 16 + (rng.next_u64() % 320) as usize;
             taps.push((d, rng.range(-0.2, 0.2)));
         }
         // The diffuse tail: noise decaying 60 dB over rt60 (every 3rd sample: a sparse

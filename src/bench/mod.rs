@@ -632,7 +632,7 @@ fn thread_cpu() -> std::time::Duration {
 
 /// Wake word and VAD CPU time over `audio`: (wake RTF, VAD RTF, false wakes).
 pub(crate) fn listen_cost(cfg: &Config, audio: &[i16]) -> Result<(f64, f64, usize), BenchError> {
-    let mut wake = WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model))?;
+    let mut wake = WakeDetector::load_configured(cfg)?;
     let mut vad = Vad::new(cfg.vad.mode);
     let (mut wake_cpu, mut vad_cpu) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     let mut hits = 0;

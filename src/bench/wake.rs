@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{BenchError, UNSEEN_VOICES, listen_cost, wer};
 use crate::app::{Input, ListenOptions};
 use crate::audio::file::{FileFormat, FileSpec};
+pub(crate) use crate::audio::synth::{Rng, noise, reverberate, rms};
 use crate::config::Config;
 use crate::event::{Event, SAMPLE_RATE_HZ};
 use crate::models::install::paths;
@@ -145,97 +146,6 @@ struct Meta {
     negative_secs: f64,
 }
 
-/// A small deterministic generator (xorshift64*): the set is the same on every machine.
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub(crate) fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    pub(crate) fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[(self.next() % v.len() as u64) as usize]
-    }
-    pub(crate) fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.unit()
-    }
-    pub(crate) fn gauss(&mut self) -> f32 {
-        // Sum of uniforms: close enough to normal for noise.
-        (0..4).map(|_| self.unit()).sum::<f32>() - 2.0
-    }
-}
-
-pub(crate) fn rms(x: &[f32]) -> f32 {
-    (x.iter().map(|s| s * s).sum::<f32>() / x.len().max(1) as f32).sqrt()
-}
-
-/// `n` samples of noise of `kind` (`white`, `pink`, `babble`: overlapping speech from
-/// `babble_src`), unit RMS.
-pub(crate) fn noise(rng: &mut Rng, kind: &str, n: usize, babble_src: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; n];
-    match kind {
-        "pink" => {
-            // Paul Kellet's economy pink filter.
-            let (mut b0, mut b1, mut b2) = (0f32, 0f32, 0f32);
-            for o in out.iter_mut() {
-                let w = rng.gauss();
-                b0 = 0.99765 * b0 + w * 0.099_046;
-                b1 = 0.96300 * b1 + w * 0.296_516_4;
-                b2 = 0.57000 * b2 + w * 1.052_691_3;
-                *o = b0 + b1 + b2 + w * 0.1848;
-            }
-        }
-        "babble" if babble_src.len() > n => {
-            for _ in 0..4 {
-                let at = (rng.next() % (babble_src.len() - n) as u64) as usize;
-                for (o, s) in out.iter_mut().zip(&babble_src[at..at + n]) {
-                    *o += s;
-                }
-            }
-        }
-        _ => out.iter_mut().for_each(|o| *o = rng.gauss()),
-    }
-    let r = rms(&out).max(1e-9);
-    out.iter_mut().for_each(|o| *o /= r);
-    out
-}
-
-/// A synthetic room: exponentially decaying noise with `rt60_s`, direct path first.
-fn reverberate(rng: &mut Rng, x: &[f32], rt60_s: f32) -> Vec<f32> {
-    let len = (rt60_s * SAMPLE_RATE_HZ as f32) as usize;
-    let mut ir: Vec<f32> = (0..len)
-        .map(|i| {
-            let t = i as f32 / SAMPLE_RATE_HZ as f32;
-            rng.gauss() * 0.3 * (-6.9 * t / rt60_s).exp()
-        })
-        .collect();
-    ir[0] = 1.0;
-    // Sparse taps are enough for an evaluation room and keep the build fast.
-    let taps: Vec<(usize, f32)> = ir
-        .iter()
-        .enumerate()
-        .filter(|(i, v)| *i == 0 || (i % 7 == 0 && v.abs() > 1e-3))
-        .map(|(i, v)| (i, *v))
-        .collect();
-    let mut y = vec![0f32; x.len() + len];
-    for (i, &s) in x.iter().enumerate() {
-        if s == 0.0 {
-            continue;
-        }
-        for &(d, g) in &taps {
-            y[i + d] += s * g;
-        }
-    }
-    let g = rms(x) / rms(&y).max(1e-9);
-    y.iter_mut().for_each(|v| *v *= g);
-    y
-}
-
 /// Kokoro, 16 kHz, for the set's speakers.
 struct Voices {
     k: crate::speak::kokoro::Kokoro,
@@ -247,22 +157,14 @@ impl Voices {
     }
 }
 
-/// `text` in Kokoro voice `voice` as 16 kHz f32; British voices (and blends led by one)
-/// read with British phonemes.
+/// `text` in Kokoro voice `voice` as 16 kHz f32 (British voices read British phonemes).
 pub fn say_16k(
     k: &mut crate::speak::kokoro::Kokoro,
     text: &str,
     voice: &str,
     speed: f32,
 ) -> Result<Vec<f32>, BenchError> {
-    let lang = if voice.starts_with('b') {
-        "en-gb"
-    } else {
-        "en-us"
-    };
-    let audio = k.synthesize_in(text, voice, lang, speed)?;
-    let pcm = crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
-    Ok(pcm.iter().map(|&s| s as f32 / 32768.0).collect())
+    Ok(crate::listen::templates::kokoro_16k(k, text, voice, speed)?)
 }
 
 fn to_i16(x: &[f32]) -> Vec<i16> {
@@ -612,5 +514,106 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
     println!(
         "\nlistener CPU (one core = 1.0): {speech:.3} during continuous speech (goal ≤ 0.10), {quiet:.4} in silence (goal ≤ 0.01)"
     );
+    Ok(())
+}
+
+/// Detections of the wake word detector alone over `samples`: the stream time (ms) of
+/// each, and the detector's CPU time.
+fn detections(
+    cfg: &Config,
+    samples: &[i16],
+) -> Result<(Vec<u64>, std::time::Duration), BenchError> {
+    use crate::event::{FRAME_MS, FRAME_SAMPLES};
+    let mut det = crate::listen::wake::WakeDetector::load_configured(cfg)?;
+    let cpu0 = super::thread_cpu();
+    let mut at = Vec::new();
+    for (seq, chunk) in samples.chunks_exact(FRAME_SAMPLES).enumerate() {
+        let frame: &[i16; FRAME_SAMPLES] = chunk.try_into().expect("exact chunk");
+        if det.process(seq as u64, frame).is_some() {
+            at.push((seq as u64 + 1) * FRAME_MS as u64);
+        }
+    }
+    Ok((at, super::thread_cpu() - cpu0))
+}
+
+fn read_set_wav(path: &Path) -> Result<Vec<i16>, BenchError> {
+    let reader = hound::WavReader::open(path).map_err(|e| BenchError::Synth(e.to_string()))?;
+    reader
+        .into_samples::<i16>()
+        .collect::<Result<_, _>>()
+        .map_err(|e| BenchError::Synth(e.to_string()))
+}
+
+/// `panda bench wake --first-stage`: the detector alone on the same set — recall (a
+/// detection between a clip's wake phrase and its end + 1 s), false detections per hour
+/// on the negatives, and the detector's CPU per second of audio. The second-stage check
+/// then carries precision; this is how a detector is chosen before the full run.
+pub fn first_stage(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
+    let (dir, meta) = set(cfg)?;
+    let pos = read_set_wav(&dir.join("positives.wav"))?;
+    let neg = read_set_wav(&dir.join("negatives.wav"))?;
+    println!(
+        "wake word {} (detector only) | {} positive clips, {} speakers | {:.1} min without the wake word",
+        cfg.wake.model.display(),
+        meta.positives.len(),
+        meta.speakers,
+        meta.negative_secs / 60.0
+    );
+    for &th in thresholds {
+        let mut c = cfg.clone();
+        c.wake.threshold = th;
+        let (p, n) = std::thread::scope(|s| {
+            let hp = s.spawn(|| detections(&c, &pos));
+            let hn = s.spawn(|| detections(&c, &neg));
+            (hp.join(), hn.join())
+        });
+        let ((p_at, p_cpu), (n_at, n_cpu)) = (
+            p.map_err(|_| BenchError::Synth("detector thread panicked".into()))??,
+            n.map_err(|_| BenchError::Synth("detector thread panicked".into()))??,
+        );
+        let mut all = Tally::default();
+        let mut by: BTreeMap<String, Tally> = BTreeMap::new();
+        for q in &meta.positives {
+            let woke = p_at
+                .iter()
+                .any(|&t| t >= q.phrase_ms && t <= q.end_ms + 1000);
+            let snr = match q.snr_db {
+                s if s < 10.0 => "SNR 5–10 dB",
+                s if s < 20.0 => "SNR 10–20 dB",
+                _ => "SNR 20–30 dB",
+            };
+            for key in [
+                snr.to_string(),
+                format!("noise {}", q.noise),
+                if q.reverb { "reverberant" } else { "dry" }.to_string(),
+                format!("speed {:.2}", q.speed),
+            ] {
+                let t = by.entry(key).or_default();
+                t.n += 1;
+                t.woke += usize::from(woke);
+            }
+            all.n += 1;
+            all.woke += usize::from(woke);
+        }
+        let secs = |n: usize| n as f64 / SAMPLE_RATE_HZ as f64;
+        println!(
+            "\nthreshold {th:.2}: recall {:.1}% ({} of {}), false detections {} in {:.1} min = {:.1} per hour; detector CPU {:.4} of a core (positives), {:.4} (negatives)",
+            100.0 * all.woke as f64 / all.n.max(1) as f64,
+            all.woke,
+            all.n,
+            n_at.len(),
+            meta.negative_secs / 60.0,
+            n_at.len() as f64 / (meta.negative_secs / 3600.0),
+            p_cpu.as_secs_f64() / secs(pos.len()),
+            n_cpu.as_secs_f64() / secs(neg.len()),
+        );
+        for (k, v) in &by {
+            println!(
+                "  {k:<16} {:>4} clips  recall {:>5.1}%",
+                v.n,
+                100.0 * v.woke as f64 / v.n.max(1) as f64
+            );
+        }
+    }
     Ok(())
 }

@@ -8,7 +8,11 @@ pub fn run(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
     match cmd {
         BenchCmd::Stt { clips } => panda::bench::stt(cfg, clips.as_deref())?,
         BenchCmd::Listen { minutes } => panda::bench::listen(cfg, minutes)?,
-        BenchCmd::Wake { thresholds } => {
+        BenchCmd::Wake {
+            thresholds,
+            first_stage: true,
+        } => panda::bench::wake::first_stage(cfg, &thresholds)?,
+        BenchCmd::Wake { thresholds, .. } => {
             runtime()?.block_on(panda::bench::wake::run(cfg, &thresholds))?
         }
         BenchCmd::Agents {

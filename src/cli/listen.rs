@@ -106,8 +106,11 @@ pub fn enroll(
             pcm,
         ));
     }
-    let out = out.unwrap_or_else(|| cfg.model_path(&cfg.wake.model));
+    let out = out.unwrap_or_else(|| cfg.model_path(&cfg.wake.owner_model));
     panda::listen::wake::build_reference(name, &clips, &out)?;
-    println!("wake word {name:?} written to {}", out.display());
+    println!(
+        "wake word {name:?} written to {} (used beside the shipped wake word when it is [wake] owner_model)",
+        out.display()
+    );
     Ok(())
 }

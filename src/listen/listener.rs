@@ -78,8 +78,8 @@ pub struct WakeVerifier {
     pub window_frames: usize,
     /// Frames the check waits after a detection (so that it hears the whole phrase).
     pub delay_frames: usize,
-    /// Word that must be heard (the wake phrase's last word, e.g. `panda`).
-    pub keyword: String,
+    /// The wake phrase that must be heard (e.g. `hey panda`; see [`heard_wake_phrase`]).
+    pub phrase: String,
     /// Initial prompt that steers Whisper's spelling (the wake phrase, e.g. `Hey Panda.`).
     pub prompt: String,
 }
@@ -87,12 +87,12 @@ pub struct WakeVerifier {
 impl WakeVerifier {
     /// Builds the verifier for `[wake]`'s phrase (e.g. "hey panda"), window and delay.
     pub fn new(stt: SttHandle, wake: &crate::config::WakeConfig) -> Self {
-        let (keyword, prompt) = phrase_parts(&wake.phrase);
+        let (_, prompt) = phrase_parts(&wake.phrase);
         Self {
             stt,
             window_frames: (wake.verify_window_ms / FRAME_MS as u64).max(1) as usize,
             delay_frames: wake.verify_delay_ms.div_ceil(FRAME_MS as u64) as usize,
-            keyword,
+            phrase: wake.phrase.clone(),
             prompt,
         }
     }
@@ -124,7 +124,7 @@ impl WakeVerifier {
     /// worker accepts the detection — a wake is better than a deaf appliance.
     fn judge(&self, result: Result<SttOutput, SttError>) -> (bool, Option<String>) {
         match result {
-            Ok(out) => (mentions_keyword(&out.text, &self.keyword), Some(out.text)),
+            Ok(out) => (heard_wake_phrase(&out.text, &self.phrase), Some(out.text)),
             Err(e) => {
                 tracing::warn!(error = %e, "wake word check failed; accepting the detection");
                 (true, None)
@@ -221,6 +221,88 @@ pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
         || words
             .windows(2)
             .any(|p| close(&[p[0].clone(), p[1].clone()].concat()))
+}
+
+/// Whether a wake word check's transcript holds the wake phrase *as a phrase*, not just
+/// its last word: "I saw a panda", "Pandora", "the pandemic" and "don't pander" are
+/// speech about something else. For "hey panda" the keyword (or a near spelling, see
+/// [`mentions_keyword`]) counts when, within its sentence,
+/// - it follows one of the phrase's earlier words, give or take a letter, or a greeting
+///   Whisper writes for it ("hi", "hay", "eh"): "Hey panda", "Thanks, hey Banda";
+/// - it is fused with what came before ("Tapeanda": Whisper ran the two words together);
+/// - or it is a call on its own — nothing or "a" before it, nothing after it, spelt at most
+///   a letter off ("Panda.", "A panda.": a quiet or reverberant "hey").
+///
+/// A one-word phrase ("computer") needs only the word.
+pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
+    const GREETINGS: &[&str] = &["hi", "hay", "eh", "ay", "hey", "hei", "he"];
+    let (keyword, _) = phrase_parts(phrase);
+    let plain = |w: &str| -> Vec<char> {
+        w.to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .collect()
+    };
+    let lead: Vec<Vec<char>> = phrase
+        .split_whitespace()
+        .map(plain)
+        .filter(|w| !w.is_empty())
+        .collect();
+    if lead.len() < 2 {
+        return mentions_keyword(text, &keyword);
+    }
+    let lead = &lead[..lead.len() - 1];
+    let kw = plain(&keyword);
+    let is_lead = |w: &[char]| {
+        GREETINGS.iter().any(|g| plain(g) == w)
+            || lead
+                .iter()
+                .any(|p| p == w || (p.len() >= 3 && edit_distance(p, w) <= 1))
+    };
+    // Fused: a piece of a longer word, after at least one other letter, that is the
+    // keyword give or take a letter (or two vowels).
+    let fused = |w: &[char]| {
+        w.len() > kw.len()
+            && (1..w.len()).any(|start| {
+                (kw.len()..=kw.len() + 1).any(|n| {
+                    w.get(start..start + n).is_some_and(|piece| {
+                        piece[0] == kw[0]
+                            && match edit_distance(piece, &kw) {
+                                0 | 1 => true,
+                                2 => kw.len() >= 5 && consonants(piece) == consonants(&kw),
+                                _ => false,
+                            }
+                    })
+                })
+            })
+    };
+    text.split(['.', '!', '?', ';'])
+        .map(|sentence| {
+            sentence
+                .split(|c: char| !c.is_alphanumeric() && c != '\'')
+                .map(plain)
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .any(|words| {
+            (0..words.len()).any(|i| {
+                let w = &words[i];
+                if fused(w) {
+                    return true;
+                }
+                if !mentions_keyword(&w.iter().collect::<String>(), &keyword) {
+                    return false;
+                }
+                match i.checked_sub(1).map(|j| &words[j]) {
+                    Some(prev) if is_lead(prev) => true,
+                    prev => {
+                        let alone =
+                            prev.is_none_or(|p| p.as_slice() == ['a']) && i + 1 == words.len();
+                        alone && edit_distance(w, &kw) <= 1
+                    }
+                }
+            })
+        })
 }
 
 /// Drops a leading wake phrase — or what Whisper made of it — from a transcript: the
@@ -771,7 +853,7 @@ pub fn spawn(
         .name("panda-listener".into())
         .spawn(move || {
             let trigger = if opts.use_wake {
-                match WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model)) {
+                match WakeDetector::load_configured(&cfg) {
                     Ok(d) => Trigger::Wake(Box::new(d)),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -824,6 +906,42 @@ mod tests {
             let expect = heard == "pandemonium";
             assert_eq!(mentions_keyword(heard, "panda"), expect, "{heard}");
         }
+    }
+
+    #[test]
+    fn the_check_wants_the_phrase_not_just_its_last_word() {
+        for heard in [
+            "Hey Panda.",
+            "Hey, panda, what time is it?",
+            "hey panda what time is it",
+            "Hey Banda.",
+            "Hey pander.",
+            "Hi, Panda.",
+            "A panda.",
+            "Panda.",
+            "Tapeanda.",
+            "Heypanda.",
+            "Thanks, hey panda.",
+            "I left it there. Hey panda.",
+            "Hey. Panda.",
+        ] {
+            assert!(heard_wake_phrase(heard, "hey panda"), "{heard}");
+        }
+        for heard in [
+            "I saw a panda at the zoo yesterday.",
+            "a panda at the zoo",
+            "Pandora opened the box.",
+            "The pandemic changed how we work.",
+            "Don't pander to them.",
+            "The pandas in China eat bamboo.",
+            "Hey Amanda, how was your weekend?",
+            "Hey man, the bus is here.",
+            "Banana bread.",
+            "",
+        ] {
+            assert!(!heard_wake_phrase(heard, "hey panda"), "{heard}");
+        }
+        assert!(heard_wake_phrase("Computer, lights.", "computer"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The listening path: wake word → voice activity → endpointing → speech-to-text.
 //!
 //! - [`wake`]: rustpotter wake word detection and template building.
+//! - [`wake_train`]: the default wake word's trained model (install time).
 //! - [`vad`]: webrtc-vad frame classification.
 //! - [`endpoint`]: the pure endpointing state machine.
 //! - [`listener`]: the thread that owns the three above and mints turns.
@@ -16,3 +17,4 @@ pub mod templates;
 pub mod transcriber;
 pub mod vad;
 pub mod wake;
+pub mod wake_train;

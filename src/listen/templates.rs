@@ -72,10 +72,43 @@ pub fn synthesize_wake_clips(
     Ok(clips)
 }
 
+/// `text` in Kokoro voice `voice` as 16 kHz f32; British voices (and blends led by one)
+/// read with British phonemes.
+pub fn kokoro_16k(
+    k: &mut crate::speak::kokoro::Kokoro,
+    text: &str,
+    voice: &str,
+    speed: f32,
+) -> Result<Vec<f32>, crate::speak::kokoro::KokoroError> {
+    let lang = if voice.starts_with('b') {
+        "en-gb"
+    } else {
+        "en-us"
+    };
+    let audio = k.synthesize_in(text, voice, lang, speed)?;
+    let pcm = crate::audio::dsp::to_16k_mono(&audio, crate::speak::kokoro::SAMPLE_RATE_HZ, 1);
+    Ok(pcm.iter().map(|&s| s as f32 / 32768.0).collect())
+}
+
 /// Renders `text` with the espeak-ng command (install time only) → 16 kHz mono.
 pub fn espeak_clip(text: &str, voice: &str, wpm: u32) -> Result<Vec<i16>, String> {
+    // 50 is espeak-ng's own default pitch.
+    espeak_clip_with(text, voice, wpm, 50)
+}
+
+/// [`espeak_clip`] at a pitch (0–99).
+pub fn espeak_clip_with(text: &str, voice: &str, wpm: u32, pitch: u32) -> Result<Vec<i16>, String> {
     let out = Command::new("espeak-ng")
-        .args(["-v", voice, "-s", &wpm.to_string(), "--stdout", text])
+        .args([
+            "-v",
+            voice,
+            "-s",
+            &wpm.to_string(),
+            "-p",
+            &pitch.to_string(),
+            "--stdout",
+            text,
+        ])
         .output()
         .map_err(|e| format!("espeak-ng: {e} (install the espeak-ng package)"))?;
     if !out.status.success() {
@@ -96,24 +129,18 @@ pub fn espeak_clip(text: &str, voice: &str, wpm: u32) -> Result<Vec<i16>, String
     Ok(crate::audio::dsp::to_16k_mono(&pcm, 22_050, 1))
 }
 
-/// The default wake word's builder, for the installer.
+/// The default wake word's builder, for the installer: the trained model of
+/// [`super::wake_train`]. (The DTW templates above remain what `panda enroll` builds from
+/// the owner's voice.)
 pub struct DefaultTemplates;
 
 impl WakeTemplates for DefaultTemplates {
     fn recipe(&self) -> String {
-        recipe()
+        super::wake_train::recipe()
     }
 
     fn build(&self, models_dir: &Path, out: &Path) -> Result<usize, String> {
-        let mut clips =
-            synthesize_wake_clips(models_dir, "Hey panda.", TEMPLATE_VOICES, TEMPLATE_SPEEDS)?;
-        for v in TEMPLATE_ESPEAK_VOICES {
-            for &wpm in TEMPLATE_ESPEAK_WPM {
-                let pcm = espeak_clip("Hey panda.", v, wpm)?;
-                clips.push((format!("espeak_{v}_{wpm}.wav"), pcm));
-            }
-        }
-        super::wake::build_reference("hey_panda", &clips, out).map_err(|e| e.to_string())?;
-        Ok(clips.len())
+        let t = super::wake_train::train(models_dir, "hey_panda", out)?;
+        Ok(t.positives + t.negatives)
     }
 }

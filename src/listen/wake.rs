@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use rustpotter::{
-    Rustpotter, RustpotterConfig, ScoreMode, WakewordLoad, WakewordRef,
-    WakewordRefBuildFromBuffers, WakewordSave,
+    Rustpotter, RustpotterConfig, ScoreMode, WakewordRef, WakewordRefBuildFromBuffers, WakewordSave,
 };
 
 use crate::config::WakeConfig;
@@ -64,7 +63,29 @@ pub struct WakeDetector {
 }
 
 impl WakeDetector {
-    /// Loads the configured wake word file.
+    /// Loads `[wake] model`, and beside it `[wake] owner_model` when that file exists
+    /// (templates of the owner's own voice from `panda enroll`: they add to the shipped
+    /// wake word instead of replacing it).
+    pub fn load_configured(cfg: &crate::config::Config) -> Result<Self, WakeError> {
+        let mut det = Self::load(&cfg.wake, &cfg.model_path(&cfg.wake.model))?;
+        if !cfg.wake.owner_model.as_os_str().is_empty() {
+            let owner = cfg.model_path(&cfg.wake.owner_model);
+            if owner.exists() {
+                det.add(&owner, "owner")?;
+                tracing::info!(file = %owner.display(), "the owner's wake word templates are in use");
+            }
+        }
+        Ok(det)
+    }
+
+    fn add(&mut self, path: &Path, key: &str) -> Result<(), WakeError> {
+        let p = path.to_string_lossy().to_string();
+        self.inner
+            .add_wakeword_from_file(key, &p)
+            .map_err(|problem| WakeError::Load { path: p, problem })
+    }
+
+    /// Loads one wake word file (a trained model or templates).
     pub fn load(cfg: &WakeConfig, path: &Path) -> Result<Self, WakeError> {
         let p = path.to_string_lossy().to_string();
         if !path.exists() {
@@ -86,12 +107,10 @@ impl WakeDetector {
             path: p.clone(),
             problem,
         })?;
-        let wakeword = WakewordRef::load_from_file(&p).map_err(|problem| WakeError::Load {
-            path: p.clone(),
-            problem,
-        })?;
+        // A template file (`panda enroll`, older installs) or a trained model (the default):
+        // rustpotter tells them apart by their contents.
         inner
-            .add_wakeword_ref("wake", wakeword)
+            .add_wakeword_from_file("wake", &p)
             .map_err(|problem| WakeError::Load { path: p, problem })?;
         debug_assert_eq!(inner.get_samples_per_frame(), FRAME_SAMPLES);
         Ok(Self {

@@ -625,7 +625,9 @@ impl Installer {
     }
 
     fn wake(&mut self, wake: &dyn WakeTemplates) -> Result<(), ModelError> {
-        self.next("default wake word \"hey panda\" (Kokoro voices → rustpotter templates)");
+        self.next(
+            "default wake word \"hey panda\" (synthetic speakers → a trained rustpotter model)",
+        );
         let rel = paths::WAKE_DEFAULT;
         // A template recipe change (voices, speeds) rebuilds an installed wake word.
         let recipe_key = format!("{rel}{RECIPE_SUFFIX}");
@@ -639,7 +641,10 @@ impl Installer {
         let n = wake
             .build(&self.opts.dir, &self.opts.dir.join(rel))
             .map_err(ModelError::Wake)?;
-        eprintln!("      {n} templates ({:.1} s)", t.elapsed().as_secs_f64());
+        eprintln!(
+            "      trained on {n} windows ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
         self.manifest.insert(recipe_key, recipe);
         self.record(rel)
     }

@@ -721,7 +721,7 @@ fn start_wake_stream(svc: &WakeService, names: Option<Vec<String>>) -> WakeStrea
     let spawned = std::thread::Builder::new()
         .name("panda-wyoming-wake".into())
         .spawn(move || {
-            let mut det = match WakeDetector::load(&cfg.wake, &cfg.model_path(&cfg.wake.model)) {
+            let mut det = match WakeDetector::load_configured(&cfg) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "wyoming: wake word stream not started");
