@@ -471,10 +471,18 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
                 t.heard += usize::from(ok);
             }
         }
-        let false_wakes = neg
+        let false_heard: Vec<String> = neg
             .iter()
-            .filter(|e| matches!(e, Event::Wake { .. }))
-            .count();
+            .filter_map(|e| match e {
+                Event::Wake { heard, at_ms, .. } => Some(format!(
+                    "    at {:.1} s: {:?}",
+                    *at_ms as f64 / 1000.0,
+                    heard.as_deref().unwrap_or("")
+                )),
+                _ => None,
+            })
+            .collect();
+        let false_wakes = false_heard.len();
         let hours = meta.negative_secs / 3600.0;
         println!(
             "\nthreshold {th:.2} ({:.0} s):\n{}\n  false wakes {false_wakes} in {:.1} min = {:.2} per hour; {extra_wakes} double wakes on positives",
@@ -488,6 +496,12 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
         }
         if !missed.is_empty() {
             println!("  first misses:\n{}", missed.join("\n"));
+        }
+        if !false_heard.is_empty() {
+            println!(
+                "  false wakes (what the second stage heard):\n{}",
+                false_heard[..false_heard.len().min(24)].join("\n")
+            );
         }
     }
     // The listener's own cost (wake word + VAD on every frame), in speech and silence.

@@ -304,7 +304,7 @@ pub enum BenchCmd {
     /// Wake word recall on unseen voices and false accepts on other speech.
     Wake {
         /// Thresholds to sweep.
-        #[arg(long, value_delimiter = ',', default_values_t = [0.5f32])]
+        #[arg(long, value_delimiter = ',', default_values_t = [0.35f32])]
         thresholds: Vec<f32>,
         /// Only the detector (no second-stage check, no VAD, no Whisper): its recall and
         /// false detections per hour at each threshold, in a minute or two instead of ~15.

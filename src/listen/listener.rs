@@ -332,6 +332,16 @@ pub fn strip_wake_phrase(text: &str, phrase: &str) -> String {
                 .any(|p| *p == w || (p.len() >= 3 && edit_distance(p, &w) <= 1))
     };
     let words: Vec<&str> = text.split_whitespace().collect();
+    // A first sentence that is the phrase as Whisper misheard it ("Pay Panda.", "Here
+    // you panda."): it ends on the keyword, with at most one word more than the phrase's.
+    if let Some(end) = words
+        .iter()
+        .position(|w| w.ends_with(['.', '!', '?']))
+        .filter(|&end| end + 1 < words.len() && end < phrase_words.len() + 1)
+        && mentions_keyword(words[end], &keyword)
+    {
+        return capitalised(&words[end + 1..].join(" "));
+    }
     let limit = words.len().min(phrase_words.len() + 2);
     let Some(cut) = (0..limit)
         .take_while(|&i| i == 0 || lead_in(words[i - 1]))
@@ -339,7 +349,11 @@ pub fn strip_wake_phrase(text: &str, phrase: &str) -> String {
     else {
         return text.trim().to_string();
     };
-    let rest = words[cut + 1..].join(" ");
+    capitalised(&words[cut + 1..].join(" "))
+}
+
+/// `rest` without leading punctuation, starting with a capital.
+fn capitalised(rest: &str) -> String {
     let rest = rest.trim_start_matches(|c: char| !c.is_alphanumeric());
     let mut chars = rest.chars();
     match chars.next() {
@@ -957,6 +971,15 @@ mod tests {
                 "Set a timer for 10 minutes.",
             ),
             ("Hey panda.", ""),
+            ("Pay Panda. Set a timer.", "Set a timer."),
+            (
+                "Here you panda. What's the date today?",
+                "What's the date today?",
+            ),
+            (
+                "I like the panda. It is cute.",
+                "I like the panda. It is cute.",
+            ),
             ("What time is it?", "What time is it?"),
             ("What do pandas eat?", "What do pandas eat?"),
             ("Tell me about the panda.", "Tell me about the panda."),
