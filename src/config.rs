@@ -164,8 +164,14 @@ pub struct WakeConfig {
     /// Wake word file (rustpotter `.rpw`: a trained model, as installed, or templates),
     /// relative to `[models] dir` unless absolute.
     pub model: PathBuf,
-    /// Templates of the owner's own voice (`panda enroll` writes them here), used beside
-    /// `model` when the file exists; empty to ignore.
+    /// DTW templates of the phrase (installed beside the model), a second detector with
+    /// its own threshold beside `model` when the file exists; empty to ignore.
+    pub templates: PathBuf,
+    /// Minimum score (0–1) for a template detection (`templates`, `owner_model`, or a
+    /// template file given as `model`).
+    pub templates_threshold: f32,
+    /// Templates of the owner's own voice (`panda enroll` writes them here), used with
+    /// `templates` when the file exists; empty to ignore.
     pub owner_model: PathBuf,
     /// Minimum detector score (0–1) for a detection. The installed model is set for
     /// recall (0.35: 88 % of unseen noisy speakers at 124 detections an hour of other
@@ -211,6 +217,8 @@ impl Default for WakeConfig {
     fn default() -> Self {
         Self {
             model: PathBuf::from("wake/hey_panda.rpw"),
+            templates: PathBuf::from("wake/hey_panda_templates.rpw"),
+            templates_threshold: 0.5,
             owner_model: PathBuf::from("wake/owner.rpw"),
             threshold: 0.35,
             avg_threshold: 0.0,

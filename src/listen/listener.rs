@@ -279,7 +279,8 @@ pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
     text.split(['.', '!', '?', ';'])
         .map(|sentence| {
             sentence
-                .split(|c: char| !c.is_alphanumeric() && c != '\'')
+                // A hyphen joins: "C-Panda" is Whisper fusing the phrase, as "Tapeanda" is.
+                .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '-')
                 .map(plain)
                 .filter(|w| !w.is_empty())
                 .collect::<Vec<_>>()
@@ -935,6 +936,7 @@ mod tests {
             "Panda.",
             "Tapeanda.",
             "Heypanda.",
+            "C-Panda.",
             "Thanks, hey panda.",
             "I left it there. Hey panda.",
             "Hey. Panda.",

@@ -130,16 +130,27 @@ pub fn espeak_clip_with(text: &str, voice: &str, wpm: u32, pitch: u32) -> Result
 }
 
 /// The default wake word's builder, for the installer: the trained model of
-/// [`super::wake_train`]. (The DTW templates above remain what `panda enroll` builds from
-/// the owner's voice.)
+/// [`super::wake_train`] at `out`, and the DTW templates above beside it
+/// ([`paths::WAKE_TEMPLATES`]) — the listener runs both (see
+/// [`super::wake::WakeDetector`]).
 pub struct DefaultTemplates;
 
 impl WakeTemplates for DefaultTemplates {
     fn recipe(&self) -> String {
-        super::wake_train::recipe()
+        format!("{}; templates: {}", super::wake_train::recipe(), recipe())
     }
 
     fn build(&self, models_dir: &Path, out: &Path) -> Result<usize, String> {
+        let mut clips =
+            synthesize_wake_clips(models_dir, "Hey panda.", TEMPLATE_VOICES, TEMPLATE_SPEEDS)?;
+        for v in TEMPLATE_ESPEAK_VOICES {
+            for &wpm in TEMPLATE_ESPEAK_WPM {
+                let pcm = espeak_clip("Hey panda.", v, wpm)?;
+                clips.push((format!("espeak_{v}_{wpm}.wav"), pcm));
+            }
+        }
+        super::wake::build_reference("hey_panda", &clips, &models_dir.join(paths::WAKE_TEMPLATES))
+            .map_err(|e| e.to_string())?;
         let t = super::wake_train::train(models_dir, "hey_panda", out)?;
         Ok(t.positives + t.negatives)
     }

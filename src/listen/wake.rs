@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use rustpotter::{
-    Rustpotter, RustpotterConfig, ScoreMode, WakewordRef, WakewordRefBuildFromBuffers, WakewordSave,
+    Rustpotter, RustpotterConfig, ScoreMode, WakewordLoad, WakewordRef,
+    WakewordRefBuildFromBuffers, WakewordSave,
 };
 
 use crate::config::WakeConfig;
@@ -55,74 +56,84 @@ pub struct WakeHit {
     pub score: f32,
 }
 
-/// The wake word detector: rustpotter plus the refractory window.
+/// The wake word detector: rustpotter plus the refractory window. Two detectors side by
+/// side, each with its own threshold, either of which may fire: the installed trained
+/// model (cheap, set for recall) and DTW templates (the shipped ones, and the owner's
+/// from `panda enroll`). Measured (`panda bench wake --first-stage`): the model alone
+/// missed a voice the templates catch (espeak en-us+m3 in the tests), and the templates
+/// alone miss noisy, reverberant and fast speakers the model catches.
 pub struct WakeDetector {
-    inner: Rustpotter,
+    stages: Vec<Rustpotter>,
     refractory_frames: u64,
     last_hit: Option<u64>,
 }
 
+/// Whether a `.rpw` file holds a trained model (or else templates).
+fn is_model(path: &str) -> bool {
+    rustpotter::WakewordModel::load_from_file(path).is_ok()
+}
+
 impl WakeDetector {
-    /// Loads `[wake] model`, and beside it `[wake] owner_model` when that file exists
-    /// (templates of the owner's own voice from `panda enroll`: they add to the shipped
-    /// wake word instead of replacing it).
+    /// Loads `[wake] model`, and beside it, as a second detector, `[wake] templates` and
+    /// `[wake] owner_model` when those files exist (templates of the owner's own voice
+    /// from `panda enroll` add to the shipped wake word instead of replacing it).
     pub fn load_configured(cfg: &crate::config::Config) -> Result<Self, WakeError> {
         let mut det = Self::load(&cfg.wake, &cfg.model_path(&cfg.wake.model))?;
-        if !cfg.wake.owner_model.as_os_str().is_empty() {
-            let owner = cfg.model_path(&cfg.wake.owner_model);
-            if owner.exists() {
-                det.add(&owner, "owner")?;
-                tracing::info!(file = %owner.display(), "the owner's wake word templates are in use");
+        let files: Vec<std::path::PathBuf> = [&cfg.wake.templates, &cfg.wake.owner_model]
+            .into_iter()
+            .filter(|f| !f.as_os_str().is_empty())
+            .map(|f| cfg.model_path(f))
+            .filter(|f| f.exists())
+            .collect();
+        if !files.is_empty() {
+            let mut rp = detector(&cfg.wake, cfg.wake.templates_threshold, &files[0])?;
+            for (i, f) in files.iter().enumerate() {
+                let p = f.to_string_lossy().to_string();
+                rp.add_wakeword_from_file(&format!("templates{i}"), &p)
+                    .map_err(|problem| WakeError::Load { path: p, problem })?;
             }
+            det.stages.push(rp);
+            tracing::debug!(files = ?files, "wake word templates in use beside the model");
         }
         Ok(det)
     }
 
-    fn add(&mut self, path: &Path, key: &str) -> Result<(), WakeError> {
-        let p = path.to_string_lossy().to_string();
-        self.inner
-            .add_wakeword_from_file(key, &p)
-            .map_err(|problem| WakeError::Load { path: p, problem })
-    }
-
-    /// Loads one wake word file (a trained model or templates).
+    /// Loads one wake word file: a trained model (at `threshold`) or templates (at
+    /// `templates_threshold`).
     pub fn load(cfg: &WakeConfig, path: &Path) -> Result<Self, WakeError> {
         let p = path.to_string_lossy().to_string();
         if !path.exists() {
             return Err(WakeError::Missing(p));
         }
-        let mut rp_cfg = RustpotterConfig::default();
-        rp_cfg.fmt.sample_rate = SAMPLE_RATE_HZ as usize;
-        rp_cfg.fmt.channels = 1;
-        rp_cfg.fmt.sample_format = rustpotter::SampleFormat::I16;
-        rp_cfg.detector.threshold = cfg.threshold;
-        rp_cfg.detector.avg_threshold = cfg.avg_threshold;
-        rp_cfg.detector.min_scores = cfg.min_scores;
-        rp_cfg.detector.eager = cfg.eager;
-        rp_cfg.detector.score_mode = ScoreMode::Max;
-        // rustpotter's own energy gate: template comparison (the expensive part) runs only
-        // on frames with voice, or while a detection is in progress.
-        rp_cfg.detector.vad_mode = cfg.vad_gate.then_some(rustpotter::VADMode::Easy);
-        let mut inner = Rustpotter::new(&rp_cfg).map_err(|problem| WakeError::Load {
-            path: p.clone(),
-            problem,
-        })?;
-        // A template file (`panda enroll`, older installs) or a trained model (the default):
-        // rustpotter tells them apart by their contents.
+        let threshold = if is_model(&p) {
+            cfg.threshold
+        } else {
+            cfg.templates_threshold
+        };
+        let mut inner = detector(cfg, threshold, path)?;
         inner
             .add_wakeword_from_file("wake", &p)
             .map_err(|problem| WakeError::Load { path: p, problem })?;
         debug_assert_eq!(inner.get_samples_per_frame(), FRAME_SAMPLES);
         Ok(Self {
-            inner,
+            stages: vec![inner],
             refractory_frames: cfg.refractory_ms / FRAME_MS as u64,
             last_hit: None,
         })
     }
 
-    /// Feeds one frame; returns a detection outside the refractory window.
+    /// Feeds one frame to every detector; returns a detection outside the refractory
+    /// window (the higher score when both fire on the same frame).
     pub fn process(&mut self, seq: u64, frame: &[i16; FRAME_SAMPLES]) -> Option<WakeHit> {
-        let det = self.inner.process_samples(frame.to_vec())?;
+        let mut best: Option<rustpotter::RustpotterDetection> = None;
+        for stage in &mut self.stages {
+            if let Some(d) = stage.process_samples(frame.to_vec())
+                && best.as_ref().is_none_or(|b| d.score > b.score)
+            {
+                best = Some(d);
+            }
+        }
+        let det = best?;
         if let Some(last) = self.last_hit
             && seq.saturating_sub(last) < self.refractory_frames
         {
@@ -140,6 +151,26 @@ impl WakeDetector {
     pub fn suppress_from(&mut self, seq: u64) {
         self.last_hit = Some(seq);
     }
+}
+
+/// An empty rustpotter detector for 16 kHz mono 16-bit frames at `threshold`.
+fn detector(cfg: &WakeConfig, threshold: f32, path: &Path) -> Result<Rustpotter, WakeError> {
+    let mut rp_cfg = RustpotterConfig::default();
+    rp_cfg.fmt.sample_rate = SAMPLE_RATE_HZ as usize;
+    rp_cfg.fmt.channels = 1;
+    rp_cfg.fmt.sample_format = rustpotter::SampleFormat::I16;
+    rp_cfg.detector.threshold = threshold;
+    rp_cfg.detector.avg_threshold = cfg.avg_threshold;
+    rp_cfg.detector.min_scores = cfg.min_scores;
+    rp_cfg.detector.eager = cfg.eager;
+    rp_cfg.detector.score_mode = ScoreMode::Max;
+    // rustpotter's own energy gate: the comparison (the expensive part) runs only on
+    // frames with voice, or while a detection is in progress.
+    rp_cfg.detector.vad_mode = cfg.vad_gate.then_some(rustpotter::VADMode::Easy);
+    Rustpotter::new(&rp_cfg).map_err(|problem| WakeError::Load {
+        path: path.display().to_string(),
+        problem,
+    })
 }
 
 /// Builds a wake word reference from 16 kHz mono clips (leading/trailing silence is

@@ -154,6 +154,8 @@ pub mod paths {
     pub const MINILM_TOKENIZER: &str = "minilm/tokenizer.json";
     /// Default wake word.
     pub const WAKE_DEFAULT: &str = "wake/hey_panda.rpw";
+    /// DTW templates of the default wake word, a second detector beside the model.
+    pub const WAKE_TEMPLATES: &str = "wake/hey_panda_templates.rpw";
     /// Test recordings.
     pub const TESTDATA: &str = "testdata";
 }
@@ -633,7 +635,11 @@ impl Installer {
         let recipe_key = format!("{rel}{RECIPE_SUFFIX}");
         let recipe = wake.recipe();
         let same_recipe = self.manifest.get(&recipe_key) == Some(&recipe);
-        if !self.opts.rebuild_wake && same_recipe && self.done(rel) {
+        if !self.opts.rebuild_wake
+            && same_recipe
+            && self.done(rel)
+            && self.done(paths::WAKE_TEMPLATES)
+        {
             eprintln!("      {rel} verified");
             return Ok(());
         }
@@ -646,6 +652,7 @@ impl Installer {
             t.elapsed().as_secs_f64()
         );
         self.manifest.insert(recipe_key, recipe);
+        self.record(paths::WAKE_TEMPLATES)?;
         self.record(rel)
     }
 
