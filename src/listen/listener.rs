@@ -195,27 +195,12 @@ pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
         .filter(|w| !w.is_empty())
         .map(|w| w.chars().filter(|c| c.is_alphanumeric()).collect())
         .collect();
-    let skeleton = consonants(&kw);
     let close = |w: &[char]| {
         let d = edit_distance(w, &kw);
         if d <= 1 || (kw.len() >= 5 && d <= 2 && w.first() == kw.first()) {
             return true;
         }
-        (kw.len()..=kw.len() + 1).any(|n| {
-            w.windows(n).any(|piece| {
-                if piece[0] != kw[0] {
-                    return false;
-                }
-                match edit_distance(piece, &kw) {
-                    0 | 1 => true,
-                    // Vowels are what Whisper gets wrong when it fuses the phrase
-                    // ("tapeander"): two edits pass when every consonant of the keyword
-                    // is still there, in order, and nothing else is.
-                    2 => kw.len() >= 5 && consonants(piece) == skeleton,
-                    _ => false,
-                }
-            })
-        })
+        (kw.len()..=kw.len() + 1).any(|n| w.windows(n).any(|piece| keyword_piece(piece, &kw)))
     };
     words.iter().any(|w| close(w))
         || words
@@ -237,12 +222,6 @@ pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
 pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
     const GREETINGS: &[&str] = &["hi", "hay", "eh", "ay", "hey", "hei", "he"];
     let (keyword, _) = phrase_parts(phrase);
-    let plain = |w: &str| -> Vec<char> {
-        w.to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphanumeric())
-            .collect()
-    };
     let lead: Vec<Vec<char>> = phrase
         .split_whitespace()
         .map(plain)
@@ -265,14 +244,8 @@ pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
         w.len() > kw.len()
             && (1..w.len()).any(|start| {
                 (kw.len()..=kw.len() + 1).any(|n| {
-                    w.get(start..start + n).is_some_and(|piece| {
-                        piece[0] == kw[0]
-                            && match edit_distance(piece, &kw) {
-                                0 | 1 => true,
-                                2 => kw.len() >= 5 && consonants(piece) == consonants(&kw),
-                                _ => false,
-                            }
-                    })
+                    w.get(start..start + n)
+                        .is_some_and(|p| keyword_piece(p, &kw))
                 })
             })
     };
@@ -318,12 +291,6 @@ pub fn strip_wake_phrase(text: &str, phrase: &str) -> String {
         "okay", "ok", "um", "uh", "oh", "so", "hi", "hey", "and", "a", "eh", "ay", "hay",
     ];
     let (keyword, _) = phrase_parts(phrase);
-    let plain = |w: &str| -> Vec<char> {
-        w.to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphanumeric())
-            .collect()
-    };
     let phrase_words: Vec<Vec<char>> = phrase.split_whitespace().map(plain).collect();
     let lead_in = |w: &str| {
         let w = plain(w);
@@ -361,6 +328,27 @@ fn capitalised(rest: &str) -> String {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
     }
+}
+
+/// Whether `piece` (part of a heard word) is the keyword `kw` as Whisper writes it when
+/// it fuses the phrase: the same first letter and one edit away, or two edits when only
+/// vowels moved ("tapeander": every consonant of the keyword still there, in order, and
+/// nothing else).
+fn keyword_piece(piece: &[char], kw: &[char]) -> bool {
+    piece.first() == kw.first()
+        && match edit_distance(piece, kw) {
+            0 | 1 => true,
+            2 => kw.len() >= 5 && consonants(piece) == consonants(kw),
+            _ => false,
+        }
+}
+
+/// A word lower-cased, letters and digits only.
+fn plain(w: &str) -> Vec<char> {
+    w.to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .collect()
 }
 
 /// The letters of `w` that are not vowels (for "panda": p, n, d).

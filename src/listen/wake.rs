@@ -68,11 +68,6 @@ pub struct WakeDetector {
     last_hit: Option<u64>,
 }
 
-/// Whether a `.rpw` file holds a trained model (or else templates).
-fn is_model(path: &str) -> bool {
-    rustpotter::WakewordModel::load_from_file(path).is_ok()
-}
-
 impl WakeDetector {
     /// Loads `[wake] model`, and beside it, as a second detector, `[wake] templates` and
     /// `[wake] owner_model` when those files exist (templates of the owner's own voice
@@ -105,15 +100,24 @@ impl WakeDetector {
         if !path.exists() {
             return Err(WakeError::Missing(p));
         }
-        let threshold = if is_model(&p) {
-            cfg.threshold
-        } else {
-            cfg.templates_threshold
+        // Read once: a trained model, or else templates (rustpotter's own loader tries
+        // each template format).
+        let load_err = |problem| WakeError::Load {
+            path: p.clone(),
+            problem,
         };
-        let mut inner = detector(cfg, threshold, path)?;
-        inner
-            .add_wakeword_from_file("wake", &p)
-            .map_err(|problem| WakeError::Load { path: p, problem })?;
+        let inner = match rustpotter::WakewordModel::load_from_file(&p) {
+            Ok(model) => {
+                let mut rp = detector(cfg, cfg.threshold, path)?;
+                rp.add_wakeword_model("wake", model).map_err(load_err)?;
+                rp
+            }
+            Err(_) => {
+                let mut rp = detector(cfg, cfg.templates_threshold, path)?;
+                rp.add_wakeword_from_file("wake", &p).map_err(load_err)?;
+                rp
+            }
+        };
         debug_assert_eq!(inner.get_samples_per_frame(), FRAME_SAMPLES);
         Ok(Self {
             stages: vec![inner],
