@@ -364,6 +364,15 @@ async fn listen_events(
     Ok(v)
 }
 
+/// The SNR band a clip is reported under.
+fn snr_band(snr_db: f32) -> &'static str {
+    match snr_db {
+        s if s < 10.0 => "SNR 5–10 dB",
+        s if s < 20.0 => "SNR 10–20 dB",
+        _ => "SNR 20–30 dB",
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     n: usize,
@@ -447,11 +456,7 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
                     }
                 ));
             }
-            let snr = match p.snr_db {
-                s if s < 10.0 => "SNR 5–10 dB",
-                s if s < 20.0 => "SNR 10–20 dB",
-                _ => "SNR 20–30 dB",
-            };
+            let snr = snr_band(p.snr_db);
             for key in [
                 format!("pause {:>4} ms", p.pause_ms),
                 snr.to_string(),
@@ -591,11 +596,7 @@ pub fn first_stage(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
             let woke = p_at
                 .iter()
                 .any(|&t| t >= q.phrase_ms && t <= q.end_ms + 1000);
-            let snr = match q.snr_db {
-                s if s < 10.0 => "SNR 5–10 dB",
-                s if s < 20.0 => "SNR 10–20 dB",
-                _ => "SNR 20–30 dB",
-            };
+            let snr = snr_band(q.snr_db);
             for key in [
                 snr.to_string(),
                 format!("noise {}", q.noise),
