@@ -269,9 +269,11 @@ pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
                 }
                 match i.checked_sub(1).map(|j| &words[j]) {
                     Some(prev) if is_lead(prev) => true,
-                    prev => {
-                        let alone =
-                            prev.is_none_or(|p| p.as_slice() == ['a']) && i + 1 == words.len();
+                    _ => {
+                        // The whole sentence: "Panda." or "A panda.", never the end of
+                        // a longer one ("I saw a panda.").
+                        let alone = i + 1 == words.len()
+                            && (i == 0 || (i == 1 && words[0].as_slice() == ['a']));
                         alone && edit_distance(w, &kw) <= 1
                     }
                 }
@@ -933,6 +935,8 @@ mod tests {
         }
         for heard in [
             "I saw a panda at the zoo yesterday.",
+            "I saw a panda.",
+            "There's a panda.",
             "a panda at the zoo",
             "Pandora opened the box.",
             "The pandemic changed how we work.",

@@ -112,11 +112,13 @@ fn no_question_ends_quietly_and_a_follow_up_needs_no_wake_word() {
     pcm.extend(say("Hey panda."));
     pcm.extend(silence(800));
     pcm.extend(say("What time is it?"));
-    // The answer is heard within ~9 s of the question even on a loaded machine (full
-    // Whisper window, tests beside it); the follow-up window (15 s) is open from then on.
-    pcm.extend(silence(14_000));
+    // The answer has been spoken within 20 s of the question even on a loaded CI machine
+    // (15.4 s measured: a full Whisper window beside another test); the follow-up window
+    // (22 s) is open from then on and still open at the question on a fast machine (~13 s).
+    pcm.extend(silence(20_000));
     pcm.extend(say("What's the date today?"));
-    pcm.extend(silence(28_000));
+    // That answer's window closes on silence within 20 + 22 s.
+    pcm.extend(silence(45_000));
     let wav = dir.path().join("follow-up.wav");
     common::write_wav(&wav, 16_000, &pcm);
     let r = panda_cmd(state.path())
@@ -125,7 +127,7 @@ fn no_question_ends_quietly_and_a_follow_up_needs_no_wake_word() {
         .arg("--output")
         .arg(state.path().join("answers.wav"))
         .env("PANDA_ENDPOINT__QUESTION_TIMEOUT_MS", "3000")
-        .env("PANDA_CONVERSATION__FOLLOW_UP_MS", "15000")
+        .env("PANDA_CONVERSATION__FOLLOW_UP_MS", "22000")
         .output()
         .unwrap();
     let run = common::Run::from_output(r);
@@ -157,7 +159,7 @@ fn no_question_ends_quietly_and_a_follow_up_needs_no_wake_word() {
     // 4. After its answer another window opens and closes on silence.
     assert!(seq[6].starts_with("follow_up"));
     assert_eq!(seq[7], format!("no_question {}", turn_of(6)));
-    assert_eq!(run.of_type("follow_up")[0]["window_ms"], 15000);
+    assert_eq!(run.of_type("follow_up")[0]["window_ms"], 22000);
     assert_eq!(common::answers(&run).len(), 2);
 }
 
