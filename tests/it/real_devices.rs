@@ -1297,15 +1297,17 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
         s["echo"].clone()
     };
     println!("echo before the stop: {}", echo(&url));
-    // As a person would, the stop is said again if the first was not heard: the wake word
-    // over a full-level echo on this path is not always caught (2 misses in ~10 runs
-    // here; `panda bench aec` measures the rate), and what is tested is that it can be,
-    // and that Panda never wakes itself meanwhile.
+    // As a person would, the stop is said again while it is not heard: the wake word over
+    // a full-level echo on this path is not always caught (one try in three or four
+    // missed here, two in a row twice in ~8 runs; `panda bench aec` measures the rate),
+    // and what is tested is that it can be, and that Panda never wakes itself meanwhile.
     let cut = |e: &serde_json::Value| e["type"] == "spoken" && e["turn"] == story_turn;
-    play_into_mic(pulse, &stop);
-    if !app.wait_until(15, cut) {
-        println!("the first \"hey panda. stop.\" was not heard; saying it again");
+    for attempt in 1..=3 {
         play_into_mic(pulse, &stop);
+        if app.wait_until(15, cut) {
+            break;
+        }
+        println!("\"hey panda. stop.\" try {attempt} was not heard");
     }
     let spoken = app.wait_for("the story cut", 30, cut);
     for l in app.log.lock().unwrap().iter() {
