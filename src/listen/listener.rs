@@ -146,6 +146,8 @@ struct Pending {
     hit: WakeHit,
     /// The frame the detection fired on.
     seq: u64,
+    /// Whether the check already ran once and heard nothing (see [`Listening::settle`]).
+    looked_again: bool,
     /// The frame after which the check's window is complete.
     due: u64,
     /// When the detection fired (stream time).
@@ -553,6 +555,26 @@ impl Listening {
             return Settled::Running;
         };
         let p = self.pending.take().expect("checked above");
+        // Whisper heard nothing at all in the window: the detection fired early in the
+        // phrase (the network scores "hey pan…" before "…da" is said) or on a noise. One
+        // more look, with the window ending a check delay later, before rejecting — on
+        // the device test a rejected early "hey panda" over an answer left the barge-in
+        // to a later detection, 1.9 s after "stop".
+        let heard_nothing = verdict.1.as_deref().is_some_and(|t| t.trim().is_empty());
+        if !verdict.0 && heard_nothing && !p.looked_again {
+            let delay = self.verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
+            tracing::debug!(
+                score = p.hit.score,
+                "wake word check heard nothing; looking again"
+            );
+            self.pending = Some(Pending {
+                due: self.last_seq + delay.max(1),
+                check: None,
+                looked_again: true,
+                ..p
+            });
+            return Settled::Ready;
+        }
         if !verdict.0
             && let Trigger::Wake(det) = &mut self.trigger
         {
@@ -682,6 +704,7 @@ impl Listening {
                 self.pending = Some(Pending {
                     hit,
                     seq: frame.seq,
+                    looked_again: false,
                     due,
                     at_ms: end_ms(&frame),
                     check: None,
@@ -775,11 +798,11 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
             }
         }
     }
-    if l.pending.is_some()
-        && !root.is_cancelled()
-        && matches!(l.settle(true, 0, &out), Settled::Closed)
-    {
-        return;
+    // A check that looks again settles twice (at most: it looks again once).
+    while l.pending.is_some() && !root.is_cancelled() {
+        if matches!(l.settle(true, 0, &out), Settled::Closed) {
+            return;
+        }
     }
     if let Some(e) = l.c.ep.finish(l.last_seq) {
         deliver(e, &mut l.c.turn, &out);
