@@ -95,3 +95,11 @@ pub fn reverberate(rng: &mut Rng, x: &[f32], rt60_s: f32) -> Vec<f32> {
     y.iter_mut().for_each(|v| *v *= g);
     y
 }
+
+/// Samples in [-1, 1] as 16-bit PCM (×32767, clamped): the scale the synthetic training
+/// and evaluation sets are written at.
+pub fn to_i16(x: &[f32]) -> Vec<i16> {
+    x.iter()
+        .map(|s| (s * 32767.0).clamp(-32768.0, 32767.0) as i16)
+        .collect()
+}

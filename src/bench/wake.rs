@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{BenchError, UNSEEN_VOICES, listen_cost, wer};
 use crate::app::{Input, ListenOptions};
 use crate::audio::file::{FileFormat, FileSpec};
-pub(crate) use crate::audio::synth::{Rng, noise, reverberate, rms};
+pub(crate) use crate::audio::synth::{Rng, noise, reverberate, rms, to_i16};
 use crate::config::Config;
 use crate::event::{Event, SAMPLE_RATE_HZ};
 use crate::models::install::paths;
@@ -165,12 +165,6 @@ pub fn say_16k(
     speed: f32,
 ) -> Result<Vec<f32>, BenchError> {
     Ok(crate::listen::templates::kokoro_16k(k, text, voice, speed)?)
-}
-
-fn to_i16(x: &[f32]) -> Vec<i16> {
-    x.iter()
-        .map(|s| (s * 32767.0).clamp(-32768.0, 32767.0) as i16)
-        .collect()
 }
 
 /// Builds the evaluation set into `dir` (see the module doc).

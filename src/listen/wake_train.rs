@@ -36,7 +36,7 @@ use rustpotter::{
 
 use super::templates::{TEMPLATE_VOICES, espeak_clip_with, kokoro_16k};
 use super::wake::{trim_silence, wav_bytes};
-use crate::audio::synth::{Rng, noise, reverberate, rms};
+use crate::audio::synth::{Rng, noise, reverberate, rms, to_i16};
 use crate::event::SAMPLE_RATE_HZ;
 use crate::models::install::paths;
 
@@ -167,10 +167,7 @@ struct Material {
 }
 
 fn trimmed(pcm: &[f32]) -> Vec<f32> {
-    let as_i16: Vec<i16> = pcm
-        .iter()
-        .map(|s| (s * 32767.0).clamp(-32768.0, 32767.0) as i16)
-        .collect();
+    let as_i16 = to_i16(pcm);
     trim_silence(&as_i16)
         .iter()
         .map(|&s| s as f32 / 32768.0)
@@ -330,10 +327,7 @@ fn place(window: &mut [f32], src: &[f32], at: usize) {
 
 /// One labelled window, as rustpotter's trainer reads it (the label in brackets).
 fn labelled(label: &str, n: usize, speaker: usize, pcm: &[f32]) -> (String, Vec<u8>) {
-    let s: Vec<i16> = pcm
-        .iter()
-        .map(|s| (s * 32767.0).clamp(-32768.0, 32767.0) as i16)
-        .collect();
+    let s = to_i16(pcm);
     (format!("[{label}]{speaker}-{n}.wav"), wav_bytes(&s))
 }
 
@@ -653,12 +647,6 @@ pub fn train(models_dir: &Path, name: &str, out: &Path) -> Result<Trained, Strin
 /// Audio before each training window, so that the embeddings of the whole window exist
 /// (the front end needs 775 ms before its first embedding): the window's own noise floor.
 const HEAD_LEAD_MS: usize = 800;
-
-fn to_i16(pcm: &[f32]) -> Vec<i16> {
-    pcm.iter()
-        .map(|s| (s * 32767.0).clamp(-32768.0, 32767.0) as i16)
-        .collect()
-}
 
 /// The head's input for a window: its last [`HEAD_EMBEDDINGS`] embeddings, flattened.
 fn head_row(embedder: &mut Embedder, rng: &mut Rng, pcm: &[f32]) -> Result<Vec<f32>, String> {
