@@ -57,6 +57,9 @@ pub const KEYWORD_MARGIN_MS: u64 = 500;
 /// Measured by a test; what compares outputs with inputs (the bench's double-talk
 /// distortion) needs them.
 pub const OUTPUT_LAG_SAMPLES: usize = 128;
+/// Frames in a row (90 ms) where Panda alone speaks whose quietest sets the echo level
+/// that [`NO_ECHO_DBFS`] is judged on (see [`EchoCanceller::process`]).
+pub const ECHO_RUN_FRAMES: usize = 3;
 /// See [`OUTPUT_LAG_SAMPLES`].
 pub const LINEAR_LAG_SAMPLES: usize = 64;
 /// Reference frames quieter than this (dBFS) count as silence.
@@ -250,6 +253,14 @@ pub struct EchoCanceller {
     /// speaks, and how many such frames there were.
     echo_peak_db: f32,
     far_frames: u64,
+    /// Levels (dBFS) of the last frames in a row where Panda alone speaks (see
+    /// [`ECHO_RUN_FRAMES`]).
+    echo_run: VecDeque<f32>,
+    /// The capture's last [`LINEAR_LAG_SAMPLES`]: the linear output lags the capture by
+    /// that much, and the double-talk detector compares the two over the same samples.
+    capture_tail: [i16; LINEAR_LAG_SAMPLES],
+    /// The last frame's [`Cancelled::no_echo`] (its changes are logged).
+    no_echo: bool,
     /// Counters.
     pub stats: Arc<AecStats>,
 }
@@ -281,6 +292,9 @@ impl EchoCanceller {
             double_talk: DoubleTalk::default(),
             echo_peak_db: -120.0,
             far_frames: 0,
+            echo_run: VecDeque::with_capacity(ECHO_RUN_FRAMES + 1),
+            capture_tail: [0; LINEAR_LAG_SAMPLES],
+            no_echo: false,
             stats,
         })
     }
@@ -379,24 +393,65 @@ impl EchoCanceller {
         }
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         let energy = |x: &[i16]| x.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+        // The capture over the samples the linear output covers (it lags by
+        // LINEAR_LAG_SAMPLES): compared frame against frame, a voice's onset — all of its
+        // energy in the frame's last milliseconds — looked 5–20 dB quieter in the linear
+        // output, as if the filter had taken it for echo, and a person's "hey" counted as
+        // Panda heard in the microphone.
+        let aligned =
+            energy(&self.capture_tail) + energy(&frame[..FRAME_SAMPLES - LINEAR_LAG_SAMPLES]);
+        self.capture_tail
+            .copy_from_slice(&frame[FRAME_SAMPLES - LINEAR_LAG_SAMPLES..]);
         let near_end = if any_far {
-            self.double_talk
-                .near_end(energy(frame), energy(&linear[..]))
+            self.double_talk.near_end(aligned, energy(&linear[..]))
         } else {
             self.double_talk.reset();
             false
         };
         if any_far && !near_end {
-            let level = 10.0
-                * (energy(frame) / FRAME_SAMPLES as f64 / (32768.0 * 32768.0))
-                    .max(1e-12)
-                    .log10() as f32;
+            let db = |x: f64| 10.0 * x.max(1e-12).log10() as f32;
+            let level = db(energy(frame) / FRAME_SAMPLES as f64 / (32768.0 * 32768.0));
+            // Once the microphone is known not to hear Panda, a frame counts as Panda
+            // heard only where the filter takes something out of it (an echo path that
+            // appeared: the filter converges on it within a second). A person's voice
+            // passes a filter with no echo path unchanged, and the double-talk
+            // detector's floor, never measured without an echo, creeps up under a
+            // person who talks on for two seconds and stops flagging them.
+            let removed_db = db(energy(&linear[..]) / aligned.max(1e-9));
+            let level = if self.no_echo && removed_db > -NEAR_END_MARGIN_DB {
+                -120.0
+            } else {
+                level
+            };
+            if self.echo_run.len() == ECHO_RUN_FRAMES {
+                self.echo_run.pop_front();
+            }
+            self.echo_run.push_back(level);
             // A peak: an echo's syllables keep it up through the pauses between them.
-            self.echo_peak_db = (self.echo_peak_db - 0.1).max(level);
+            // Of the quietest of a run of frames: an echo's syllable is loud for many
+            // frames in a row, a person's onset that the double-talk detector has not
+            // flagged yet for one or two.
+            if self.echo_run.len() == ECHO_RUN_FRAMES {
+                let run = self.echo_run.iter().copied().fold(f32::MAX, f32::min);
+                self.echo_peak_db = (self.echo_peak_db - 0.1).max(run);
+            } else {
+                self.echo_peak_db = (self.echo_peak_db - 0.1).max(-120.0);
+            }
             self.far_frames += 1;
+        } else {
+            self.echo_run.clear();
         }
         // Learnt after a second of Panda speaking alone.
         let no_echo = self.far_frames >= 33 && self.echo_peak_db < NO_ECHO_DBFS;
+        if no_echo != self.no_echo {
+            self.no_echo = no_echo;
+            tracing::info!(
+                peak_dbfs = self.echo_peak_db,
+                frames = self.far_frames,
+                "echo canceller: the microphone {} Panda's voice",
+                if no_echo { "does not hear" } else { "hears" }
+            );
+        }
         Ok(Cancelled {
             samples,
             linear: any_far.then_some(linear),

@@ -906,15 +906,21 @@ struct Shared {
     /// Samples the callback was asked for, played or silence (written by the callback):
     /// the sign that the device is still running.
     polled: AtomicU64,
-    /// Bumped by the playback thread to ask the callback to drop the ring's contents.
-    flush_epoch: AtomicU64,
+    /// Written by the playback thread: every sample it had pushed into the ring up to
+    /// this count (since the ring was made) is to be dropped unplayed. A count rather
+    /// than a "drop everything" flag: the callback acts on it at its next sample, and
+    /// what the playback thread writes in between (the earcon right after a barge-in's
+    /// flush) must survive — dropped, it would never be reported played and its turn
+    /// would never end, holding the speaker for good while the card keeps polling.
+    flush_upto: AtomicU64,
 }
 
 /// The rodio source the mixer pulls from: pops the ring, plays silence when it is empty.
 struct RingSource {
     ring: rtrb::Consumer<f32>,
     shared: Arc<Shared>,
-    seen_epoch: u64,
+    /// Samples taken out of the ring so far, played or dropped by a flush.
+    consumed: u64,
     played: u64,
     polled: u64,
     rate: rodio::SampleRate,
@@ -930,16 +936,17 @@ impl Iterator for RingSource {
         if self.polled.is_multiple_of(256) {
             self.shared.polled.store(self.polled, Ordering::Relaxed);
         }
-        let epoch = self.shared.flush_epoch.load(Ordering::Acquire);
-        if epoch != self.seen_epoch {
-            self.seen_epoch = epoch;
-            let n = self.ring.slots();
+        let upto = self.shared.flush_upto.load(Ordering::Acquire);
+        if upto > self.consumed {
+            let n = ((upto - self.consumed) as usize).min(self.ring.slots());
             if let Ok(chunk) = self.ring.read_chunk(n) {
                 chunk.commit_all();
+                self.consumed += n as u64;
             }
         }
         let s = match self.ring.pop() {
             Ok(s) => {
+                self.consumed += 1;
                 self.played += 1;
                 self.shared.played.store(self.played, Ordering::Release);
                 s
@@ -971,9 +978,41 @@ impl rodio::Source for RingSource {
 /// A sound card through rodio's mixer.
 pub struct DeviceSink {
     _stream: rodio::MixerDeviceSink,
+    ring: RingWriter,
+    rate_hz: u32,
+}
+
+/// The playback thread's end of the ring the callback plays from.
+struct RingWriter {
     ring: rtrb::Producer<f32>,
     shared: Arc<Shared>,
-    rate_hz: u32,
+    /// Samples pushed into the ring so far.
+    pushed: u64,
+}
+
+impl RingWriter {
+    fn write(&mut self, samples: &[f32]) -> usize {
+        let n = self.ring.slots().min(samples.len());
+        if n == 0 {
+            return 0;
+        }
+        if let Ok(mut chunk) = self.ring.write_chunk_uninit(n) {
+            let (a, b) = chunk.as_mut_slices();
+            for (dst, src) in a.iter_mut().chain(b.iter_mut()).zip(samples) {
+                dst.write(*src);
+            }
+            // SAFETY: every one of the n slots was initialised just above.
+            unsafe { chunk.commit_all() };
+            self.pushed += n as u64;
+            return n;
+        }
+        0
+    }
+
+    /// Everything pushed so far is dropped unplayed (see [`Shared::flush_upto`]).
+    fn flush(&mut self) {
+        self.shared.flush_upto.store(self.pushed, Ordering::Release);
+    }
 }
 
 impl DeviceSink {
@@ -1017,7 +1056,7 @@ impl DeviceSink {
         stream.mixer().add(RingSource {
             ring: consumer,
             shared: shared.clone(),
-            seen_epoch: 0,
+            consumed: 0,
             played: 0,
             polled: 0,
             rate: stream.config().sample_rate(),
@@ -1025,8 +1064,11 @@ impl DeviceSink {
         });
         Ok(Self {
             _stream: stream,
-            ring: producer,
-            shared,
+            ring: RingWriter {
+                ring: producer,
+                shared,
+                pushed: 0,
+            },
             rate_hz,
         })
     }
@@ -1038,37 +1080,27 @@ impl Sink for DeviceSink {
     }
 
     fn write(&mut self, samples: &[f32]) -> Result<usize, AudioError> {
-        let n = self.ring.slots().min(samples.len());
-        if n == 0 {
-            return Ok(0);
-        }
-        if let Ok(mut chunk) = self.ring.write_chunk_uninit(n) {
-            let (a, b) = chunk.as_mut_slices();
-            for (dst, src) in a.iter_mut().chain(b.iter_mut()).zip(samples) {
-                dst.write(*src);
-            }
-            // SAFETY: every one of the n slots was initialised just above.
-            unsafe { chunk.commit_all() };
-        }
-        Ok(n)
+        Ok(self.ring.write(samples))
     }
 
     fn played(&mut self) -> u64 {
-        self.shared.played.load(Ordering::Acquire)
+        self.ring.shared.played.load(Ordering::Acquire)
     }
 
     fn heartbeat(&mut self) -> u64 {
-        self.shared.polled.load(Ordering::Relaxed)
+        self.ring.shared.polled.load(Ordering::Relaxed)
     }
 
     fn flush(&mut self) {
-        self.shared.flush_epoch.fetch_add(1, Ordering::AcqRel);
+        self.ring.flush();
     }
 
     fn finish(&mut self) -> Result<(), AudioError> {
         // Let the ring drain (bounded: it holds at most half a second).
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.ring.buffer().capacity() > self.ring.slots() && Instant::now() < deadline {
+        while self.ring.ring.buffer().capacity() > self.ring.ring.slots()
+            && Instant::now() < deadline
+        {
             std::thread::sleep(TICK);
         }
         // And what the card itself still holds.
@@ -1105,6 +1137,48 @@ mod tests {
             heard_text(&segs, 400),
             "Hello there. This is a longer sentence here."
         );
+    }
+
+    /// The sound card's ring as the callback sees it: a flush drops what was written
+    /// before it, however late the callback gets to it, and never what came after — the
+    /// earcon written right after a barge-in's flush, before the callback ran, was
+    /// dropped with the answer and never reported played, so playback waited for it
+    /// forever and no answer played again (seen on the barge-in device test).
+    #[test]
+    fn a_flush_drops_what_was_written_before_it_and_keeps_what_came_after() {
+        let (producer, consumer) = rtrb::RingBuffer::<f32>::new(1000);
+        let shared = Arc::new(Shared::default());
+        let mut w = RingWriter {
+            ring: producer,
+            shared: shared.clone(),
+            pushed: 0,
+        };
+        let mut cb = RingSource {
+            ring: consumer,
+            shared: shared.clone(),
+            consumed: 0,
+            played: 0,
+            polled: 0,
+            rate: std::num::NonZero::new(48_000).unwrap(),
+            reference: None,
+        };
+        assert_eq!(w.write(&[0.5; 300]), 300);
+        // The card plays 100 of the answer.
+        assert!((0..100).all(|_| cb.next() == Some(0.5)));
+        // Barge-in: flush, and the earcon is written before the callback runs again.
+        w.flush();
+        assert_eq!(w.write(&[0.25; 40]), 40);
+        let out: Vec<f32> = (0..60).map(|_| cb.next().unwrap()).collect();
+        assert_eq!(&out[..40], &[0.25; 40][..], "the earcon plays whole");
+        assert_eq!(&out[40..], &[0.0; 20][..], "then silence");
+        assert_eq!(shared.played.load(Ordering::Acquire), 140);
+        // A flush with nothing new written drops only what is left.
+        assert_eq!(w.write(&[0.75; 10]), 10);
+        w.flush();
+        assert_eq!(cb.next(), Some(0.0));
+        assert_eq!(w.write(&[0.125; 5]), 5);
+        assert!((0..5).all(|_| cb.next() == Some(0.125)));
+        assert_eq!(shared.played.load(Ordering::Acquire), 145);
     }
 
     #[test]

@@ -526,6 +526,8 @@ struct Listening {
     recent: VecDeque<Box<[i16; FRAME_SAMPLES]>>,
     window: usize,
     last_seq: u64,
+    /// A real-time source (see [`ListenerOptions::live`]).
+    live: bool,
 }
 
 /// What [`Listening::settle`] found.
@@ -690,8 +692,23 @@ impl Listening {
                         wake_phrase: None,
                         command: true,
                     };
-                    if out.utterances.blocking_send(u).is_err() {
-                        return false;
+                    // A stop word is worth something only now: while the speech-to-text
+                    // stage is behind (a question, or earlier candidates — often the
+                    // answer's own residual echo), a live listener drops this one rather
+                    // than wait on the edge, which would drop the microphone's frames (a
+                    // next question, a "hey panda") instead. A file source just waits.
+                    if !self.live {
+                        if out.utterances.blocking_send(u).is_err() {
+                            return false;
+                        }
+                    } else {
+                        match out.utterances.try_send(u) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                tracing::debug!("stop word candidate dropped: speech-to-text busy")
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                        }
                     }
                 }
             }
@@ -700,6 +717,11 @@ impl Listening {
         }
         if self.pending.is_none() {
             if let Some(hit) = hit.filter(|_| !c.ep.is_armed()) {
+                tracing::debug!(
+                    score = hit.score,
+                    at_ms = end_ms(&frame),
+                    "wake word detected; checking"
+                );
                 let due = frame.seq + self.verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
                 self.pending = Some(Pending {
                     hit,
@@ -772,6 +794,7 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
         recent: VecDeque::with_capacity(window + 1),
         window,
         last_seq: 0,
+        live,
     };
     // Frames received and not yet processed (while a check runs).
     let mut backlog: VecDeque<AudioFrame> = VecDeque::new();

@@ -11,6 +11,7 @@
 //! it takes effect at the next token. A cancelled request replies [`SttError::Cancelled`]
 //! and its text is discarded.
 
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -434,7 +435,27 @@ fn worker(
     if ready.send(Ok((load_time, warmup_time))).is_err() {
         return;
     }
-    while let Some(req) = rx.blocking_recv() {
+    // Requests taken off the channel and not yet run. A wake word check goes first: a
+    // person is waiting on it (or talking over an answer to stop it), while what is
+    // queued before it — a question, a stop word candidate that is most often the
+    // answer's own residual echo — can wait a second. On a loaded machine, a check
+    // behind three such candidates was decided 9.5 s after the "hey panda". At most
+    // STT_QUEUE are taken: past that the channel's senders wait, as before.
+    let mut waiting: VecDeque<SttRequest> = VecDeque::with_capacity(STT_QUEUE);
+    loop {
+        if waiting.is_empty() {
+            match rx.blocking_recv() {
+                Some(r) => waiting.push_back(r),
+                None => return,
+            }
+        }
+        while waiting.len() < STT_QUEUE
+            && let Ok(r) = rx.try_recv()
+        {
+            waiting.push_back(r);
+        }
+        let next = waiting.iter().position(|r| r.wake_check).unwrap_or(0);
+        let req = waiting.remove(next).expect("not empty");
         let lang = req.language.clone().unwrap_or_else(|| cfg.language.clone());
         let out = if req.token.is_cancelled() {
             Err(SttError::Cancelled)

@@ -100,6 +100,45 @@ fn long_speech() -> Vec<i16> {
 
 /// Cancelling a turn during STT: the caller is released at once, the transcript is
 /// discarded, and the worker is free again sooner than an uncancelled run takes.
+/// A wake word check queued behind other requests runs before them: a person waits on
+/// it, and what was queued earlier (questions, stop word candidates) can wait a second.
+#[test]
+fn a_wake_word_check_overtakes_queued_transcriptions() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = common::config();
+    let (h, _w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    let pcm = long_speech();
+    let token = CancellationToken::new();
+    // One running (the worker takes it at once), two queued behind it...
+    let (running, mut first, mut second) = rt.block_on(async {
+        let running = h.submit(&pcm[..16_000 * 6], &token).await.unwrap();
+        let first = h.submit(&pcm[..16_000 * 3], &token).await.unwrap();
+        let second = h.submit(&pcm[..16_000 * 3], &token).await.unwrap();
+        (running, first, second)
+    });
+    // ... and the check, queued last.
+    let mut check = h
+        .submit_blocking_with_prompt(&pcm[..16_000 * 2], Some("Hey Panda."), &token)
+        .unwrap();
+    let check_result = loop {
+        match check.try_recv() {
+            Ok(r) => break r,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(check_result.is_ok(), "{check_result:?}");
+    assert!(
+        first.try_recv().is_err() && second.try_recv().is_err(),
+        "the check ran after the transcriptions queued before it"
+    );
+    assert!(rt.block_on(running).unwrap().is_ok());
+    assert!(rt.block_on(first).unwrap().is_ok());
+    assert!(rt.block_on(second).unwrap().is_ok());
+}
+
 #[test]
 fn cancel_during_transcription() {
     let rt = tokio::runtime::Runtime::new().unwrap();
