@@ -35,6 +35,50 @@ use crate::event::{Event, ListenControl, Question, Speech, Turn};
 /// audio never reached playback is never reported, and counts as heard = nothing.
 pub const HEARD_AFTER_CANCEL: Duration = Duration::from_millis(1500);
 
+/// How long after a spoken answer ends (or is cut) a question made of that answer's own
+/// words is taken for its echo (see [`is_echo_of`]).
+pub const ECHO_QUESTION_WINDOW: Duration = Duration::from_secs(30);
+
+/// Whether `question` is `answer` heard back: at least four words, and at least 80 % of
+/// them found in the answer in the same order (a plural's "s" aside). A "hey panda" said
+/// over an answer cuts it only once its check has heard the phrase, so the question
+/// collected after it can hold Panda's own voice — what the canceller left of it — and
+/// Whisper, on a busy machine, heard "Then came the story about the river and the hill"
+/// where the person had said "stop" over "Then came part 4 of the story, about the river
+/// and the hills". Asked as a question, Panda told the story again. A person asking
+/// about the answer rephrases it, and short questions ("and the hills?") never match.
+pub fn is_echo_of(question: &str, answer: &str) -> bool {
+    let words = |t: &str| -> Vec<String> {
+        t.split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                let w = w.to_lowercase();
+                match w.strip_suffix('s') {
+                    Some(stem) if stem.chars().count() >= 3 => stem.to_string(),
+                    _ => w,
+                }
+            })
+            .collect()
+    };
+    let q = words(question);
+    if q.len() < 4 {
+        return false;
+    }
+    let a = words(answer);
+    // Longest common subsequence, one row at a time (answers are a few hundred words).
+    let mut row = vec![0usize; a.len() + 1];
+    for qw in &q {
+        let mut diag = 0;
+        for (j, aw) in a.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = if qw == aw { diag + 1 } else { up.max(row[j]) };
+            diag = up;
+        }
+    }
+    let common = row[a.len()];
+    common * 5 >= q.len() * 4
+}
+
 /// Where the driver's questions come from.
 pub enum Source {
     /// `panda ask`: these questions in order; then, with `wait_timers`, every pending
@@ -168,11 +212,22 @@ impl Driver {
     ) -> Vec<Answered> {
         let mut fired: VecDeque<String> = timers::missed_announcements(missed).into();
         let mut done = Vec::new();
+        // The last spoken answer and when it ended (see `is_echo_of`).
+        let mut last_spoken: Option<(String, std::time::Instant)> = None;
         while let Some(job) = self.next_job(&mut source, &mut fired).await {
             host.busy();
             let spoken = matches!(job, Job::Spoken(_));
             let (turn, text, announce) = match job {
                 Job::Spoken(q) if q.turn.token.is_cancelled() || q.text.trim().is_empty() => {
+                    host.idle();
+                    continue;
+                }
+                Job::Spoken(q)
+                    if last_spoken.as_ref().is_some_and(|(a, at)| {
+                        at.elapsed() < ECHO_QUESTION_WINDOW && is_echo_of(&q.text, a)
+                    }) =>
+                {
+                    tracing::info!(turn = q.turn.id, heard = %q.text, "the question is Panda's own answer heard back; ignored");
                     host.idle();
                     continue;
                 }
@@ -189,6 +244,7 @@ impl Driver {
             host.answered(turn.id, &outcome);
             if self.sentences.is_some() && !outcome.answer.is_empty() {
                 let whole = self.wait_heard(&turn, &mut fired).await;
+                last_spoken = Some((outcome.answer.clone(), std::time::Instant::now()));
                 if spoken && whole && fired.is_empty() {
                     self.follow_up(&outcome.answer).await;
                 }
@@ -353,6 +409,26 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_made_of_the_answer_s_own_words_is_its_echo() {
+        let story = "Once upon a time a child called out, hey panda, to a sleepy bear. \
+                     Then came part 4 of the story, about the river and the hills.";
+        // Heard under a "stop" on a busy machine (the device test).
+        assert!(is_echo_of(
+            "Then came the story about the river and the hill.",
+            story
+        ));
+        assert!(is_echo_of("A child called out to a sleepy bear.", story));
+        // The person's own questions, even about the answer.
+        assert!(!is_echo_of("What is the capital of France?", story));
+        assert!(!is_echo_of("Tell me more about the bear.", story));
+        assert!(!is_echo_of("What happened at the river?", story));
+        assert!(!is_echo_of("Stop.", story));
+        assert!(!is_echo_of("the river and the hills", "What time is it?"));
+        // Too short to tell.
+        assert!(!is_echo_of("the river and", story));
+    }
 
     #[test]
     fn a_follow_up_comes_after_a_question_or_always_when_configured() {

@@ -374,7 +374,7 @@ impl Appliance {
             .env("PANDA_LLM__BACKEND", "openai")
             .env(
                 "RUST_LOG",
-                "warn,panda::audio=debug,panda::listen=debug,panda::app=debug,panda::speak=debug,panda::think=debug,panda::web=info",
+                "warn,panda::audio=debug,panda::listen=debug,panda::app=debug,panda::think=debug,panda::web=info",
             )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
