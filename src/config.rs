@@ -266,8 +266,9 @@ pub struct EndpointConfig {
     /// An utterance is cut here even if the speaker goes on.
     pub max_utterance_ms: u64,
     /// After a wake word, how long the question has to start (people pause after a wake
-    /// word, waiting for the device to show it heard them); then a `no_question` event
-    /// and back to idle. (`no_speech_timeout_ms` is the old name.)
+    /// word, waiting for the device to show it heard them), counted from the earcon — the
+    /// moment the wake word check accepted the detection; then a `no_question` event and
+    /// back to idle. (`no_speech_timeout_ms` is the old name.)
     #[serde(alias = "no_speech_timeout_ms")]
     pub question_timeout_ms: u64,
     /// Voicing that runs on from a wake detection for at most this long is the wake

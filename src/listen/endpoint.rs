@@ -319,7 +319,10 @@ impl Endpointer {
         match how {
             Arm::Wake { hold_after, hold } => Armed {
                 at,
-                timeout: self.p.question_timeout,
+                // The question's time counts from the earcon, which the person waits
+                // for: the frames captured while the wake word check ran (seconds on a
+                // loaded machine) are not theirs to lose.
+                timeout: self.p.question_timeout + hold_after,
                 hold: (at + hold_after as u64, at + (hold_after + hold) as u64),
                 tail_open: true,
                 floor: at,
@@ -649,6 +652,21 @@ mod tests {
         // Frame 2 is silent: the tail is closed; 3 voiced, 4–7 held (the run breaks),
         // then 8–10 voiced start speech at 8.
         assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 8 });
+    }
+
+    #[test]
+    fn the_question_timeout_counts_from_the_earcon() {
+        // 10 frames of timeout after the 6 frames captured before the earcon: speech
+        // starting at frame 14 (12 frames after the arming at 2) is the question.
+        let how = Arm::Wake {
+            hold_after: 6,
+            hold: 0,
+        };
+        let ev = run_as(P, "..............xxxx......", 2, how);
+        assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 14 });
+        // And the window still ends: 16 frames after the arming.
+        let ev = run_as(P, "........................", 2, how);
+        assert_eq!(ev, vec![(17, Endpoint::NoSpeech { at_seq: 17 })]);
     }
 
     #[test]
