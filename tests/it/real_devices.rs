@@ -803,9 +803,13 @@ fn barge_in_silences_the_speaker_and_the_next_question_works() {
     // The barge-in is decided by the wake word's second stage (300 ms of audio after the
     // detection, then Whisper on the phrase) and reaches the speaker within a tick; with
     // the echo canceller's frame in between, measured 310–380 ms after the end of a
-    // short "stop" said right after "hey panda" on this 2-core machine.
+    // short "stop" said right after "hey panda" on this 2-core machine, and 740 ms with
+    // a CPU hog on one core (Whisper's check took 4.2 s beside Kokoro). The bound is
+    // for what a timed test can say on a loaded CI machine: the cut comes with the
+    // person's own "hey panda", not with a later detection or none (the faults this
+    // test found cut 2–10 s late); `panda bench aec` measures the latency itself.
     assert!(
-        after_stop_ms <= 500,
+        after_stop_ms <= 1500,
         "quiet {after_stop_ms} ms after the end of stop"
     );
     // The next question works: heard, transcribed, answered and played (where it is routed
