@@ -402,8 +402,9 @@ impl EchoCanceller {
             energy(&self.capture_tail) + energy(&frame[..FRAME_SAMPLES - LINEAR_LAG_SAMPLES]);
         self.capture_tail
             .copy_from_slice(&frame[FRAME_SAMPLES - LINEAR_LAG_SAMPLES..]);
+        let linear_energy = energy(&linear[..]);
         let near_end = if any_far {
-            self.double_talk.near_end(aligned, energy(&linear[..]))
+            self.double_talk.near_end(aligned, linear_energy)
         } else {
             self.double_talk.reset();
             false
@@ -417,7 +418,7 @@ impl EchoCanceller {
             // passes a filter with no echo path unchanged, and the double-talk
             // detector's floor, never measured without an echo, creeps up under a
             // person who talks on for two seconds and stops flagging them.
-            let removed_db = db(energy(&linear[..]) / aligned.max(1e-9));
+            let removed_db = db(linear_energy / aligned.max(1e-9));
             let level = if self.no_echo && removed_db > -NEAR_END_MARGIN_DB {
                 -120.0
             } else {
@@ -431,12 +432,12 @@ impl EchoCanceller {
             // Of the quietest of a run of frames: an echo's syllable is loud for many
             // frames in a row, a person's onset that the double-talk detector has not
             // flagged yet for one or two.
-            if self.echo_run.len() == ECHO_RUN_FRAMES {
-                let run = self.echo_run.iter().copied().fold(f32::MAX, f32::min);
-                self.echo_peak_db = (self.echo_peak_db - 0.1).max(run);
+            let run = if self.echo_run.len() == ECHO_RUN_FRAMES {
+                self.echo_run.iter().copied().fold(f32::MAX, f32::min)
             } else {
-                self.echo_peak_db = (self.echo_peak_db - 0.1).max(-120.0);
-            }
+                -120.0
+            };
+            self.echo_peak_db = (self.echo_peak_db - 0.1).max(run);
             self.far_frames += 1;
         } else {
             self.echo_run.clear();
