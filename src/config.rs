@@ -84,6 +84,8 @@ pub struct Config {
     pub run: RunConfig,
     /// Panda's engines as Wyoming services (Home Assistant).
     pub wyoming: WyomingConfig,
+    /// Satellite mode: a hub (Home Assistant) answers what Panda hears.
+    pub satellite: SatelliteConfig,
     /// Helper agents (`[[agents]]`), called over HTTP for the intents they serve.
     pub agents: Vec<AgentConfig>,
     /// Logging.
@@ -119,6 +121,7 @@ impl Default for Config {
             web: WebConfig::default(),
             run: RunConfig::default(),
             wyoming: WyomingConfig::default(),
+            satellite: SatelliteConfig::default(),
             agents: default_agents(),
             log: LogConfig::default(),
         }
@@ -738,6 +741,50 @@ impl Default for WyomingConfig {
     }
 }
 
+/// `[satellite]`: Panda as a Wyoming satellite (`panda run --satellite`). A hub — Home
+/// Assistant's Wyoming integration — connects to Panda, and after each wake word Panda
+/// sends it the question's audio and plays the answer it sends back. Wake word, voice
+/// activity, echo cancellation and barge-in stay on Panda. With no hub connected, Panda
+/// answers by itself (`local_fallback`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SatelliteConfig {
+    /// Run as a satellite (`panda run --satellite` sets it).
+    pub enabled: bool,
+    /// Where the hub connects (`tcp://HOST:PORT`; 10700 is the satellite port by
+    /// convention). Loopback by default: Wyoming has no authentication, and whoever
+    /// connects hears every question — bind a LAN address only on a trusted network.
+    pub listen: String,
+    /// The satellite's name in `info` (what Home Assistant shows); empty:
+    /// `panda-<host name>`.
+    pub name: String,
+    /// The area (room) the satellite reports; empty: none.
+    pub area: String,
+    /// A question sent to the hub with no reply (transcript, answer audio or error)
+    /// for this long ends the turn (the hub is stuck or ignored it).
+    pub answer_timeout_ms: u64,
+    /// With no hub connected, Panda answers the question itself (its own Whisper,
+    /// skills and LLM); off: the question is dropped with a log line.
+    pub local_fallback: bool,
+    /// Announce the satellite over zeroconf (`_wyoming._tcp.local.`) so Home Assistant
+    /// discovers it. Off by default, as for `[wyoming]`.
+    pub zeroconf: bool,
+}
+
+impl Default for SatelliteConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "tcp://127.0.0.1:10700".into(),
+            name: String::new(),
+            area: String::new(),
+            answer_timeout_ms: 15_000,
+            local_fallback: true,
+            zeroconf: false,
+        }
+    }
+}
+
 /// `[web]`: the status page (HTML, live events over SSE), its JSON API and `/metrics`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -1173,6 +1220,16 @@ impl Config {
             3_600_000,
         )?;
         int("wyoming.max_audio_ms", wy.max_audio_ms, 1_000, 600_000)?;
+        let sat = &self.satellite;
+        if sat.enabled && !sat.listen.starts_with("tcp://") {
+            return Err(invalid("satellite.listen", "must be tcp://HOST:PORT"));
+        }
+        int(
+            "satellite.answer_timeout_ms",
+            sat.answer_timeout_ms,
+            1_000,
+            600_000,
+        )?;
         int("endpoint.pre_roll_ms", e.pre_roll_ms, 0, 5_000)?;
         int("endpoint.speech_start_ms", e.speech_start_ms, 10, 5_000)?;
         int("endpoint.hangover_ms", e.hangover_ms, 10, 10_000)?;

@@ -72,6 +72,8 @@ pub enum AnswerSource {
     Apology,
     /// A timer or alarm announcement.
     Timer,
+    /// The hub Panda is a satellite of (Home Assistant, over Wyoming).
+    Hub,
     /// Nothing (a stop, or a turn cancelled before any answer).
     None,
 }
@@ -86,6 +88,7 @@ impl AnswerSource {
             AnswerSource::Template => "template",
             AnswerSource::Apology => "apology",
             AnswerSource::Timer => "timer",
+            AnswerSource::Hub => "hub",
             AnswerSource::None => "none",
         }
     }
@@ -184,6 +187,9 @@ pub enum Speech {
     /// Synthesise for someone other than the speaker (a Wyoming client): the audio goes
     /// back on the request's own channel, not to playback.
     Serve(ServedSpeech),
+    /// Audio made elsewhere (the hub's answer in satellite mode), played in its turn's
+    /// order like synthesised speech: TTS passes it to playback unchanged.
+    Play(PcmChunk),
 }
 
 /// Text to synthesise for a client of Panda's TTS (see [`Speech::Serve`]).
@@ -230,6 +236,32 @@ pub enum BreakerState {
     Open,
     /// One probe call is in flight or allowed.
     HalfOpen,
+}
+
+/// What satellite mode reports (see [`Event::Satellite`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SatelliteNews {
+    /// A hub connected (a newer connection replaces the older one).
+    Connected,
+    /// The hub went away.
+    Disconnected,
+    /// The hub is ready to run pipelines (`run-satellite`).
+    Running,
+    /// The hub paused the satellite (muted in Home Assistant): questions are not sent.
+    Paused,
+    /// The question's audio went to the hub.
+    Sent,
+    /// The hub answered with an error; the turn ends.
+    HubError,
+    /// The hub did not reply within `[satellite] answer_timeout_ms`; the turn ends.
+    NoReply,
+    /// The hub's answer has played (`played` sent).
+    Played,
+    /// No hub is connected: Panda answers the question itself.
+    Local,
+    /// The question was dropped (paused, or no hub and no local fallback).
+    Dropped,
 }
 
 /// Why an utterance ended.
@@ -452,6 +484,15 @@ pub enum Event {
         turn: u64,
         /// Stage that noticed the cancellation.
         stage: &'static str,
+    },
+    /// Satellite mode: the hub connected, paused, ran a question, or failed to.
+    Satellite {
+        /// The turn it concerns (none for the connection's own changes).
+        turn: Option<u64>,
+        /// What happened.
+        what: SatelliteNews,
+        /// The hub's address, its error text, or what was dropped.
+        detail: String,
     },
     /// A recoverable error inside a turn or a stage.
     Error {

@@ -114,6 +114,9 @@ pub enum AppError {
     /// The Wyoming server could not start (bad address, port in use).
     #[error(transparent)]
     Wyoming(#[from] crate::wyoming::server::ServerError),
+    /// Satellite mode could not start (`[satellite] listen`: bad address, port in use).
+    #[error("satellite: {0}")]
+    Satellite(#[from] crate::wyoming::satellite::SatelliteError),
     /// The zeroconf announcement failed (`[wyoming] zeroconf`).
     #[error(transparent)]
     Zeroconf(#[from] crate::wyoming::zeroconf::ZeroconfError),
@@ -247,4 +250,6 @@ pub struct RunSummary {
     pub frames_dropped: u64,
     /// The Wyoming server's address, when served (`[wyoming] listen`).
     pub wyoming_addr: Option<String>,
+    /// Where the satellite waits for its hub (`--satellite`).
+    pub satellite_addr: Option<std::net::SocketAddr>,
 }

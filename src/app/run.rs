@@ -128,8 +128,20 @@ pub async fn run(
     if let Some(stats) = listening.aec_stats.clone() {
         mirror_echo(&root, metrics.clone(), stats);
     }
-    let _stt_stage = spawn_stt_stage(
+    // Satellite mode sits on the utterance edge: questions go to the hub when one is
+    // connected, to the local STT stage otherwise.
+    let (satellite, utterances, sat_zeroconf) = satellite(
+        cfg,
         ears.utterances,
+        &speaking.sentences,
+        &ev_tx,
+        &active,
+        &root,
+        &mut summary,
+    )
+    .await?;
+    let _stt_stage = spawn_stt_stage(
+        utterances,
         Some(transcriber),
         ev_tx.clone(),
         Some(q_tx),
@@ -174,6 +186,7 @@ pub async fn run(
         barge_in: cfg.run.barge_in.then(|| active.clone()),
         watchdog: watchdog_interval(cfg.run.watchdog_ms).map(|every| (progress, every)),
         earcon: earcon.map(|c| (speaking.cues.clone(), c)),
+        satellite,
     };
     let parts = Consume {
         events: ev_rx,
@@ -185,6 +198,9 @@ pub async fn run(
     summary.turns = consume(cfg, &root, parts, extras).await.len();
 
     servers.stop().await;
+    if let Some(a) = sat_zeroconf {
+        a.withdraw().await;
+    }
     summary.frames_dropped = listening.frames().1;
     close(thinking.memory, listening, cfg.run.grace_ms).await;
     Ok(summary)
@@ -338,6 +354,69 @@ impl Ears {
             control: control_tx,
         })
     }
+}
+
+/// Satellite mode (`[satellite] enabled`): the actor between the listener and the STT
+/// stage, waiting for its hub. Returns its report edge (for the event consumer), the
+/// utterance edge the STT stage reads (the listener's own without satellite mode), and
+/// the zeroconf announcement.
+#[allow(clippy::type_complexity)]
+async fn satellite(
+    cfg: &Config,
+    utterances: mpsc::Receiver<Utterance>,
+    speech: &mpsc::Sender<crate::event::Speech>,
+    events: &mpsc::Sender<Event>,
+    active: &ActiveTurn,
+    root: &CancellationToken,
+    summary: &mut RunSummary,
+) -> Result<
+    (
+        Option<mpsc::Sender<Event>>,
+        mpsc::Receiver<Utterance>,
+        Option<crate::wyoming::zeroconf::Announcement>,
+    ),
+    AppError,
+> {
+    use crate::wyoming::satellite::{self, SATELLITE_REPORT_EDGE, SatelliteIo, SatelliteOptions};
+    let sat = &cfg.satellite;
+    if !sat.enabled {
+        return Ok((None, utterances, None));
+    }
+    let name = Some(sat.name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(crate::wyoming::zeroconf::default_name);
+    let (local_tx, local_rx) = mpsc::channel::<Utterance>(UTTERANCE_EDGE);
+    let (reports_tx, reports_rx) = mpsc::channel::<Event>(SATELLITE_REPORT_EDGE);
+    let opts = SatelliteOptions {
+        info: crate::wyoming::info::SatelliteInfo {
+            name: name.clone(),
+            area: Some(sat.area.clone()).filter(|a| !a.is_empty()),
+            wake_word: (
+                crate::wyoming::server::wake_name(&cfg.wake.phrase),
+                cfg.wake.phrase.clone(),
+            ),
+        },
+        served: Default::default(),
+        answer_timeout: Duration::from_millis(sat.answer_timeout_ms),
+        local_fallback: sat.local_fallback,
+    };
+    let io = SatelliteIo {
+        utterances,
+        local: local_tx,
+        speech: speech.downgrade(),
+        events: events.clone(),
+        reports: reports_rx,
+        active: active.clone(),
+        root: root.clone(),
+    };
+    let (addr, _task) = satellite::start(&sat.listen, opts, io, root.child_token()).await?;
+    summary.satellite_addr = Some(addr);
+    let announcement = if sat.zeroconf {
+        Some(crate::wyoming::zeroconf::Announcement::start(&name, addr)?)
+    } else {
+        None
+    };
+    Ok((Some(reports_tx), local_rx, announcement))
 }
 
 /// The canceller's figures reach the metrics and the status page once a second;

@@ -34,6 +34,9 @@ pub struct Extras {
     pub watchdog: Option<(Arc<Progress>, Duration)>,
     /// The wake earcon and playback's cue edge: played on every wake.
     pub earcon: Option<(mpsc::Sender<Cue>, Cue)>,
+    /// Satellite mode's actor: wake words, stop words and playback's reports
+    /// (`SATELLITE_REPORT_EDGE`, never waited on).
+    pub satellite: Option<mpsc::Sender<Event>>,
 }
 
 /// The parts the consumer waits on.
@@ -172,6 +175,15 @@ fn observe(ev: &Event, extras: &Extras, progress: Option<&Progress>) {
             h.metrics.barge_ins.add(1);
         }
         tracing::info!(turn, why, "the answer in progress is cancelled");
+    }
+    if let Some(sat) = &extras.satellite
+        && matches!(
+            ev,
+            Event::Wake { .. } | Event::Stop { .. } | Event::Spoken { .. }
+        )
+        && let Err(mpsc::error::TrySendError::Full(_)) = sat.try_send(ev.clone())
+    {
+        tracing::warn!("satellite: its report edge is full; a report is dropped");
     }
     // After the barge-in's cancel, so playback has silenced the old answer first (its
     // select takes a cancel before a cue).

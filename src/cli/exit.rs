@@ -83,7 +83,10 @@ fn code_for(e: &(dyn std::error::Error + 'static)) -> i32 {
             AppError::NothingToSay => exit::DATA_ERR,
             AppError::Timers(_) => exit::CANT_CREATE,
             AppError::Memory(m) => memory_code(m),
-            AppError::Web(_) | AppError::Wyoming(_) | AppError::Zeroconf(_) => exit::UNAVAILABLE,
+            AppError::Web(_)
+            | AppError::Wyoming(_)
+            | AppError::Satellite(_)
+            | AppError::Zeroconf(_) => exit::UNAVAILABLE,
             // Only a bad `wyoming_url` fails at start (validation catches it first).
             AppError::Remote(_) => exit::CONFIG,
             AppError::Thread(_) | AppError::Aec(_) => exit::SOFTWARE,

@@ -368,6 +368,10 @@ pub struct RunArgs {
     /// Print pipeline events as JSON lines on stdout.
     #[arg(long)]
     json: bool,
+    /// Run as a Wyoming satellite: a hub (Home Assistant) connects on `[satellite]
+    /// listen` and answers what Panda hears (Panda answers itself while none is).
+    #[arg(long)]
+    satellite: bool,
 }
 
 #[derive(Args)]

@@ -13,6 +13,14 @@ use super::output::{audio_output, file_spec, print_json};
 use super::{RunArgs, cancel_on_signals, runtime};
 
 pub fn run(cfg: &Config, a: RunArgs) -> Result<(), Exit> {
+    let mut with_satellite;
+    let cfg = if a.satellite && !cfg.satellite.enabled {
+        with_satellite = cfg.clone();
+        with_satellite.satellite.enabled = true;
+        &with_satellite
+    } else {
+        cfg
+    };
     let file_mode = a.input.is_some();
     let input = match a.input {
         Some(path) => {

@@ -214,6 +214,10 @@ fn serve(k: &mut Kokoro, opts: &TtsOptions, remote: Option<&Remote>, mut io: Tts
                 });
             }
             Speech::End { .. } => {}
+            Speech::Play(c) if !c.turn.token.is_cancelled() => {
+                let _ = io.pcm.blocking_send(c);
+            }
+            Speech::Play(_) => stats.skipped_cancelled += 1,
             Speech::Serve(s) => {
                 let _span = tracing::debug_span!("tts_served", chars = s.text.len()).entered();
                 stats.sentences += u64::from(serve_one(k, &s, &mut stats));

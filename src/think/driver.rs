@@ -163,6 +163,20 @@ impl ActiveTurn {
         *crate::lock(&self.0) = turn;
     }
 
+    /// Makes `turn` the one in progress: a turn answered outside the driver (by the hub
+    /// in satellite mode) is cut by barge-in and the status page's stop like any other.
+    pub fn begin(&self, turn: Turn) {
+        self.set(Some(turn));
+    }
+
+    /// Clears the turn in progress if it is still `id`.
+    pub fn end(&self, id: u64) {
+        let mut g = crate::lock(&self.0);
+        if g.as_ref().is_some_and(|t| t.id == id) {
+            *g = None;
+        }
+    }
+
     /// Cancels the turn in progress unless it is `except` (the new turn of a barge-in);
     /// true if one was cancelled.
     pub fn cancel(&self, except: Option<u64>) -> bool {

@@ -509,6 +509,28 @@ impl Hub {
                 Event::Error { stage, message } => {
                     publish.push(serde_json::json!({"type": "log", "at": clock(), "text": format!("error in {stage}: {message}")}));
                 }
+                Event::Satellite { what, detail, .. } => {
+                    use crate::event::SatelliteNews as N;
+                    let text = match what {
+                        N::Connected => format!("hub connected: {detail}"),
+                        N::Disconnected => format!("hub disconnected: {detail}"),
+                        N::Running => "the hub is ready for questions".to_string(),
+                        N::Paused => "the hub paused this satellite (muted)".to_string(),
+                        N::Sent => format!("question sent to the hub: {detail}"),
+                        N::HubError => format!("the hub could not answer: {detail}"),
+                        N::NoReply => format!("no reply from the hub: {detail}"),
+                        N::Played => "the hub's answer played".to_string(),
+                        N::Local => "no hub: Panda answers itself".to_string(),
+                        N::Dropped => format!("question dropped: {detail}"),
+                    };
+                    publish.push(serde_json::json!({"type": "log", "at": clock(), "text": text}));
+                    // A question that ends without an answer returns to listening.
+                    if matches!(what, N::HubError | N::NoReply | N::Dropped)
+                        && g.state == State::Thinking
+                    {
+                        state = Some(State::Listening);
+                    }
+                }
                 _ => {}
             }
             for p in &publish {

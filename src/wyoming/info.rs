@@ -101,6 +101,63 @@ pub fn info(served: &Served) -> Event {
     ev
 }
 
+/// What a satellite says of itself in `info` (Python's `wyoming.info.Satellite`).
+#[derive(Debug, Clone)]
+pub struct SatelliteInfo {
+    /// The name Home Assistant shows.
+    pub name: String,
+    /// The room, if set.
+    pub area: Option<String>,
+    /// The wake word it listens for (its id, e.g. `hey_panda`) and its phrase.
+    pub wake_word: (String, String),
+}
+
+/// The `info` event of a satellite: the satellite entry (with a local VAD: Panda
+/// endpoints the question itself) and its wake word, the services of `served` too.
+pub fn satellite_info(served: &Served, sat: &SatelliteInfo) -> Event {
+    let mut ev = info(served);
+    let by = attribution("Panda", "");
+    ev.data.insert(
+        "satellite".into(),
+        json!({
+            "name": sat.name,
+            "description": "Panda voice satellite (wake word, VAD and echo cancellation on the device)",
+            "attribution": by,
+            "installed": true,
+            "version": env!("CARGO_PKG_VERSION"),
+            "area": sat.area,
+            "has_vad": true,
+            "active_wake_words": [sat.wake_word.0],
+            "max_active_wake_words": 1,
+            "supports_trigger": false,
+        }),
+    );
+    if served.wake.is_none() {
+        // The satellite's own wake word, so the hub can name the phrase it heard.
+        let (id, phrase) = &sat.wake_word;
+        ev.data.insert(
+            "wake".into(),
+            json!([{
+                "name": "panda-wake",
+                "description": "Wake word (detected on the satellite)",
+                "attribution": attribution("rustpotter", "https://github.com/GiviMAD/rustpotter"),
+                "installed": true,
+                "version": env!("CARGO_PKG_VERSION"),
+                "models": [{
+                    "name": id,
+                    "description": phrase,
+                    "attribution": by,
+                    "installed": true,
+                    "version": Value::Null,
+                    "languages": ["en"],
+                    "phrase": phrase,
+                }],
+            }]),
+        );
+    }
+    ev
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,12 @@
 //! - [`zeroconf`]: the opt-in `_wyoming._tcp.local.` announcement Home Assistant
 //!   discovers servers by.
 //!
-//! Satellite mode builds on it (see the Wyoming issue).
+//! - [`satellite`]: satellite mode (`panda run --satellite`): a hub (Home Assistant)
+//!   answers the questions Panda hears and sends back the audio Panda plays.
 
 pub mod client;
 pub mod codec;
 pub mod info;
+pub mod satellite;
 pub mod server;
 pub mod zeroconf;

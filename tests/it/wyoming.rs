@@ -963,3 +963,286 @@ fn zeroconf_announces_the_server_and_withdraws_it_on_shutdown() {
     );
     let _ = mdns.shutdown();
 }
+
+/// A microphone on a child's stdin: an endless 16 kHz WAV of silence at real time, with
+/// speech spliced in when asked; closing it ends the recording.
+struct Mic {
+    speech: std::sync::mpsc::Sender<Vec<i16>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Mic {
+    fn start(mut stdin: std::process::ChildStdin) -> Mic {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<i16>>();
+        let thread = std::thread::spawn(move || {
+            let mut h = Vec::with_capacity(44);
+            h.extend_from_slice(b"RIFF");
+            h.extend_from_slice(&u32::MAX.to_le_bytes());
+            h.extend_from_slice(b"WAVEfmt ");
+            for (v, n) in [
+                (16u32, 4),
+                (1, 2),
+                (1, 2),
+                (16_000, 4),
+                (32_000, 4),
+                (2, 2),
+                (16, 2),
+            ] {
+                h.extend_from_slice(&v.to_le_bytes()[..n]);
+            }
+            h.extend_from_slice(b"data");
+            h.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
+            if stdin.write_all(&h).is_err() {
+                return;
+            }
+            let start = Instant::now();
+            let mut sent_ms = 0u64;
+            loop {
+                let pcm = match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => vec![0i16; 320],
+                    Err(_) => return, // closed: the recording ends
+                };
+                for chunk in pcm.chunks(320) {
+                    let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+                    if stdin.write_all(&bytes).is_err() {
+                        return;
+                    }
+                    sent_ms += chunk.len() as u64 / 16;
+                    let due = start + Duration::from_millis(sent_ms);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+        });
+        Mic { speech: tx, thread }
+    }
+
+    fn say(&self, pcm: Vec<i16>) {
+        self.speech.send(pcm).unwrap();
+    }
+
+    fn close(self) {
+        drop(self.speech);
+        let _ = self.thread.join();
+    }
+}
+
+/// What a failed child said on stderr (it is killed first).
+fn hub_err(child: &mut Child) -> String {
+    let _ = child.kill();
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Lines of a child's stdout, as they come.
+fn lines_of(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn a_hub_answers_what_the_satellite_hears_and_panda_answers_itself_without_one() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ask = |parts: &[&str], name: &str| {
+        common::kokoro_speech(dir.path(), name, "am_michael", parts, &[900, 1500])
+    };
+    let time_q = ask(&["Hey panda.", "What time is it?"], "time");
+    let france_q = ask(&["Hey panda.", "What is the capital of France?"], "france");
+    // The hub's answer: Kokoro's voice at Home Assistant's TTS rate.
+    let answer_wav = dir.path().join("answer.wav");
+    let r = common::panda(&[
+        "say",
+        "Paris is the capital of France.",
+        "--rate",
+        "22050",
+        "-o",
+        answer_wav.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let state = tempfile::tempdir().unwrap();
+    let out_wav = dir.path().join("out.wav");
+    let mut child = common::command_in(state.path())
+        .args(["run", "--satellite", "--json", "--no-web", "--realtime"])
+        .args(["--input", "-", "--output"])
+        .arg(&out_wav)
+        .env("PANDA_SATELLITE__LISTEN", format!("tcp://{addr}"))
+        .env("PANDA_LLM__ENABLED", "false")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mic = Mic::start(child.stdin.take().unwrap());
+    let events = lines_of(child.stdout.take().unwrap());
+    let mut seen: Vec<Value> = Vec::new();
+    // Waits for an event matching `want`, keeping every event seen.
+    let mut wait_for = |what: &str, secs: u64, want: &dyn Fn(&Value) -> bool| -> Value {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Ok(line) = events.recv_timeout(Duration::from_millis(200))
+                && let Ok(ev) = serde_json::from_str::<Value>(&line)
+            {
+                seen.push(ev.clone());
+                if want(&ev) {
+                    return ev;
+                }
+            }
+        }
+        panic!("no {what} within {secs} s; events: {seen:#?}");
+    };
+    let t = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the satellite never listened"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // No hub yet: Panda answers itself.
+    mic.say(time_q);
+    wait_for("local fallback", 60, &|e| {
+        e["type"] == "satellite" && e["what"] == "local"
+    });
+    let route = wait_for("a route", 60, &|e| e["type"] == "route");
+    assert_eq!(route["target"], "skill:time", "{route}");
+    wait_for("the time spoken", 60, &|e| e["type"] == "spoken");
+
+    // The hub connects (as Home Assistant does) and answers the next question.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/wyoming_client.py");
+    let question_wav = dir.path().join("question.wav");
+    let mut hub = Command::new(&py)
+        .arg(script)
+        .arg(format!("tcp://{addr}"))
+        .arg("satellite")
+        .arg(&question_wav)
+        .arg(&answer_wav)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hub_lines = lines_of(hub.stdout.take().unwrap());
+    let ready: Value = serde_json::from_str(
+        &hub_lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let err = hub_err(&mut hub);
+                panic!("the hub never got info and a pong: {err}")
+            }),
+    )
+    .unwrap();
+    let info = &ready["ready"];
+    assert!(
+        info["satellite"].as_str().is_some_and(|n| !n.is_empty()),
+        "{ready}"
+    );
+    assert_eq!(info["has_vad"], true, "{ready}");
+    assert_eq!(info["active_wake_words"][0], "hey_panda", "{ready}");
+    assert_eq!(
+        info["wake"][0],
+        serde_json::json!(["hey_panda", "hey panda"]),
+        "{ready}"
+    );
+    wait_for("the hub running", 10, &|e| {
+        e["type"] == "satellite" && e["what"] == "running"
+    });
+
+    mic.say(france_q);
+    let done: Value = serde_json::from_str(
+        &hub_lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                let err = hub_err(&mut hub);
+                panic!("the hub never got `played`: {err}")
+            }),
+    )
+    .unwrap();
+    println!("hub: {done}");
+    let status = hub.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(done["run_pipeline"]["start_stage"], "asr", "{done}");
+    assert_eq!(done["run_pipeline"]["end_stage"], "tts", "{done}");
+    assert_eq!(
+        done["run_pipeline"]["wake_word_name"], "hey_panda",
+        "{done}"
+    );
+    assert_eq!(done["format"], serde_json::json!([16000, 2, 1]), "{done}");
+    // Pings were answered at once throughout, the answer's playback included.
+    assert!(done["pongs"].as_u64().unwrap() >= 2, "{done}");
+    assert!(done["max_pong_ms"].as_f64().unwrap() < 1000.0, "{done}");
+    // `played` comes once the answer has played (the output is paced in real time),
+    // and the hub's pings were answered meanwhile.
+    let (played, answer) = (
+        done["played_after_ms"].as_f64().unwrap(),
+        done["answer_ms"].as_f64().unwrap(),
+    );
+    assert!(played > answer * 0.8, "{done}");
+    let sent = wait_for("the question sent", 10, &|e| {
+        e["type"] == "satellite" && e["what"] == "sent"
+    });
+    let turn = sent["turn"].clone();
+    wait_for("played", 30, &|e| {
+        e["type"] == "satellite" && e["what"] == "played"
+    });
+    mic.close();
+    let status = child.wait().unwrap();
+    for line in events.try_iter() {
+        if let Ok(ev) = serde_json::from_str::<Value>(&line) {
+            seen.push(ev);
+        }
+    }
+    assert!(status.success(), "{status:?}");
+    let of_turn = |t: &str| -> Vec<&Value> {
+        seen.iter()
+            .filter(|e| e["type"] == t && e["turn"] == turn)
+            .collect()
+    };
+    // The hub's transcript and answer are the turn's; nothing answered it here.
+    assert_eq!(
+        of_turn("transcript")[0]["text"],
+        "What is the capital of France?"
+    );
+    assert_eq!(of_turn("answer")[0]["source"], "hub");
+    assert!(
+        of_turn("route").is_empty(),
+        "answered locally too: {seen:#?}"
+    );
+    let spoken = of_turn("spoken");
+    assert_eq!(spoken.len(), 1, "{spoken:?}");
+    assert_eq!(spoken[0]["interrupted"], false);
+
+    // What the hub received is the question, from the wake word on; what played is
+    // the hub's answer.
+    let heard = |wav: &Path| {
+        common::panda(&["transcribe", wav.to_str().unwrap()])
+            .stdout
+            .to_lowercase()
+    };
+    let q = heard(&question_wav);
+    assert!(
+        q.contains("capital") && q.contains("france"),
+        "the hub got {q:?}"
+    );
+    assert!(
+        !q.contains("panda"),
+        "the wake phrase went to the hub: {q:?}"
+    );
+    let a = heard(&out_wav);
+    assert!(a.contains("paris"), "played {a:?}");
+}

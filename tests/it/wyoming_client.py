@@ -5,6 +5,14 @@ Panda's Wyoming tests: each command prints one JSON object on stdout.
     python wyoming_client.py URI transcribe IN.wav [LANGUAGE]
     python wyoming_client.py URI synthesize TEXT OUT.wav [--stream] [VOICE]
     python wyoming_client.py URI detect IN.wav
+    python wyoming_client.py URI satellite QUESTION_OUT.wav ANSWER.wav
+
+`satellite` plays Home Assistant's part against Panda in satellite mode, the way its
+Wyoming integration does: `run-satellite`, `describe`, a `ping` 2 s after each `pong`
+(a satellite silent for 5 s is dropped); it prints `{"ready": …}` once the satellite
+answered, waits for `run-pipeline` and the question's audio, answers as a pipeline
+would (`transcribe`, `voice-started`, `voice-stopped`, `transcript`, `synthesize`, the
+answer's audio in 1024-sample chunks), waits for `played`, and prints what it saw.
 """
 
 import asyncio
@@ -17,6 +25,11 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncClient
 from wyoming.info import Describe, Info
+from wyoming.ping import Ping, Pong
+from wyoming.pipeline import RunPipeline
+from wyoming.satellite import RunSatellite
+from wyoming.snd import Played
+from wyoming.vad import VoiceStarted, VoiceStopped
 from wyoming.tts import (
     Synthesize,
     SynthesizeChunk,
@@ -41,6 +54,120 @@ async def send_wav(client, path, chunk_ms=100):
                 AudioChunk(rate=rate, width=width, channels=channels, audio=data).event()
             )
         await client.write_event(AudioStop().event())
+
+
+async def satellite(client, question_out, answer_wav, t0):
+    """Home Assistant's side of satellite mode (see the module doc)."""
+    await client.write_event(RunSatellite().event())
+    await client.write_event(Describe().event())
+    seen, pongs, pong_ms, state = [], 0, [], {}
+    ping_at = None  # when the ping in flight was sent
+    next_ping = time.monotonic() + 2.0
+    pcm, run, ready = b"", None, False
+
+    async def next_event():
+        # Like Home Assistant: every wait for the satellite is bounded by 5 s.
+        nonlocal ping_at, next_ping
+        while True:
+            now = time.monotonic()
+            if ping_at is None and now >= next_ping:
+                await client.write_event(Ping(text="ha").event())
+                ping_at = now
+            wait = 0.2 if ping_at is not None else max(0.01, next_ping - now)
+            try:
+                return await asyncio.wait_for(client.read_event(), timeout=min(wait, 5))
+            except asyncio.TimeoutError:
+                if ping_at is not None and time.monotonic() - ping_at > 5:
+                    raise SystemExit("the satellite did not answer a ping within 5 s")
+
+    async def handle(ev):
+        nonlocal pongs, ping_at, next_ping, ready
+        if ev is None:
+            raise SystemExit("the satellite closed the connection")
+        if Pong.is_type(ev.type):
+            pongs += 1
+            pong_ms.append((time.monotonic() - ping_at) * 1000)
+            ping_at, next_ping = None, time.monotonic() + 2.0
+            return True
+        if Ping.is_type(ev.type):
+            await client.write_event(Pong(text=Ping.from_event(ev).text).event())
+            return True
+        seen.append(ev.type)
+        if Info.is_type(ev.type):
+            info = Info.from_event(ev)
+            sat = info.satellite
+            state["info"] = {
+                "satellite": sat.name if sat else None,
+                "has_vad": sat.has_vad if sat else None,
+                "active_wake_words": sat.active_wake_words if sat else None,
+                "wake": [[m.name, m.phrase] for p in info.wake for m in p.models],
+            }
+            return True
+        return False
+
+    # Ready once the satellite has described itself and answered a ping.
+    while not ready:
+        ev = await next_event()
+        await handle(ev)
+        ready = "info" in state and pongs >= 1
+    print(json.dumps({"ready": state["info"]}), flush=True)
+
+    # The question.
+    while True:
+        ev = await next_event()
+        if await handle(ev):
+            continue
+        if RunPipeline.is_type(ev.type):
+            run = ev.data
+        elif AudioChunk.is_type(ev.type) and run is not None:
+            chunk = AudioChunk.from_event(ev)
+            state["format"] = [chunk.rate, chunk.width, chunk.channels]
+            pcm += chunk.audio
+        elif AudioStop.is_type(ev.type) and run is not None:
+            break
+    with wave.open(question_out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+
+    # The pipeline's answer, as Home Assistant sends it.
+    await client.write_event(Transcribe(language="en").event())
+    await client.write_event(VoiceStarted(timestamp=0).event())
+    await client.write_event(VoiceStopped(timestamp=len(pcm) // 32).event())
+    await client.write_event(Transcript(text="What is the capital of France?").event())
+    await client.write_event(Synthesize(text="Paris is the capital of France.").event())
+    with wave.open(answer_wav, "rb") as w:
+        rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+        frames = w.readframes(w.getnframes())
+    await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+    step = 1024 * width * channels
+    for i in range(0, len(frames), step):
+        await client.write_event(
+            AudioChunk(rate=rate, width=width, channels=channels, audio=frames[i:i + step]).event()
+        )
+    await client.write_event(AudioStop().event())
+    sent_at = time.monotonic()
+    audio_s = len(frames) / (rate * width * channels)
+    while True:
+        ev = await next_event()
+        if await handle(ev):
+            continue
+        if Played.is_type(ev.type):
+            break
+        if time.monotonic() - sent_at > audio_s + 60:
+            raise SystemExit("no played event")
+    print(json.dumps({
+        "run_pipeline": run,
+        "question_ms": len(pcm) * 1000 // 32000,
+        "format": state.get("format"),
+        "played_after_ms": (time.monotonic() - sent_at) * 1000,
+        "answer_ms": audio_s * 1000,
+        "pongs": pongs,
+        "max_pong_ms": max(pong_ms),
+        "seen": seen,
+        "ms": (time.monotonic() - t0) * 1000,
+    }), flush=True)
 
 
 async def main():
@@ -145,6 +272,8 @@ async def main():
                         found.append({"name": d.name, "timestamp": d.timestamp})
                     break
             print(json.dumps({"detections": found}))
+        elif cmd == "satellite":
+            await satellite(client, args[0], args[1], t0)
         else:
             raise SystemExit(f"unknown command {cmd}")
 
