@@ -21,6 +21,12 @@
 //!                            watchdog; playback reports + timers ─HEARD_EDGE─▶ turn driver
 //! ```
 //!
+//! With `--satellite` the satellite actor ([`crate::wyoming::satellite`]) sits on the
+//! utterance edge (listener ─UTTERANCE_EDGE─▶ satellite ─UTTERANCE_EDGE─▶ stt stage): a
+//! question goes to the hub when one is connected, and the hub's answer audio enters the
+//! sentence edge as `Speech::Play`; the consumer passes it wake words, stop words and
+//! playback's reports (`SATELLITE_REPORT_EDGE`).
+//!
 //! A new stage: its block in [`topology`] (it owns its thread or task and its edges), one
 //! line in the compositions that use it; a new subcommand: a composition here and a file
 //! in `src/cli/`.

@@ -848,6 +848,251 @@ async fn player(mut pieces: mpsc::Receiver<PcmChunk>, speech: mpsc::WeakSender<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EndReason;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    /// The test's side of things: the hub's socket and every edge of the actor.
+    struct Rig {
+        root: CancellationToken,
+        hub_r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        hub_w: OwnedWriteHalf,
+        utterances: mpsc::Sender<Utterance>,
+        local: mpsc::Receiver<Utterance>,
+        speech: mpsc::Receiver<Speech>,
+        _speech_tx: mpsc::Sender<Speech>,
+        events: mpsc::Receiver<Event>,
+        reports: mpsc::Sender<Event>,
+        addr: std::net::SocketAddr,
+    }
+
+    impl Rig {
+        async fn start() -> Rig {
+            let root = CancellationToken::new();
+            let (utt_tx, utt_rx) = mpsc::channel(4);
+            let (local_tx, local_rx) = mpsc::channel(4);
+            let (speech_tx, speech_rx) = mpsc::channel(64);
+            let (ev_tx, ev_rx) = mpsc::channel(64);
+            let (rep_tx, rep_rx) = mpsc::channel(8);
+            let opts = SatelliteOptions {
+                info: SatelliteInfo {
+                    name: "test".into(),
+                    area: None,
+                    wake_word: ("hey_panda".into(), "hey panda".into()),
+                },
+                served: Served::default(),
+                answer_timeout: Duration::from_secs(5),
+                local_fallback: true,
+            };
+            let io = SatelliteIo {
+                utterances: utt_rx,
+                local: local_tx,
+                speech: speech_tx.downgrade(),
+                events: ev_tx,
+                reports: rep_rx,
+                active: ActiveTurn::default(),
+                root: root.clone(),
+            };
+            let (addr, _task) = start("tcp://127.0.0.1:0", opts, io, root.clone())
+                .await
+                .unwrap();
+            let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+            let mut rig = Rig {
+                root,
+                hub_r: BufReader::new(r),
+                hub_w: w,
+                utterances: utt_tx,
+                local: local_rx,
+                speech: speech_rx,
+                _speech_tx: speech_tx,
+                events: ev_rx,
+                reports: rep_tx,
+                addr,
+            };
+            rig.news(SatelliteNews::Connected).await;
+            rig
+        }
+
+        async fn send(&mut self, f: Frame) {
+            codec::write_event(&mut self.hub_w, &f).await.unwrap();
+        }
+
+        async fn next(&mut self) -> Frame {
+            tokio::time::timeout(Duration::from_secs(5), codec::read_event(&mut self.hub_r))
+                .await
+                .expect("a frame from the satellite")
+                .unwrap()
+                .expect("the connection is open")
+        }
+
+        /// Everything sent before it has been handled once the pong is back.
+        async fn sync(&mut self) {
+            self.send(Frame::new("ping").with("text", "sync")).await;
+            loop {
+                let f = self.next().await;
+                if f.kind == "pong" {
+                    assert_eq!(f.str("text"), Some("sync"));
+                    return;
+                }
+            }
+        }
+
+        async fn news(&mut self, want: SatelliteNews) -> Event {
+            loop {
+                let ev = tokio::time::timeout(Duration::from_secs(5), self.events.recv())
+                    .await
+                    .expect("an event")
+                    .unwrap();
+                if matches!(&ev, Event::Satellite { what, .. } if *what == want) {
+                    return ev;
+                }
+            }
+        }
+
+        fn question(&self) -> (Turn, Utterance) {
+            let turn = Turn::next(&self.root);
+            let u = Utterance {
+                turn: turn.clone(),
+                // 2 s of audio from 500 ms on.
+                samples: vec![100; 32_000],
+                start_ms: 500,
+                end: EndReason::Silence,
+                wake_phrase: Some("hey panda".into()),
+                command: false,
+            };
+            (turn, u)
+        }
+
+        async fn wake(&self, turn: u64, at_ms: u64) {
+            self.reports
+                .send(Event::Wake {
+                    turn,
+                    name: "hey_panda".into(),
+                    score: 0.9,
+                    heard: None,
+                    at_ms,
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    fn audio(kind: &str, ms: u64) -> Frame {
+        let f = Frame::new(kind)
+            .with("rate", 22_050)
+            .with("width", 2)
+            .with("channels", 1);
+        match kind {
+            "audio-chunk" => f.with_payload(vec![1; (22_050 * ms / 1000) as usize * 2]),
+            _ => f,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hub_gets_the_question_and_a_barge_in_discards_the_rest_of_its_answer() {
+        let mut rig = Rig::start().await;
+        rig.send(Frame::new("run-satellite")).await;
+        rig.send(Frame::new("describe")).await;
+        let info = rig.next().await;
+        assert_eq!(info.kind, "info");
+        assert_eq!(info.data["satellite"]["has_vad"], true);
+        rig.news(SatelliteNews::Running).await;
+
+        // A question said in one breath: the hub gets it from the detection (1000 ms)
+        // on, i.e. 1.5 s of the 2 s.
+        let (turn, u) = rig.question();
+        rig.wake(turn.id, 1000).await;
+        rig.sync().await;
+        rig.utterances.send(u).await.unwrap();
+        let mut kinds = Vec::new();
+        let mut samples = 0;
+        loop {
+            let f = rig.next().await;
+            if f.kind == "run-pipeline" {
+                assert_eq!(f.str("start_stage"), Some("asr"));
+                assert_eq!(f.str("end_stage"), Some("tts"));
+                assert_eq!(f.str("wake_word_name"), Some("hey_panda"));
+            }
+            samples += f.payload.len() / 2;
+            let stop = f.kind == "audio-stop";
+            kinds.push(f.kind);
+            if stop {
+                break;
+            }
+        }
+        assert_eq!(&kinds[..3], ["detection", "run-pipeline", "audio-start"]);
+        assert_eq!(samples, 24_000);
+        rig.news(SatelliteNews::Sent).await;
+
+        // The hub answers; its audio plays in the question's turn.
+        rig.send(Frame::new("transcript").with("text", "What time is it?"))
+            .await;
+        rig.send(Frame::new("synthesize").with("text", "It is noon."))
+            .await;
+        rig.send(audio("audio-start", 0)).await;
+        rig.send(audio("audio-chunk", 300)).await;
+        rig.sync().await;
+        let Some(Speech::Play(p)) = rig.speech.recv().await else {
+            panic!("no audio to play")
+        };
+        assert_eq!(p.turn.id, turn.id);
+        assert_eq!(p.rate_hz, 22_050);
+        assert_eq!(p.text, "It is noon.");
+
+        // "Hey panda" over it: the turn is cancelled, and what the hub still sends for
+        // that question — the rest of this group, even a new group — is not played.
+        let barge = Turn::next(&rig.root);
+        rig.wake(barge.id, 9_000).await;
+        tokio::time::timeout(Duration::from_secs(5), turn.token.cancelled())
+            .await
+            .expect("the hub's turn is cancelled");
+        rig.send(audio("audio-chunk", 300)).await;
+        rig.send(audio("audio-stop", 0)).await;
+        rig.send(audio("audio-start", 0)).await;
+        rig.send(audio("audio-chunk", 300)).await;
+        rig.send(audio("audio-stop", 0)).await;
+        rig.sync().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            rig.speech.try_recv().is_err(),
+            "a cancelled answer played on"
+        );
+
+        // Muted by the hub: the question goes nowhere.
+        rig.send(Frame::new("pause-satellite")).await;
+        rig.news(SatelliteNews::Paused).await;
+        let (_, u) = rig.question();
+        rig.utterances.send(u).await.unwrap();
+        rig.news(SatelliteNews::Dropped).await;
+        assert!(rig.local.try_recv().is_err());
+
+        // A stop word is always decided here.
+        let (_, mut u) = rig.question();
+        u.command = true;
+        rig.utterances.send(u).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rig.local.recv()).await;
+        assert!(got.unwrap().unwrap().command);
+
+        // The hub goes away: Panda answers itself.
+        rig.hub_w.shutdown().await.unwrap();
+        rig.news(SatelliteNews::Disconnected).await;
+        let (turn, u) = rig.question();
+        rig.utterances.send(u).await.unwrap();
+        rig.news(SatelliteNews::Local).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), rig.local.recv()).await;
+        assert_eq!(got.unwrap().unwrap().turn.id, turn.id);
+
+        // A newer hub connection replaces an older one.
+        let _a = TcpStream::connect(rig.addr).await.unwrap();
+        rig.news(SatelliteNews::Connected).await;
+        let mut b = TcpStream::connect(rig.addr).await.unwrap();
+        rig.news(SatelliteNews::Connected).await;
+        b.write_all(b"{\"type\":\"ping\"}\n").await.unwrap();
+        let mut r = BufReader::new(b);
+        let pong = codec::read_event(&mut r).await.unwrap().unwrap();
+        assert_eq!(pong.kind, "pong");
+        rig.root.cancel();
+    }
 
     #[test]
     fn only_formats_playback_takes_are_accepted() {
