@@ -426,18 +426,30 @@ fn mirror_echo(
     metrics: Arc<crate::metrics::Metrics>,
     stats: Arc<crate::audio::aec::AecStats>,
 ) {
-    let mut dropped = 0;
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut dropped, mut missing) = (0, 0);
+    let mut since_missing_log = 0u32;
     every_second(root, move || {
         metrics.mirror_aec(&stats);
-        let now = stats
-            .render_dropped
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = stats.render_dropped.load(Relaxed);
         if now > dropped {
             tracing::warn!(
                 frames = now - dropped,
                 "echo canceller: reference frames dropped (speaker and microphone clocks drifting apart, or capture stalled)"
             );
             dropped = now;
+        }
+        // A speaker on a slower clock misses a frame every few seconds for good: a line
+        // a minute says so, with the count.
+        since_missing_log += 1;
+        let now = stats.render_missing.load(Relaxed);
+        if now > missing && since_missing_log >= 60 {
+            tracing::info!(
+                frames = now - missing,
+                caught_up = stats.render_caught_up.load(Relaxed),
+                "echo canceller: capture frames without a reference frame (the speaker's clock behind the microphone's, or output stalled); the delay estimate follows"
+            );
+            (missing, since_missing_log) = (now, 0);
         }
     });
 }

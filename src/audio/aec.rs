@@ -157,6 +157,12 @@ pub struct AecStats {
     pub render_dropped: AtomicU64,
     /// Reference samples the output callback could not hand over (ring full).
     pub reference_dropped: AtomicU64,
+    /// 10 ms capture frames with no reference frame to match, once the reference has
+    /// started: the speaker's clock behind the microphone's, or the output stalled.
+    pub render_missing: AtomicU64,
+    /// Extra reference frames fed to work off a backlog: the speaker's clock ahead of
+    /// the microphone's, or bursty output callbacks.
+    pub render_caught_up: AtomicU64,
     /// Echo-path changes: large jumps of AEC3's delay estimate.
     pub path_changes: AtomicU64,
     /// AEC3's echo return loss enhancement estimate, dB × 100 (latest).
@@ -261,6 +267,9 @@ pub struct EchoCanceller {
     capture_tail: [i16; LINEAR_LAG_SAMPLES],
     /// The last frame's [`Cancelled::no_echo`] (its changes are logged).
     no_echo: bool,
+    /// A reference frame has been fed: from then on a capture frame without one counts
+    /// as missing.
+    fed_any: bool,
     /// Counters.
     pub stats: Arc<AecStats>,
 }
@@ -295,6 +304,7 @@ impl EchoCanceller {
             echo_run: VecDeque::with_capacity(ECHO_RUN_FRAMES + 1),
             capture_tail: [0; LINEAR_LAG_SAMPLES],
             no_echo: false,
+            fed_any: false,
             stats,
         })
     }
@@ -325,6 +335,7 @@ impl EchoCanceller {
         let mut samples = Box::new([0i16; FRAME_SAMPLES]);
         let mut linear = Box::new([0i16; FRAME_SAMPLES]);
         let mut any_far = false;
+        let mut fed_in_frame = 0u64;
         for (k, chunk) in frame.chunks_exact(SUBFRAME).enumerate() {
             // One render frame per capture frame keeps both streams on the same clock;
             // a backlog (bursty callbacks) is worked off one extra frame at a time.
@@ -334,10 +345,12 @@ impl EchoCanceller {
                 1
             };
             let mut loud = false;
+            let mut fed = 0u64;
             for _ in 0..feeds {
                 if self.render.len() < SUBFRAME {
                     break;
                 }
+                fed += 1;
                 self.block.clear();
                 self.block.extend(self.render.drain(..SUBFRAME));
                 let energy = self.block.iter().map(|s| s * s).sum::<f32>() / SUBFRAME as f32;
@@ -346,6 +359,7 @@ impl EchoCanceller {
                     .handle_render_frame(&self.block)
                     .map_err(err)?;
             }
+            fed_in_frame += fed;
             if loud {
                 self.since_render = 0;
             } else {
@@ -377,6 +391,21 @@ impl EchoCanceller {
                 _ => lin.copy_from_slice(dst),
             }
         }
+        // Clock drift shows here, frame by frame (within a frame the reference arrives in
+        // the output callback's bursts): fewer reference frames than capture frames, or
+        // more. AEC3 follows the delay as it moves.
+        let subframes = (FRAME_SAMPLES / SUBFRAME) as u64;
+        if self.fed_any && fed_in_frame < subframes {
+            self.stats
+                .render_missing
+                .fetch_add(subframes - fed_in_frame, Ordering::Relaxed);
+        }
+        if fed_in_frame > subframes {
+            self.stats
+                .render_caught_up
+                .fetch_add(fed_in_frame - subframes, Ordering::Relaxed);
+        }
+        self.fed_any |= fed_in_frame > 0;
         if let Some(m) = self.pipeline.try_pull_metrics().map_err(err)? {
             let m = m.payload();
             let old = self

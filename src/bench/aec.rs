@@ -96,6 +96,11 @@ pub struct Scene {
     pub len: usize,
     /// Seed of the microphone's noise floor.
     pub seed: u64,
+    /// The loudspeaker's clock against the microphone's, in parts per million (a USB
+    /// speaker and a USB microphone each run on their own crystal): positive plays the
+    /// answer faster than the microphone's clock, so more reference arrives per capture
+    /// frame than the capture covers; negative, less. 0: one clock.
+    pub drift_ppm: f64,
 }
 
 impl Scene {
@@ -116,6 +121,7 @@ impl Scene {
             echo_gain,
             room,
             seed,
+            drift_ppm: 0.0,
         }
     }
 }
@@ -161,6 +167,15 @@ pub struct SceneOutcome {
     pub erle_db: f64,
     /// The same for the linear filter alone (before residual-echo suppression).
     pub erle_linear_db: f64,
+    /// ERLE (full, linear) over the last third of the answer: where a drifting clock
+    /// has moved the echo furthest from where the canceller first found it.
+    pub erle_late_db: (f64, f64),
+    /// Reference frames dropped / missing / fed twice to catch up (see `AecStats`).
+    pub render_dropped: u64,
+    /// See [`SceneOutcome::render_dropped`].
+    pub render_missing: u64,
+    /// See [`SceneOutcome::render_dropped`].
+    pub render_caught_up: u64,
     /// Near-end signal-to-distortion in double talk (dB): the person's voice through
     /// the canceller with no echo, against the full and the linear outputs with it.
     pub double_talk_sdr_db: (f64, f64),
@@ -186,6 +201,8 @@ struct Energy {
     echo_mic: f64,
     echo_out: f64,
     echo_linear: f64,
+    /// The same three over the answer's last third.
+    late: [f64; 3],
     near: f64,
     dist_full: f64,
     dist_linear: f64,
@@ -323,6 +340,8 @@ pub fn run_scene(
             .iter()
             .any(|t| start < t.at + t.audio.len() + 8_000 && end + 8_000 > t.at)
     };
+    let drift = 1.0 + scene.drift_ppm * 1e-6;
+    let speaker_pos = |mic_sample: usize| (mic_sample as f64 * drift) as usize;
     for k in 0..frames {
         let start = k * FRAME_SAMPLES;
         let ms = (k as u64) * FRAME_MS as u64;
@@ -333,24 +352,45 @@ pub fn run_scene(
                 cut = Some(at.max(ms));
             }
         }
-        let playing = cut.is_none() && start < scene.answer.len();
+        // The speaker's own sample positions over this capture frame (its clock may
+        // run apart from the microphone's: `drift_ppm`).
+        let (from, to) = (speaker_pos(start), speaker_pos(start + FRAME_SAMPLES));
+        let playing = cut.is_none() && from < scene.answer.len();
         if let Some(g) = &guard
             && playing
         {
             g.mark(
-                start as u64,
+                from as u64,
                 scene.keyword_at.iter().copied(),
                 SAMPLE_RATE_HZ,
             );
         }
-        // The DAC's samples this frame (the reference) and the loudspeaker's sound.
-        let mut dac = [0f32; FRAME_SAMPLES];
+        // The DAC's samples this frame (the reference: what playback sent, at the
+        // speaker's clock) and the loudspeaker's sound as the microphone samples it.
+        let mut dac = vec![0f32; to - from];
         if playing {
-            let end = (start + FRAME_SAMPLES).min(scene.answer.len());
-            dac[..end - start].copy_from_slice(&scene.answer[start..end]);
+            let end = to.min(scene.answer.len());
+            dac[..end - from].copy_from_slice(&scene.answer[from..end]);
         }
         speaker.drain(..FRAME_SAMPLES);
-        speaker.extend(dac.iter().map(|&x| (2.0 * x).tanh() / 2.0));
+        for i in 0..FRAME_SAMPLES {
+            let x = if drift == 1.0 {
+                // One clock: the DAC's own samples (exactly as before drift was modelled).
+                dac.get(i).copied().unwrap_or(0.0)
+            } else {
+                let at = (start + i) as f64 * drift;
+                let (k, frac) = (at as usize, (at.fract()) as f32);
+                let s = |j: usize| {
+                    if playing && j < scene.answer.len() {
+                        scene.answer[j]
+                    } else {
+                        0.0
+                    }
+                };
+                s(k) * (1.0 - frac) + s(k + 1) * frac
+            };
+            speaker.push((2.0 * x).tanh() / 2.0);
+        }
         // Microphone = echo + person + noise floor (−75 dBFS).
         let base = hist_len - FRAME_SAMPLES;
         let mut mic = [0f32; FRAME_SAMPLES];
@@ -383,8 +423,16 @@ pub fn run_scene(
                 if far_only && k >= 33 {
                     energy.echo_mic += pcm.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
                     energy.echo_out += c.samples.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
-                    if let Some(l) = &c.linear {
-                        energy.echo_linear += l.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+                    let linear = c
+                        .linear
+                        .as_ref()
+                        .map_or(0.0, |l| l.iter().map(|s| (*s as f64).powi(2)).sum::<f64>());
+                    energy.echo_linear += linear;
+                    if start >= scene.answer.len() * 2 / 3 {
+                        energy.late[0] += pcm.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+                        energy.late[1] +=
+                            c.samples.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+                        energy.late[2] += linear;
                     }
                 }
                 if let Some((clean, dt)) = &mut double_talk {
@@ -442,6 +490,17 @@ pub fn run_scene(
     } else {
         (f64::NAN, f64::NAN)
     };
+    out.erle_late_db = if energy.late[0] > 0.0 {
+        (
+            db(energy.late[0], energy.late[1]),
+            db(energy.late[0], energy.late[2]),
+        )
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    out.render_dropped = stats.render_dropped.load(Ordering::Relaxed);
+    out.render_missing = stats.render_missing.load(Ordering::Relaxed);
+    out.render_caught_up = stats.render_caught_up.load(Ordering::Relaxed);
     if let Some((_, dt)) = &double_talk {
         // The linear output is 64 samples ahead of the full outputs.
         let shift = OUTPUT_LAG_SAMPLES - LINEAR_LAG_SAMPLES;

@@ -173,3 +173,51 @@ fn stop_alone_over_the_answer_stops_it() {
     let off = run_scene(&cfg, Some(&stt), &scene, SceneOptions { aec: false, ..on }).unwrap();
     assert!(off.stops.is_empty());
 }
+
+#[test]
+fn a_speaker_and_microphone_on_different_clocks_degrade_gracefully() {
+    let (cfg, mut k, stt) = models();
+    let (one, _) = say(&mut k, PLAIN, &cfg.tts.voice, &cfg.wake.phrase);
+    // Half a minute of answer. USB audio crystals differ by up to ~100 ppm; at 1,000 ppm
+    // the echo moves ~25 ms against the reference by the end.
+    let answer: Vec<f32> = one.iter().chain(&one).copied().collect();
+    let room = Room::new(11, 0.35, 60.0);
+    let gain = echo_gain_for(&answer, &room, 0.1, 0.0);
+    let mut rows = Vec::new();
+    for ppm in [0.0, -100.0, 1000.0, -1000.0] {
+        let scene = Scene {
+            drift_ppm: ppm,
+            ..Scene::new(answer.clone(), Vec::new(), room.clone(), gain, 3)
+        };
+        let o = run_scene(&cfg, Some(&stt), &scene, SceneOptions::APPLIANCE).unwrap();
+        println!(
+            "{ppm:+} ppm: ERLE {:.1} dB (linear {:.1}), last third {:.1} (linear {:.1}); reference frames dropped {}, missing {}, caught up {}",
+            o.erle_db,
+            o.erle_linear_db,
+            o.erle_late_db.0,
+            o.erle_late_db.1,
+            o.render_dropped,
+            o.render_missing,
+            o.render_caught_up,
+        );
+        rows.push((ppm, o));
+    }
+    for (ppm, o) in &rows {
+        // Nothing taken for a person, nothing stalled (every frame went through), no
+        // reference thrown away: the canceller follows the moving delay.
+        assert!(o.wakes.is_empty() && o.stops.is_empty(), "{ppm} ppm: {o:?}");
+        assert_eq!(o.frames, answer.len().div_ceil(480) + 33, "{ppm} ppm");
+        assert_eq!(o.render_dropped, 0, "{ppm} ppm: {o:?}");
+        // Realistic drift costs a few dB; ten times that still cancels something.
+        let floor = if ppm.abs() <= 100.0 { 30.0 } else { 10.0 };
+        assert!(o.erle_late_db.0 >= floor, "{ppm} ppm: {o:?}");
+    }
+    // One clock: one reference frame per capture frame. A faster speaker's surplus is
+    // worked off by extra frames, a slower one's shortfall shows as missing frames.
+    assert_eq!(
+        (rows[0].1.render_missing, rows[0].1.render_caught_up),
+        (0, 0)
+    );
+    assert!(rows[2].1.render_caught_up > 0, "{:?}", rows[2].1);
+    assert!(rows[3].1.render_missing > 0, "{:?}", rows[3].1);
+}
