@@ -160,6 +160,9 @@ pub struct SceneOutcome {
     pub transcripts: Vec<(u64, String)>,
     /// Stop words heard over the answer: (ms, word).
     pub stops: Vec<(u64, String)>,
+    /// Command-length utterances the stop-word spotter handed to Whisper (each costs a
+    /// Whisper pass; over Panda's voice alone every one is its residual echo).
+    pub command_candidates: usize,
     /// Where the answer was cut (ms), if it was.
     pub cut_at_ms: Option<u64>,
     /// Echo return loss enhancement on far-end-only frames after the first second (dB):
@@ -274,7 +277,9 @@ pub fn run_scene(
         std::thread::spawn(move || {
             let mut transcripts = Vec::new();
             let mut stops = Vec::new();
+            let mut candidates = 0;
             while let Some(u) = utt_rx.blocking_recv() {
+                candidates += usize::from(u.command);
                 let Some(stt) = &stt else { continue };
                 let Ok(out) = stt.transcribe_blocking(&u.samples, &CancellationToken::new()) else {
                     continue;
@@ -294,7 +299,7 @@ pub fn run_scene(
                 };
                 transcripts.push((u.start_ms, text));
             }
-            (transcripts, stops)
+            (transcripts, stops, candidates)
         })
     };
 
@@ -477,7 +482,8 @@ pub fn run_scene(
     let _ = listener.join();
     root.cancel();
     (out.wakes, out.self_wakes_suppressed) = events.join().unwrap_or_default();
-    let (transcripts, stops) = utterances.join().unwrap_or_default();
+    let (transcripts, stops, candidates) = utterances.join().unwrap_or_default();
+    out.command_candidates = candidates;
     out.transcripts = transcripts;
     out.stops = stops;
     out.cut_at_ms = cut;

@@ -61,6 +61,12 @@ fn the_echo_is_cancelled_and_an_answer_saying_panda_wakes_nothing() {
     };
     let on = SceneOptions::APPLIANCE;
     let o = run_scene(&cfg, Some(&stt), &scene, on).unwrap();
+    println!(
+        "ERLE {:.1} dB; {} stop-word candidates in {} s of Panda's voice",
+        o.erle_db,
+        o.command_candidates,
+        o.frames * 30 / 1000
+    );
     assert!(o.erle_db >= 30.0, "ERLE {:.1} dB", o.erle_db);
     assert!(o.wakes.is_empty(), "Panda woke itself at {:?} ms", o.wakes);
     assert!(o.stops.is_empty(), "Panda stopped itself: {:?}", o.stops);
