@@ -296,7 +296,8 @@ pub fn parse_duration(text: &str) -> Option<(Duration, String)> {
     Some((d, label_for(d)))
 }
 
-fn label_for(d: Duration) -> String {
+/// A duration as a timer's label says it: "2 minute", "90 second", "1 hour".
+pub fn label_for(d: Duration) -> String {
     let s = d.as_secs();
     let (n, unit) = if s.is_multiple_of(3600) && s >= 3600 {
         (s / 3600, "hour")

@@ -67,6 +67,8 @@ pub const HUB_AUDIO_EDGE: usize = 1024;
 /// report is dropped with a log line, and the turn then ends by its timeout.
 pub const SATELLITE_REPORT_EDGE: usize = 64;
 
+/// The hub's timers remembered at once (oldest forgotten first).
+const MAX_HUB_TIMERS: usize = 64;
 /// Samples per `audio-chunk` sent to the hub (what Home Assistant itself uses).
 const CHUNK_SAMPLES: usize = 1024;
 /// A hub frame write that takes longer than this drops the hub.
@@ -143,6 +145,8 @@ pub async fn start(
         inbound: inbound_tx,
         next_conn: 0,
         dropped_pieces: 0,
+        timers: VecDeque::new(),
+        fired: 0,
     };
     let task = tokio::spawn(actor.run(listener, inbound_rx, stop));
     tracing::info!(%addr, "satellite: waiting for a hub (Home Assistant) to connect");
@@ -218,6 +222,10 @@ struct Actor {
     inbound: mpsc::Sender<Inbound>,
     next_conn: u64,
     dropped_pieces: u64,
+    /// The hub's running timers (id, label), oldest first.
+    timers: VecDeque<(String, String)>,
+    /// Hub timers that finished (numbers their `timer_fired` events).
+    fired: u64,
 }
 
 impl Actor {
@@ -432,13 +440,66 @@ impl Actor {
                     }
                 }
             }
-            kind if kind.starts_with("timer-") => {
-                let data = serde_json::Value::Object(f.data.clone()).to_string();
-                tracing::info!(kind, %data, "satellite: timer event from the hub");
-            }
+            kind if kind.starts_with("timer-") => self.timer(&f).await,
             // transcribe, voice-started, voice-stopped, detect, detection, … : the hub's
             // progress, nothing to do.
             kind => tracing::debug!(kind, "satellite: event from the hub"),
+        }
+    }
+
+    /// The hub's voice timers ("set a timer" answered by Home Assistant): when one
+    /// finishes, Panda announces it the way it announces its own (a `timer_fired` event:
+    /// the turn driver speaks "Your 5 minute timer is done.").
+    async fn timer(&mut self, f: &Frame) {
+        let id = match f.data.get("id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) if !v.is_null() => v.to_string(),
+            _ => {
+                tracing::debug!(kind = %f.kind, "satellite: timer event without an id");
+                return;
+            }
+        };
+        match f.kind.as_str() {
+            "timer-started" => {
+                let name = f.str("name").map(str::trim).unwrap_or_default();
+                let label = if name.is_empty() {
+                    let secs = f.uint("total_seconds").unwrap_or(0);
+                    format!(
+                        "{} timer",
+                        crate::think::timers::label_for(Duration::from_secs(secs))
+                    )
+                } else if name.to_lowercase().ends_with("timer") {
+                    name.to_string()
+                } else {
+                    format!("{name} timer")
+                };
+                tracing::info!(%id, %label, "satellite: the hub started a timer");
+                if self.timers.len() >= MAX_HUB_TIMERS {
+                    self.timers.pop_front();
+                }
+                self.timers.push_back((id, label));
+            }
+            "timer-cancelled" => self.timers.retain(|(t, _)| *t != id),
+            "timer-finished" => {
+                let Some(i) = self.timers.iter().position(|(t, _)| *t == id) else {
+                    tracing::info!(%id, "satellite: a timer of the hub's finished (started before Panda connected)");
+                    self.emit(Event::TimerFired {
+                        id: 0,
+                        label: "timer".into(),
+                    })
+                    .await;
+                    return;
+                };
+                let (_, label) = self.timers.remove(i).expect("found");
+                self.fired += 1;
+                tracing::info!(%id, %label, "satellite: the hub's timer finished");
+                self.emit(Event::TimerFired {
+                    id: self.fired,
+                    label,
+                })
+                .await;
+            }
+            _ => {} // timer-updated: the label stays
         }
     }
 
@@ -1057,6 +1118,33 @@ mod tests {
             rig.speech.try_recv().is_err(),
             "a cancelled answer played on"
         );
+
+        // A timer the hub set finishes: announced like Panda's own.
+        rig.send(
+            Frame::new("timer-started")
+                .with("id", "abc")
+                .with("total_seconds", 300)
+                .with("name", serde_json::Value::Null),
+        )
+        .await;
+        rig.send(
+            Frame::new("timer-started")
+                .with("id", "x")
+                .with("total_seconds", 5),
+        )
+        .await;
+        rig.send(Frame::new("timer-cancelled").with("id", "x"))
+            .await;
+        rig.send(Frame::new("timer-finished").with("id", "abc"))
+            .await;
+        let fired = loop {
+            match tokio::time::timeout(Duration::from_secs(5), rig.events.recv()).await {
+                Ok(Some(Event::TimerFired { label, .. })) => break label,
+                Ok(Some(_)) => {}
+                other => panic!("no timer_fired: {other:?}"),
+            }
+        };
+        assert_eq!(fired, "5 minute timer");
 
         // Muted by the hub: the question goes nowhere.
         rig.send(Frame::new("pause-satellite")).await;
