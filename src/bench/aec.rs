@@ -601,6 +601,93 @@ const ANSWERS: &[&str] = &[
     "Rainbows form when sunlight is bent and reflected inside raindrops.",
 ];
 
+/// What a person may say over an answer without the wake word, and whether the stop
+/// word spotter must take it for a stop.
+const STOP_PHRASES: &[(&str, bool)] = &[
+    ("Stop.", true),
+    ("Stop it, please.", true),
+    ("Cancel.", true),
+    ("Quiet.", true),
+    ("Okay, quiet now.", true),
+    ("Stop, please.", true),
+    ("Stop the timer.", false),
+    ("Thank you.", false),
+    ("Don't stop.", false),
+    ("Go on.", false),
+];
+
+/// Voices the stop word rows are said in (English Kokoro voices; never the reserved
+/// non-English ones).
+const STOP_VOICES: &[&str] = &[
+    "am_adam",
+    "af_bella",
+    "bm_george",
+    "bf_emma",
+    "am_puck",
+    "af_nicole",
+    "bm_fable",
+    "bf_lily",
+];
+
+/// Stop words as the STT stage hears them: each phrase in each voice (200 ms before it,
+/// 300 ms after, as the spotter cuts it, at −26 dBFS), decoded with the full encoder
+/// window and with the window sized to the audio; the spotter's decisions right, and
+/// Whisper's time per candidate (every candidate costs one pass, and over a loud echo
+/// the answer's own residual makes one every second or two).
+fn stop_word_windows(
+    cfg: &Config,
+    stt: &SttHandle,
+    k: &mut crate::speak::kokoro::Kokoro,
+) -> Result<(), BenchError> {
+    let level = 10f32.powf(-26.0 / 20.0);
+    let mut clips = Vec::new();
+    for voice in STOP_VOICES {
+        for (text, stop) in STOP_PHRASES {
+            let speech = at_level(&say_16k(k, text, voice, 1.0)?, level);
+            let mut pcm = vec![0i16; 16 * 200];
+            pcm.extend(speech.iter().map(|s| crate::audio::dsp::f32_to_i16(*s)));
+            pcm.extend(std::iter::repeat_n(0i16, 16 * 300));
+            clips.push((voice, *text, *stop, pcm));
+        }
+    }
+    let token = CancellationToken::new();
+    println!(
+        "stop words said over an answer ({} clips: {} voices × {} phrases, 6 of them stops):",
+        clips.len(),
+        STOP_VOICES.len(),
+        STOP_PHRASES.len()
+    );
+    for (short, name) in [
+        (false, "full 30 s window"),
+        (true, "window sized to the audio"),
+    ] {
+        let (mut right, mut ms, mut misses) = (0, Vec::new(), Vec::new());
+        for (voice, text, stop, pcm) in &clips {
+            let t0 = Instant::now();
+            let out = stt.transcribe_blocking_window(pcm, short, &token)?;
+            ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            let said_stop =
+                crate::listen::command::stop_command(&out.text, &cfg.aec.stop_words).is_some();
+            if said_stop == *stop {
+                right += 1;
+            } else {
+                misses.push(format!("{voice} {text:?} → {:?}", out.text));
+            }
+        }
+        println!(
+            "  {name:<27} decisions right {right}/{} ({:.1}%), Whisper p50 {:.0} ms / p95 {:.0} ms per candidate",
+            clips.len(),
+            100.0 * right as f64 / clips.len() as f64,
+            super::percentile(&ms, 50.0),
+            super::percentile(&ms, 95.0),
+        );
+        for m in misses.iter().take(6) {
+            println!("      miss: {m}");
+        }
+    }
+    Ok(())
+}
+
 /// Sentences a person says over the answer.
 const BARGE_IN: &str = "Hey panda, stop.";
 const STOP_ALONE: &str = "Stop.";
@@ -685,6 +772,8 @@ pub fn run(cfg: &Config, minutes: f64, trials: usize) -> Result<(), BenchError> 
         alone_us / 300.0,
         o.aec_us_per_frame,
     );
+
+    stop_word_windows(cfg, &stt, &mut k)?;
 
     // 2. Self-wakes: the wake phrase once a minute in Panda's own speech.
     if minutes <= 0.0 {

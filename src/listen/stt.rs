@@ -77,6 +77,10 @@ struct SttRequest {
     wake_check: bool,
     /// Text Whisper is told came before (biases spelling, e.g. of the wake word).
     prompt: Option<String>,
+    /// Decode with the encoder window sized to the audio (benches compare it with the
+    /// full window; stop word candidates keep the full one: `panda bench aec` measured
+    /// 87.5 % of their decisions right sized against 93.8 % full).
+    short: bool,
     token: CancellationToken,
     reply: oneshot::Sender<Result<SttOutput, SttError>>,
 }
@@ -185,6 +189,20 @@ impl SttHandle {
         self.submit_in(samples, None, token).await
     }
 
+    /// Blocking [`SttHandle::transcribe`] with the encoder window sized to the audio
+    /// (`short`) or the configured one: for benches that compare the two.
+    pub fn transcribe_blocking_window(
+        &self,
+        samples: &[i16],
+        short: bool,
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let (mut req, rx) = SttRequest::new(samples, None, None, token);
+        req.short = short;
+        self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
+        rx.blocking_recv().unwrap_or(Err(SttError::Stopped))
+    }
+
     async fn submit_in(
         &self,
         samples: &[i16],
@@ -251,6 +269,7 @@ impl SttRequest {
             language: language.map(str::to_string),
             wake_check: prompt.is_some(),
             prompt: prompt.map(|p| p.replace('\0', " ")),
+            short: false,
             token: token.clone(),
             reply,
         };
@@ -477,7 +496,7 @@ fn worker(
                 &req.samples,
                 req.prompt.as_deref(),
                 lang,
-                req.wake_check,
+                req.wake_check || req.short,
                 &req.token,
             )
         };
@@ -520,11 +539,11 @@ impl Engine {
         samples: &[f32],
         prompt: Option<&str>,
         language: &str,
-        wake_check: bool,
+        sized: bool,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
         let first = Pass {
-            dynamic_ctx: self.cfg.dynamic_audio_ctx || wake_check,
+            dynamic_ctx: self.cfg.dynamic_audio_ctx || sized,
             fallback: false,
         };
         let mut out = self.pass(state, samples, prompt, language, token, first)?;
