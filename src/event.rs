@@ -242,6 +242,8 @@ pub enum BreakerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SatelliteNews {
+    /// Satellite mode is waiting for a hub at the address in `detail`.
+    Waiting,
     /// A hub connected (a newer connection replaces the older one).
     Connected,
     /// The hub went away.

@@ -89,6 +89,23 @@ struct Inner {
     /// Answer text waiting to be published: (turn, text, since).
     pending_text: Option<(u64, String, Instant)>,
     speaking_turn: Option<u64>,
+    /// Satellite mode's view of its hub (absent without satellite mode).
+    satellite: Option<SatelliteView>,
+}
+
+/// What the status page shows of the hub in satellite mode.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct SatelliteView {
+    /// The hub's address while one is connected.
+    hub: Option<String>,
+    /// `waiting` (no hub), `connected`, `running`, `paused`.
+    state: &'static str,
+    /// Questions sent to the hub, its answers played, its errors and silences, and
+    /// questions answered here for want of a hub.
+    sent: u64,
+    played: u64,
+    failed: u64,
+    local: u64,
 }
 
 /// The status model plus its live feed. Cheap to share (`Arc`).
@@ -132,6 +149,7 @@ impl Hub {
                 llm_error: None,
                 pending_text: None,
                 speaking_turn: None,
+                satellite: None,
             }),
             feed,
             outbox: std::sync::OnceLock::new(),
@@ -511,7 +529,23 @@ impl Hub {
                 }
                 Event::Satellite { what, detail, .. } => {
                     use crate::event::SatelliteNews as N;
+                    let v = g.satellite.get_or_insert_with(|| SatelliteView {
+                        state: "waiting",
+                        ..SatelliteView::default()
+                    });
+                    match what {
+                        N::Connected => (v.hub, v.state) = (Some(detail.clone()), "connected"),
+                        N::Disconnected | N::Waiting => (v.hub, v.state) = (None, "waiting"),
+                        N::Running => v.state = "running",
+                        N::Paused => v.state = "paused",
+                        N::Sent => v.sent += 1,
+                        N::Played => v.played += 1,
+                        N::HubError | N::NoReply => v.failed += 1,
+                        N::Local => v.local += 1,
+                        N::Dropped => {}
+                    }
                     let text = match what {
+                        N::Waiting => format!("satellite: waiting for a hub on {detail}"),
                         N::Connected => format!("hub connected: {detail}"),
                         N::Disconnected => format!("hub disconnected: {detail}"),
                         N::Running => "the hub is ready for questions".to_string(),
@@ -576,6 +610,7 @@ impl Hub {
                 "reference_dropped": self.metrics.aec_reference_dropped.get(),
                 "self_wakes_ignored": self.metrics.self_wakes_ignored.get(),
             },
+            "satellite": g.satellite,
             "wyoming": {
                 "connections": self.metrics.wyoming_connections.get(),
                 "refused": self.metrics.wyoming_refused.get(),
@@ -655,6 +690,46 @@ mod tests {
         }
         // After skipping, it reads the newest messages.
         assert!(slow.try_recv().is_ok());
+    }
+
+    #[test]
+    fn the_page_shows_the_satellites_hub() {
+        use crate::event::SatelliteNews as N;
+        let h = hub(10, 10);
+        let snap = |h: &Hub| h.snapshot(serde_json::json!([]), serde_json::json!({}));
+        assert!(
+            snap(&h)["satellite"].is_null(),
+            "no satellite mode, no entry"
+        );
+        let news = |what, detail: &str| Event::Satellite {
+            turn: None,
+            what,
+            detail: detail.into(),
+        };
+        h.observe(&news(N::Waiting, "tcp://127.0.0.1:10700"));
+        assert_eq!(snap(&h)["satellite"]["state"], "waiting");
+        h.observe(&news(N::Connected, "10.0.0.2:51000"));
+        h.observe(&news(N::Running, ""));
+        h.observe(&news(N::Sent, "2000 ms"));
+        h.observe(&news(N::Played, ""));
+        h.observe(&news(N::Sent, "1500 ms"));
+        h.set_state(State::Thinking);
+        h.observe(&news(N::NoReply, "nothing from the hub in 15000 ms"));
+        let s = snap(&h);
+        let sat = &s["satellite"];
+        assert_eq!(sat["hub"], "10.0.0.2:51000");
+        assert_eq!(sat["state"], "running");
+        assert_eq!(
+            (sat["sent"].as_u64(), sat["played"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(sat["failed"], 1);
+        // A question the hub never answered returns the page to listening.
+        assert_eq!(h.state(), State::Listening);
+        h.observe(&news(N::Disconnected, "10.0.0.2:51000"));
+        let s = snap(&h);
+        assert!(s["satellite"]["hub"].is_null());
+        assert!(s["log"].to_string().contains("no reply from the hub"));
     }
 
     #[test]

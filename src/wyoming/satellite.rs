@@ -148,6 +148,15 @@ pub async fn start(
         timers: VecDeque::new(),
         fired: 0,
     };
+    let _ = actor
+        .io
+        .events
+        .send(Event::Satellite {
+            turn: None,
+            what: SatelliteNews::Waiting,
+            detail: format!("tcp://{addr}"),
+        })
+        .await;
     let task = tokio::spawn(actor.run(listener, inbound_rx, stop));
     tracing::info!(%addr, "satellite: waiting for a hub (Home Assistant) to connect");
     Ok((addr, task))

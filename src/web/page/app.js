@@ -58,10 +58,10 @@
 
   // What the services list shows: the last snapshot, updated by live messages and by a
   // slow poll of /api/status (agent health is checked in the background, not per turn).
-  let svc = { llm: null, agents: [], echo: null, stt: null, tts: null, wyoming: null };
+  let svc = { llm: null, agents: [], echo: null, stt: null, tts: null, wyoming: null, satellite: null };
 
   function services(snap) {
-    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo, stt: snap.stt || svc.stt, tts: snap.tts || svc.tts, wyoming: snap.wyoming || svc.wyoming };
+    svc = { llm: snap.llm || null, agents: snap.agents || [], echo: snap.echo || svc.echo, stt: snap.stt || svc.stt, tts: snap.tts || svc.tts, wyoming: snap.wyoming || svc.wyoming, satellite: snap.satellite || svc.satellite };
     const ul = $("services");
     ul.replaceChildren();
     const llm = document.createElement("li");
@@ -91,6 +91,15 @@
       li.textContent = "Wyoming server: " + w.connections + " connections (" + w.refused + " refused, " +
         w.malformed + " malformed), " + w.transcripts + " transcripts, " + w.syntheses + " syntheses, " +
         w.detections + " wake detections";
+      ul.appendChild(li);
+    }
+    const sat = svc.satellite;
+    if (sat) {
+      const li = document.createElement("li");
+      li.className = sat.state === "running" ? "ok" : sat.state === "waiting" ? "unknown" : "bad";
+      const where = sat.hub ? "hub " + sat.hub + " " + sat.state : "no hub connected (Panda answers itself)";
+      li.textContent = "Satellite: " + where + "; " + sat.sent + " questions sent, " + sat.played +
+        " answers played, " + sat.failed + " unanswered, " + sat.local + " answered here";
       ul.appendChild(li);
     }
     const e = svc.echo;
