@@ -1138,15 +1138,14 @@ fn a_hub_answers_what_the_satellite_hears_and_panda_answers_itself_without_one()
         .spawn()
         .unwrap();
     let hub_lines = lines_of(hub.stdout.take().unwrap());
-    let ready: Value = serde_json::from_str(
-        &hub_lines
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let err = hub_err(&mut hub);
-                panic!("the hub never got info and a pong: {err}")
-            }),
-    )
-    .unwrap();
+    // The hub's next report, or what it said on stderr when none comes.
+    let mut report = |secs: u64, what: &str| -> Value {
+        match hub_lines.recv_timeout(Duration::from_secs(secs)) {
+            Ok(line) => serde_json::from_str(&line).unwrap(),
+            Err(_) => panic!("the hub never got {what}: {}", hub_err(&mut hub)),
+        }
+    };
+    let ready = report(30, "info and a pong");
     let info = &ready["ready"];
     assert!(
         info["satellite"].as_str().is_some_and(|n| !n.is_empty()),
@@ -1164,15 +1163,7 @@ fn a_hub_answers_what_the_satellite_hears_and_panda_answers_itself_without_one()
     });
 
     mic.say(france_q);
-    let done: Value = serde_json::from_str(
-        &hub_lines
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| {
-                let err = hub_err(&mut hub);
-                panic!("the hub never got `played`: {err}")
-            }),
-    )
-    .unwrap();
+    let done = report(120, "`played`");
     println!("hub: {done}");
     let status = hub.wait().unwrap();
     assert!(status.success(), "{status:?}");
