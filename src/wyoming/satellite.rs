@@ -332,6 +332,16 @@ impl Actor {
         });
         if let Some(old) = self.hub.take() {
             tracing::info!(old = %old.peer, new = %peer, "satellite: a new hub connection replaces the old one");
+            // The old connection's question will not be answered by the new one.
+            if let Some(run) = self.run.take_if(|_| self.group.is_none()) {
+                self.io.active.end(run.turn.id);
+                self.news(
+                    Some(run.turn.id),
+                    SatelliteNews::NoReply,
+                    "the hub reconnected",
+                )
+                .await;
+            }
         } else {
             tracing::info!(%peer, "satellite: hub connected");
         }
@@ -355,9 +365,9 @@ impl Actor {
             None => tracing::info!(peer = %hub.peer, "satellite: hub disconnected"),
         }
         // A question waiting for the hub's reply will get none.
-        if let Some(run) = self.run.take()
-            && self.group.as_ref().is_none_or(|g| !g.stopped)
-        {
+        // (An answer already playing plays on; its `played` has nowhere to go.)
+        let playing = self.group.as_ref().is_some_and(|g| g.stopped);
+        if let Some(run) = self.run.take_if(|_| !playing) {
             self.io.active.end(run.turn.id);
             self.news(
                 Some(run.turn.id),
