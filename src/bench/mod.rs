@@ -544,6 +544,25 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
             },
         ));
     }
+    // q5_1, quantised here from the f16 file (not installed: it has not earned a place).
+    let q5 = std::env::temp_dir().join(format!(
+        "panda-bench-tiny.en-q5_1-{}.bin",
+        std::process::id()
+    ));
+    let f16_path = cfg.model_path(Path::new(f16));
+    if let Ok(bytes) = std::fs::read(&f16_path)
+        && let Ok(q) =
+            crate::models::quantize::whisper_quantised(&bytes, crate::models::quantize::Quant::Q5_1)
+        && std::fs::write(&q5, q).is_ok()
+    {
+        settings.push((
+            "q5_1 weights, full window",
+            crate::config::SttConfig {
+                model: q5.clone(),
+                ..full.clone()
+            },
+        ));
+    }
     println!(
         "whisper {} on {} recorded clips, {} threads (accuracy beside speed)",
         model.display(),
@@ -567,6 +586,7 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
             r.wer_pct, r.p50_ms, r.p95_ms, r.rtf_p50, r.rtf_p95, r.load_ms
         );
     }
+    let _ = std::fs::remove_file(&q5);
     // Other languages, through the multilingual model, on recorded human prompts.
     for lang in crate::models::install::PROMPT_LANGUAGES {
         let clips = prompts(&cfg.models.dir, lang);

@@ -1,6 +1,7 @@
-//! ggml Whisper weights quantised to `q8_0`, the format whisper.cpp's own `quantize` tool
-//! writes: every 2-D f16 weight matrix becomes blocks of 32 int8 values with one f16
-//! scale (34 bytes per 32 weights instead of 64), everything else is copied as it is
+//! ggml Whisper weights quantised to `q8_0` or `q5_1`, formats whisper.cpp's own
+//! `quantize` tool writes: every 2-D f16 weight matrix becomes blocks of 32 values — q8_0:
+//! 32 int8 with one f16 scale (34 bytes per 32 weights instead of 64); q5_1: 32 5-bit
+//! values with an f16 scale and an f16 minimum (24 bytes) — everything else is copied as it is
 //! (f32 layer norms, biases and positional embeddings; the f16 3-D convolutions, which
 //! whisper.cpp keeps in f16). Pure and deterministic: the same f16 file always gives the
 //! same bytes (round half away from zero, as ggml's reference quantiser).
@@ -14,21 +15,48 @@ use super::ct2::{Ct2Error, Reader};
 /// ggml's type ids in a tensor header.
 const GGML_TYPE_F32: i32 = 0;
 const GGML_TYPE_F16: i32 = 1;
+const GGML_TYPE_Q5_1: i32 = 7;
 const GGML_TYPE_Q8_0: i32 = 8;
 /// `GGML_FTYPE_MOSTLY_Q8_0`, with the quantisation format version whisper.cpp checks
 /// (`GGML_QNT_VERSION` 2 × `GGML_QNT_VERSION_FACTOR` 1000).
 const FTYPE_Q8_0: i32 = 2 * 1000 + 7;
-/// Weights per q8_0 block.
+/// `GGML_FTYPE_MOSTLY_Q5_1`, likewise.
+const FTYPE_Q5_1: i32 = 2 * 1000 + 9;
+/// Weights per block (both formats).
 const QK8_0: usize = 32;
+
+/// A quantised weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quant {
+    /// 8-bit values, one f16 scale per 32 (whisper.cpp's most accurate quantisation).
+    Q8_0,
+    /// 5-bit values, an f16 scale and minimum per 32.
+    Q5_1,
+}
+
+impl Quant {
+    fn ids(self) -> (i32, i32) {
+        match self {
+            Quant::Q8_0 => (GGML_TYPE_Q8_0, FTYPE_Q8_0),
+            Quant::Q5_1 => (GGML_TYPE_Q5_1, FTYPE_Q5_1),
+        }
+    }
+}
 
 /// A ggml Whisper file (as the converter writes it, f16) → the same model in q8_0.
 pub fn whisper_q8_0(ggml: &[u8]) -> Result<Vec<u8>, Ct2Error> {
+    whisper_quantised(ggml, Quant::Q8_0)
+}
+
+/// A ggml Whisper file (f16) → the same model with its weight matrices in `quant`.
+pub fn whisper_quantised(ggml: &[u8], quant: Quant) -> Result<Vec<u8>, Ct2Error> {
+    let (ttype_q, ftype) = quant.ids();
     let mut r = Reader::new(ggml);
     let mut out = Vec::with_capacity(ggml.len() * 6 / 10);
     // Magic and the 11 hparams; the last (ftype) changes.
     let head = r.take(4 + 4 * 11)?;
     out.extend_from_slice(&head[..4 + 4 * 10]);
-    out.extend_from_slice(&FTYPE_Q8_0.to_le_bytes());
+    out.extend_from_slice(&ftype.to_le_bytes());
     // Mel filter bank: rows, columns, f32 values.
     let (rows, cols) = (r.i32()?, r.i32()?);
     let mel = r.take(4 * count(rows)? * count(cols)?)?;
@@ -72,14 +100,17 @@ pub fn whisper_q8_0(ggml: &[u8]) -> Result<Vec<u8>, Ct2Error> {
         let quantise = ttype == GGML_TYPE_F16 && n_dims == 2 && dims[0] % QK8_0 == 0;
         out.extend_from_slice(&n_dims.to_le_bytes());
         out.extend_from_slice(&name_len.to_le_bytes());
-        let t = if quantise { GGML_TYPE_Q8_0 } else { ttype };
+        let t = if quantise { ttype_q } else { ttype };
         out.extend_from_slice(&t.to_le_bytes());
         for d in &dims {
             out.extend_from_slice(&(*d as i32).to_le_bytes());
         }
         out.extend_from_slice(name);
         if quantise {
-            quantise_q8_0(data, &mut out);
+            match quant {
+                Quant::Q8_0 => quantise_q8_0(data, &mut out),
+                Quant::Q5_1 => quantise_q5_1(data, &mut out),
+            }
         } else {
             out.extend_from_slice(data);
         }
@@ -102,6 +133,35 @@ fn quantise_q8_0(f16_bytes: &[u8], out: &mut Vec<u8>) {
         for v in block {
             out.push((v * id).round() as i8 as u8);
         }
+    }
+}
+
+/// f16 little-endian values → q5_1 blocks (`f16 d`, `f16 m`, 32 high bits, 16 bytes of
+/// low nibbles: value j and j + 16 share a byte), as ggml's `quantize_row_q5_1_ref`.
+fn quantise_q5_1(f16_bytes: &[u8], out: &mut Vec<u8>) {
+    let vals: Vec<f32> = f16_bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
+    for block in vals.chunks(QK8_0) {
+        let min = block.iter().fold(f32::INFINITY, |m, v| m.min(*v));
+        let max = block.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+        let half = QK8_0 / 2;
+        let q = |v: f32| ((v - min) * id + 0.5) as u8; // truncation, as ggml's (uint8_t) cast
+        let mut qh = 0u32;
+        let mut qs = [0u8; QK8_0 / 2];
+        for j in 0..half {
+            let (a, b) = (q(block[j]), q(block[j + half]));
+            qs[j] = (a & 0x0f) | ((b & 0x0f) << 4);
+            qh |= u32::from((a & 0x10) >> 4) << j;
+            qh |= u32::from((b & 0x10) >> 4) << (j + half);
+        }
+        out.extend_from_slice(&qh.to_le_bytes());
+        out.extend_from_slice(&qs);
     }
 }
 
@@ -128,6 +188,33 @@ mod tests {
         assert_eq!(out[2] as i8, -127, "the largest magnitude maps to ±127");
         for (q, v) in out[2..].iter().zip(&vals) {
             assert!(((*q as i8) as f32 * d - v).abs() <= d / 2.0 + 1e-3);
+        }
+    }
+
+    #[test]
+    fn a_q5_1_block_spans_its_range_in_32_steps() {
+        let vals: Vec<f32> = (0..32).map(|i| (i as f32 - 8.0) / 4.0).collect();
+        let bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let mut out = Vec::new();
+        quantise_q5_1(&bytes, &mut out);
+        assert_eq!(out.len(), 24);
+        let d = f16::from_le_bytes([out[0], out[1]]).to_f32();
+        let m = f16::from_le_bytes([out[2], out[3]]).to_f32();
+        assert_eq!(m, -2.0);
+        assert!((d - 7.75 / 31.0).abs() < 1e-3, "{d}");
+        let qh = u32::from_le_bytes([out[4], out[5], out[6], out[7]]);
+        // Dequantised as whisper.cpp does: each value within half a step.
+        for (j, v) in vals.iter().enumerate() {
+            let nib = if j < 16 {
+                out[8 + j] & 0x0f
+            } else {
+                out[8 + j - 16] >> 4
+            };
+            let q = nib | ((((qh >> j) & 1) as u8) << 4);
+            assert!((q as f32 * d + m - v).abs() <= d / 2.0 + 1e-3, "{j}: {q}");
         }
     }
 
