@@ -346,8 +346,15 @@ pub fn check_ggml_header(path: &Path) -> Result<(), String> {
     if mel_rows != n_mels || !(1..=4096).contains(&mel_cols) {
         return Err(format!("damaged header: mel filters {mel_rows}×{mel_cols}"));
     }
-    // The tensors alone are at least n_vocab × n_text_state half floats.
-    let min = (word(1) as u64) * (word(7) as u64) * 2;
+    // The tensors alone hold at least the n_vocab × n_text_state token embedding, in
+    // the file's weight type: f32, f16, or a quantised format (the smallest whisper.cpp
+    // writes, q4_0, takes 18 bytes per 32 weights).
+    let bytes_per_32 = match ftype % 1000 {
+        0 => 128,
+        1 => 64,
+        _ => 18,
+    };
+    let min = (word(1) as u64) * (word(7) as u64) * bytes_per_32 / 32;
     if len < min {
         return Err(format!(
             "truncated: {len} bytes, the header needs at least {min}"
