@@ -345,12 +345,11 @@ impl EchoCanceller {
                 1
             };
             let mut loud = false;
-            let mut fed = 0u64;
             for _ in 0..feeds {
                 if self.render.len() < SUBFRAME {
                     break;
                 }
-                fed += 1;
+                fed_in_frame += 1;
                 self.block.clear();
                 self.block.extend(self.render.drain(..SUBFRAME));
                 let energy = self.block.iter().map(|s| s * s).sum::<f32>() / SUBFRAME as f32;
@@ -359,7 +358,6 @@ impl EchoCanceller {
                     .handle_render_frame(&self.block)
                     .map_err(err)?;
             }
-            fed_in_frame += fed;
             if loud {
                 self.since_render = 0;
             } else {

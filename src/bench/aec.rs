@@ -378,22 +378,18 @@ pub fn run_scene(
             dac[..end - from].copy_from_slice(&scene.answer[from..end]);
         }
         speaker.drain(..FRAME_SAMPLES);
-        for i in 0..FRAME_SAMPLES {
-            let x = if drift == 1.0 {
-                // One clock: the DAC's own samples (exactly as before drift was modelled).
-                dac.get(i).copied().unwrap_or(0.0)
+        // (With one clock `at` is a whole sample and this is the DAC's own sample.)
+        let sample = |j: usize| {
+            if playing && j < scene.answer.len() {
+                scene.answer[j]
             } else {
-                let at = (start + i) as f64 * drift;
-                let (k, frac) = (at as usize, (at.fract()) as f32);
-                let s = |j: usize| {
-                    if playing && j < scene.answer.len() {
-                        scene.answer[j]
-                    } else {
-                        0.0
-                    }
-                };
-                s(k) * (1.0 - frac) + s(k + 1) * frac
-            };
+                0.0
+            }
+        };
+        for i in 0..FRAME_SAMPLES {
+            let at = (start + i) as f64 * drift;
+            let (j, frac) = (at as usize, at.fract() as f32);
+            let x = sample(j) * (1.0 - frac) + sample(j + 1) * frac;
             speaker.push((2.0 * x).tanh() / 2.0);
         }
         // Microphone = echo + person + noise floor (−75 dBFS).
@@ -426,17 +422,15 @@ pub fn run_scene(
                 aec_time += t0.elapsed();
                 let far_only = echo_energy > 1e-3 && !talk_near(start, start + FRAME_SAMPLES);
                 if far_only && k >= 33 {
-                    energy.echo_mic += pcm.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
-                    energy.echo_out += c.samples.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
-                    let linear = c
-                        .linear
-                        .as_ref()
-                        .map_or(0.0, |l| l.iter().map(|s| (*s as f64).powi(2)).sum::<f64>());
+                    let e = |x: &[i16]| x.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+                    let (mic, out) = (e(&pcm[..]), e(&c.samples[..]));
+                    let linear = c.linear.as_ref().map_or(0.0, |l| e(&l[..]));
+                    energy.echo_mic += mic;
+                    energy.echo_out += out;
                     energy.echo_linear += linear;
                     if start >= scene.answer.len() * 2 / 3 {
-                        energy.late[0] += pcm.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
-                        energy.late[1] +=
-                            c.samples.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+                        energy.late[0] += mic;
+                        energy.late[1] += out;
                         energy.late[2] += linear;
                     }
                 }

@@ -121,11 +121,7 @@ pub fn whisper_quantised(ggml: &[u8], quant: Quant) -> Result<Vec<u8>, Ct2Error>
 /// f16 little-endian values → q8_0 blocks (`f16 d`, 32 × `i8`), as ggml's
 /// `quantize_row_q8_0_ref`.
 fn quantise_q8_0(f16_bytes: &[u8], out: &mut Vec<u8>) {
-    let vals: Vec<f32> = f16_bytes
-        .chunks_exact(2)
-        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect();
-    for block in vals.chunks(QK8_0) {
+    for block in f16_values(f16_bytes).chunks(QK8_0) {
         let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -139,11 +135,7 @@ fn quantise_q8_0(f16_bytes: &[u8], out: &mut Vec<u8>) {
 /// f16 little-endian values → q5_1 blocks (`f16 d`, `f16 m`, 32 high bits, 16 bytes of
 /// low nibbles: value j and j + 16 share a byte), as ggml's `quantize_row_q5_1_ref`.
 fn quantise_q5_1(f16_bytes: &[u8], out: &mut Vec<u8>) {
-    let vals: Vec<f32> = f16_bytes
-        .chunks_exact(2)
-        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect();
-    for block in vals.chunks(QK8_0) {
+    for block in f16_values(f16_bytes).chunks(QK8_0) {
         let min = block.iter().fold(f32::INFINITY, |m, v| m.min(*v));
         let max = block.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
         let d = (max - min) / 31.0;
@@ -165,6 +157,14 @@ fn quantise_q5_1(f16_bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Little-endian f16 bytes as f32 values (what both quantisers start from).
+fn f16_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
+}
+
 fn count(v: i32) -> Result<usize, Ct2Error> {
     usize::try_from(v).map_err(|_| Ct2Error::Malformed(format!("negative size {v}")))
 }
@@ -173,13 +173,16 @@ fn count(v: i32) -> Result<usize, Ct2Error> {
 mod tests {
     use super::*;
 
+    fn f16_bytes(vals: &[f32]) -> Vec<u8> {
+        vals.iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect()
+    }
+
     #[test]
     fn a_block_keeps_its_largest_value_and_rounds_the_rest() {
         let vals: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) / 8.0).collect();
-        let bytes: Vec<u8> = vals
-            .iter()
-            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-            .collect();
+        let bytes = f16_bytes(&vals);
         let mut out = Vec::new();
         quantise_q8_0(&bytes, &mut out);
         assert_eq!(out.len(), 34);
@@ -194,10 +197,7 @@ mod tests {
     #[test]
     fn a_q5_1_block_spans_its_range_in_32_steps() {
         let vals: Vec<f32> = (0..32).map(|i| (i as f32 - 8.0) / 4.0).collect();
-        let bytes: Vec<u8> = vals
-            .iter()
-            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-            .collect();
+        let bytes = f16_bytes(&vals);
         let mut out = Vec::new();
         quantise_q5_1(&bytes, &mut out);
         assert_eq!(out.len(), 24);

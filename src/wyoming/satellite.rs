@@ -168,10 +168,19 @@ struct Hub {
     peer: String,
     out: mpsc::Sender<Frame>,
     reader: tokio::task::JoinHandle<()>,
-    /// `run-satellite` received (and no `pause-satellite` since).
-    running: bool,
+    state: HubState,
+}
+
+/// Where a connected hub stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HubState {
+    /// Connected, no `run-satellite` yet (a probe, or a hub still starting): questions
+    /// are answered here.
+    Connected,
+    /// `run-satellite` received (and no `pause-satellite` since): questions go to it.
+    Running,
     /// `pause-satellite` received: the user muted the satellite in the hub.
-    paused: bool,
+    Paused,
 }
 
 impl Drop for Hub {
@@ -333,15 +342,7 @@ impl Actor {
         if let Some(old) = self.hub.take() {
             tracing::info!(old = %old.peer, new = %peer, "satellite: a new hub connection replaces the old one");
             // The old connection's question will not be answered by the new one.
-            if let Some(run) = self.run.take_if(|_| self.group.is_none()) {
-                self.io.active.end(run.turn.id);
-                self.news(
-                    Some(run.turn.id),
-                    SatelliteNews::NoReply,
-                    "the hub reconnected",
-                )
-                .await;
-            }
+            self.unanswered("the hub reconnected").await;
         } else {
             tracing::info!(%peer, "satellite: hub connected");
         }
@@ -350,8 +351,7 @@ impl Actor {
             peer: peer.clone(),
             out: out_tx,
             reader,
-            running: false,
-            paused: false,
+            state: HubState::Connected,
         });
         self.news(None, SatelliteNews::Connected, peer).await;
     }
@@ -364,20 +364,22 @@ impl Actor {
             }
             None => tracing::info!(peer = %hub.peer, "satellite: hub disconnected"),
         }
-        // A question waiting for the hub's reply will get none.
-        // (An answer already playing plays on; its `played` has nowhere to go.)
-        let playing = self.group.as_ref().is_some_and(|g| g.stopped);
-        if let Some(run) = self.run.take_if(|_| !playing) {
-            self.io.active.end(run.turn.id);
-            self.news(
-                Some(run.turn.id),
-                SatelliteNews::NoReply,
-                "the hub went away",
-            )
-            .await;
-        }
+        self.unanswered("the hub went away").await;
         let detail = why.map_or_else(|| hub.peer.clone(), |e| format!("{}: {e}", hub.peer));
         self.news(None, SatelliteNews::Disconnected, detail).await;
+    }
+
+    /// The question in flight will get no reply (`why`): its turn ends (a `no_reply`
+    /// event), unless the hub's answer to it is already playing — that plays on (its
+    /// `played` may have nowhere to go).
+    async fn unanswered(&mut self, why: &str) {
+        let playing = self.group.as_ref().is_some_and(|g| g.stopped);
+        let Some(run) = self.run.take_if(|_| !playing) else {
+            return;
+        };
+        self.io.active.end(run.turn.id);
+        self.news(Some(run.turn.id), SatelliteNews::NoReply, why)
+            .await;
     }
 
     /// Queues a frame for the hub; false when the hub is gone.
@@ -406,8 +408,7 @@ impl Actor {
             }
             "run-satellite" => {
                 if let Some(h) = &mut self.hub {
-                    h.running = true;
-                    h.paused = false;
+                    h.state = HubState::Running;
                     let peer = h.peer.clone();
                     tracing::info!(%peer, "satellite: the hub is ready for questions");
                     self.news(None, SatelliteNews::Running, peer).await;
@@ -415,8 +416,7 @@ impl Actor {
             }
             "pause-satellite" => {
                 if let Some(h) = &mut self.hub {
-                    h.running = false;
-                    h.paused = true;
+                    h.state = HubState::Paused;
                     let peer = h.peer.clone();
                     tracing::info!(%peer, "satellite: paused by the hub (muted)");
                     self.cancel_run("paused");
@@ -440,9 +440,9 @@ impl Actor {
                     .await;
                 }
             }
-            "audio-start" => self.audio_start(&f).await,
-            "audio-chunk" => self.audio_chunk(&f).await,
-            "audio-stop" => self.audio_stop().await,
+            "audio-start" => self.audio_start(&f),
+            "audio-chunk" => self.audio_chunk(&f),
+            "audio-stop" => self.audio_stop(),
             "error" => {
                 let text = f.str("text").unwrap_or("(no text)").to_string();
                 let code = f.str("code").unwrap_or_default();
@@ -547,7 +547,7 @@ impl Actor {
         self.emit(ev).await;
     }
 
-    async fn audio_start(&mut self, f: &Frame) {
+    fn audio_start(&mut self, f: &Frame) {
         // A group still open (no audio-stop) ends here.
         self.flush_group(false);
         let Some(fmt) = format_of(f) else {
@@ -595,10 +595,10 @@ impl Actor {
         });
     }
 
-    async fn audio_chunk(&mut self, f: &Frame) {
+    fn audio_chunk(&mut self, f: &Frame) {
         if self.group.is_none() {
             // A hub that skips audio-start: the chunk's own format opens the group.
-            self.audio_start(f).await;
+            self.audio_start(f);
         }
         let Some(g) = &mut self.group else { return };
         if g.turn.is_none() || g.stopped {
@@ -621,7 +621,7 @@ impl Actor {
         }
     }
 
-    async fn audio_stop(&mut self) {
+    fn audio_stop(&mut self) {
         let Some(g) = &self.group else { return };
         if g.turn.is_none() {
             self.group = None;
@@ -665,12 +665,12 @@ impl Actor {
         }
         let turn = u.turn.id;
         match &self.hub {
-            Some(h) if h.running => {
+            Some(h) if h.state == HubState::Running => {
                 if let Some(u) = self.ask_hub(u).await {
                     self.answer_locally(u).await;
                 }
             }
-            Some(h) if h.paused => {
+            Some(h) if h.state == HubState::Paused => {
                 tracing::info!(
                     turn,
                     "satellite: the hub has muted this satellite; the question is not sent"
@@ -803,7 +803,7 @@ impl Actor {
     }
 
     async fn no_reply(&mut self) {
-        let Some(run) = self.run.take() else { return };
+        let Some(run) = &self.run else { return };
         let ms = self.opts.answer_timeout.as_millis();
         tracing::warn!(
             turn = run.turn.id,
@@ -811,13 +811,9 @@ impl Actor {
             heard = run.heard,
             "satellite: no reply from the hub; the turn ends"
         );
-        self.io.active.end(run.turn.id);
-        self.news(
-            Some(run.turn.id),
-            SatelliteNews::NoReply,
-            format!("nothing from the hub in {ms} ms"),
-        )
-        .await;
+        // (No deadline runs while the hub's answer plays.)
+        self.unanswered(&format!("nothing from the hub in {ms} ms"))
+            .await;
     }
 
     async fn report(&mut self, r: Event) {
