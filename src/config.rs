@@ -386,6 +386,12 @@ pub struct TtsConfig {
     pub model_dir: PathBuf,
     /// Voice (`panda voices` lists them; the first letter names the language).
     pub voice: String,
+    /// The voice for each language a conversation can switch to ("speak French"), by
+    /// language code: `{ es = "em_alex" }`. A language not named here speaks in its
+    /// default voice (`ef_dora`, `ff_siwis`, …). A voice of another language reads the
+    /// words as this language is read (espeak-ng's phonemes for it) in its own timbre —
+    /// an accent, but understood.
+    pub language_voices: BTreeMap<String, String>,
     /// Speaking rate: 1.0 is normal, 0.5–2.0 allowed.
     pub speed: f32,
     /// ONNX Runtime intra-op threads; 0 = all cores.
@@ -420,6 +426,7 @@ impl Default for TtsConfig {
         Self {
             model_dir: PathBuf::from("kokoro"),
             voice: "af_heart".into(),
+            language_voices: BTreeMap::new(),
             speed: 1.0,
             threads: 0,
             gpu: true,
@@ -1061,6 +1068,22 @@ pub fn default_agents() -> Vec<AgentConfig> {
     ]
 }
 
+/// espeak-ng voice that reads language `code` (a code of
+/// [`crate::think::conversation::LANGUAGES`]: `en`, `es`, `fr`, …).
+pub fn language_phonemes(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "en" => "en-us",
+        "es" => "es",
+        "fr" => "fr-fr",
+        "hi" => "hi",
+        "it" => "it",
+        "ja" => "ja",
+        "pt" => "pt-br",
+        "zh" => "cmn",
+        _ => return None,
+    })
+}
+
 /// espeak-ng voice for a Kokoro voice name, from the name's first letter (validation
 /// needs it here; the speaking path re-exports it).
 pub fn voice_language(voice: &str) -> Option<&'static str> {
@@ -1324,6 +1347,34 @@ impl Config {
                     t.voice
                 ),
             ));
+        }
+        for (code, voice) in &t.language_voices {
+            let key = "tts.language_voices";
+            if crate::think::conversation::LANGUAGES
+                .iter()
+                .all(|l| l.0 != code.as_str())
+            {
+                let codes: Vec<&str> = crate::think::conversation::LANGUAGES
+                    .iter()
+                    .map(|l| l.0)
+                    .collect();
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{code}` is not a language Panda speaks ({})",
+                        codes.join(", ")
+                    ),
+                ));
+            }
+            if code == "en" {
+                return Err(invalid(key, "English speaks in `tts.voice`"));
+            }
+            if voice_language(voice).is_none() {
+                return Err(invalid(
+                    key,
+                    format!("{code}: `{voice}` is not a Kokoro voice name (like `ef_dora`)"),
+                ));
+            }
         }
         int("playback.buffer_ms", self.playback.buffer_ms, 5, 500)?;
         int("aec.delay_hint_ms", self.aec.delay_hint_ms, 0, 500)?;

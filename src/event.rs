@@ -166,6 +166,10 @@ pub struct Sentence {
     pub text: String,
     /// Kokoro voice (its first letter names the language).
     pub voice: String,
+    /// espeak-ng language to read the text in when it is not the voice's own (a French
+    /// answer in a voice `[tts] language_voices` borrowed from English); `None`: the
+    /// voice's language.
+    pub reading: Option<&'static str>,
     /// Speaking rate, 1.0 normal.
     pub speed: f32,
 }

@@ -109,6 +109,7 @@ async fn feed(
             index,
             text,
             voice: voice.clone(),
+            reading: None,
             speed,
         })
     };

@@ -113,6 +113,7 @@ pub fn tts_runs(
             index: 0,
             text: text.clone(),
             voice: voice.to_string(),
+            reading: None,
             speed: cfg.tts.speed,
         }));
         let _ = sent_tx.blocking_send(Speech::End { turn, index: 1 });

@@ -23,6 +23,9 @@
 //!   `lookback` frames before the detection, wake phrase included — Whisper hears a
 //!   whole sentence rather than a half-word — and the listener's STT stage drops the
 //!   leading wake phrase from the transcript;
+//! - when the wake word check already heard words after the phrase
+//!   ([`Arm::WakeInOneBreath`]), the question is under way however short its rest ("hey
+//!   panda, stop"): the utterance starts at once from the lookback and ends on silence;
 //! - frames under a `hold` (the earcon playing) never count as voiced;
 //! - speech then has `question_timeout` frames to start.
 //!
@@ -83,6 +86,12 @@ pub enum Arm {
         /// Frames masked from the VAD.
         hold: usize,
     },
+    /// A wake word whose check heard words after the phrase ("hey panda speak French"
+    /// said without a pause, however short the rest): the question is already under
+    /// way, so the utterance starts at once, `lookback` frames before the detection
+    /// (wake phrase included, dropped from the transcript later), and ends on silence.
+    /// No hold: the person is speaking.
+    WakeInOneBreath,
     /// Listen for a follow-up without the wake word for `timeout` frames; nothing from
     /// before the arming is part of it.
     FollowUp {
@@ -140,6 +149,8 @@ struct Armed {
     tail_open: bool,
     /// The earliest frame the utterance may start at.
     floor: u64,
+    /// The question is already being said: start on the first frame.
+    start_now: bool,
 }
 
 /// The endpointer. Feed every frame through [`Endpointer::push`], armed or not.
@@ -239,7 +250,9 @@ impl Endpointer {
                     a.floor = a.floor.max(seq);
                     self.armed = Some(a);
                 }
-                let started = if a.tail_open {
+                let started = if a.start_now {
+                    Some(a.at)
+                } else if a.tail_open {
                     // Voicing that runs on from the detection: the tail, unless it lasts.
                     (voiced_run >= self.p.tail.max(self.p.start)).then(|| {
                         a.floor = a.at.saturating_sub(self.p.lookback as u64);
@@ -326,6 +339,15 @@ impl Endpointer {
                 hold: (at + hold_after as u64, at + (hold_after + hold) as u64),
                 tail_open: true,
                 floor: at,
+                start_now: false,
+            },
+            Arm::WakeInOneBreath => Armed {
+                at,
+                timeout: self.p.question_timeout,
+                hold: (0, 0),
+                tail_open: false,
+                floor: at.saturating_sub(self.p.lookback as u64),
+                start_now: true,
             },
             Arm::FollowUp { timeout } => Armed {
                 at,
@@ -333,6 +355,7 @@ impl Endpointer {
                 hold: (0, 0),
                 tail_open: false,
                 floor: at,
+                start_now: false,
             },
             Arm::Open => Armed {
                 at,
@@ -340,6 +363,7 @@ impl Endpointer {
                 hold: (0, 0),
                 tail_open: false,
                 floor: 0,
+                start_now: false,
             },
         }
     }
@@ -613,6 +637,29 @@ mod tests {
         let (start, frames) = utterance(&ev);
         assert_eq!(start, 1);
         assert_eq!(frames[0], 1);
+    }
+
+    #[test]
+    fn a_question_already_under_way_starts_at_once_however_short() {
+        // Voicing after the detection (frame 4) stops after 3 frames — shorter than a
+        // tail (6) — but the check heard words after the phrase: it is the question,
+        // from the lookback (3 frames before the detection) to the silence.
+        let ev = run_as(P, "xxxxxxx..........", 4, Arm::WakeInOneBreath);
+        assert_eq!(ev[0].1, Endpoint::SpeechStart { at_seq: 4 });
+        let (start, frames) = utterance(&ev);
+        assert_eq!(start, 1);
+        assert_eq!(frames[..6], [1, 2, 3, 4, 5, 6], "{frames:?}");
+        // The same voicing under the plain wake rules is the phrase's tail: no question.
+        let ev = run_as(
+            P,
+            "xxxxxxx..........",
+            4,
+            Arm::Wake {
+                hold_after: 0,
+                hold: 0,
+            },
+        );
+        assert!(matches!(ev[..], [(_, Endpoint::NoSpeech { .. })]), "{ev:?}");
     }
 
     #[test]

@@ -326,6 +326,22 @@ pub fn strip_wake_phrase(text: &str, phrase: &str) -> String {
     capitalised(&words[cut + 1..].join(" "))
 }
 
+/// Whether the wake word check's transcript goes on past the wake phrase with words of
+/// a question ("Hey Panda, speak French." — not "Hey Panda.", "Hey Panda. Um." or the
+/// "Thank you." Whisper writes over silence): the question was said in the same breath.
+pub fn said_after_phrase(heard: &str, phrase: &str) -> bool {
+    // What Whisper writes over silence and breath, and hesitations.
+    const NOT_WORDS: &[&str] = &[
+        "you", "thank", "thanks", "bye", "um", "uh", "hmm", "mm", "oh", "ah", "okay", "ok",
+    ];
+    let rest = strip_wake_phrase(heard, phrase);
+    rest != heard.trim()
+        && rest.split_whitespace().any(|w| {
+            let w: String = plain(w).into_iter().collect();
+            w.chars().count() >= 2 && !NOT_WORDS.contains(&w.as_str())
+        })
+}
+
 /// `rest` without leading punctuation, starting with a capital.
 fn capitalised(rest: &str) -> String {
     let rest = rest.trim_start_matches(|c: char| !c.is_alphanumeric());
@@ -439,7 +455,11 @@ impl Collector {
     fn conclude(
         &mut self,
         p: Pending,
-        (accepted, heard): (bool, Option<String>),
+        Verdict {
+            accepted,
+            heard,
+            one_breath,
+        }: Verdict,
         held: &mut Vec<AudioFrame>,
         queued: usize,
         hold: usize,
@@ -460,9 +480,13 @@ impl Collector {
             self.turn = Some(t);
             // The earcon plays from now, wall-clock: the held frames and those already
             // queued behind them were captured before it.
-            self.ep.arm(Arm::Wake {
-                hold_after: held.len() + queued,
-                hold,
+            self.ep.arm(if one_breath {
+                Arm::WakeInOneBreath
+            } else {
+                Arm::Wake {
+                    hold_after: held.len() + queued,
+                    hold,
+                }
             });
             std::mem::take(held)
         } else {
@@ -530,6 +554,16 @@ struct Listening {
     live: bool,
 }
 
+/// A second-stage check's decision on a detection.
+struct Verdict {
+    /// The wake phrase was heard: a wake.
+    accepted: bool,
+    /// What Whisper heard (none without a check).
+    heard: Option<String>,
+    /// It heard words after the phrase: the question is already under way.
+    one_breath: bool,
+}
+
 /// What [`Listening::settle`] found.
 enum Settled {
     /// No check is running, or it has decided.
@@ -582,6 +616,17 @@ impl Listening {
         {
             det.rejected(p.seq);
         }
+        let one_breath = verdict.0
+            && self
+                .verifier
+                .as_ref()
+                .zip(verdict.1.as_deref())
+                .is_some_and(|(v, heard)| said_after_phrase(heard, &v.phrase));
+        let verdict = Verdict {
+            accepted: verdict.0,
+            heard: verdict.1,
+            one_breath,
+        };
         let batch = self
             .c
             .conclude(p, verdict, &mut self.held, queued, self.hold, out);
@@ -1004,6 +1049,31 @@ mod tests {
             assert!(!heard_wake_phrase(heard, "hey panda"), "{heard}");
         }
         assert!(heard_wake_phrase("Computer, lights.", "computer"));
+    }
+
+    #[test]
+    fn words_after_the_phrase_in_the_check_mean_one_breath() {
+        for heard in [
+            "Hey Panda, speak French.",
+            "Hey Panda. Speak.",
+            "hey panda stop",
+            "Tapeanda. What time",
+            "A panda. Set a timer.",
+        ] {
+            assert!(said_after_phrase(heard, "hey panda"), "{heard}");
+        }
+        for heard in [
+            "Hey Panda.",
+            "Hey, Panda!",
+            "Hey Panda. Thank you.",
+            "Hey panda, um.",
+            "Tapeanda.",
+            "",
+            // No phrase found at the start: nothing is known to follow it.
+            "I saw a panda at the zoo.",
+        ] {
+            assert!(!said_after_phrase(heard, "hey panda"), "{heard}");
+        }
     }
 
     #[test]

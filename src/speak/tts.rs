@@ -195,7 +195,7 @@ fn serve(k: &mut Kokoro, opts: &TtsOptions, remote: Option<&Remote>, mut io: Tts
                     stats.skipped_cancelled += 1;
                     continue;
                 }
-                let remote = remote.filter(|_| s.voice == opts.voice);
+                let remote = remote.filter(|_| s.voice == opts.voice && s.reading.is_none());
                 if !remote.is_some_and(|r| synthesize_remote(r, &s, &io, &mut stats)) {
                     synthesize_sentence(k, opts, &s, &io, &mut stats);
                 }
@@ -307,7 +307,11 @@ fn synthesize_sentence(
     };
     let mut chunks = Vec::new();
     for p in &pieces {
-        match k.prepare(p, &s.voice) {
+        let prepared = match s.reading {
+            Some(lang) => k.prepare_in(p, lang),
+            None => k.prepare(p, &s.voice),
+        };
+        match prepared {
             Ok(c) => chunks.extend(c),
             Err(e) => {
                 error(e.to_string());

@@ -54,6 +54,8 @@ struct AnswerQueue<'a, 'b> {
     splitter: SentenceSplitter,
     index: u32,
     voice: String,
+    /// The espeak-ng language the voice reads in when it is not its own.
+    reading: Option<&'static str>,
     speed: f32,
     text: String,
     said_anything: bool,
@@ -102,6 +104,7 @@ impl AnswerQueue<'_, '_> {
                     index: self.index,
                     text,
                     voice: self.voice.clone(),
+                    reading: self.reading,
                     speed: self.speed,
                 }))
                 .await;
@@ -210,15 +213,26 @@ impl Thinker {
         }
     }
 
-    fn voice(&self) -> String {
-        match (&self.voice_override, self.conv.language.as_str()) {
+    /// The voice for the conversation's language, and the espeak-ng language it reads in
+    /// when that is not the voice's own (`[tts] language_voices` may lend a voice of
+    /// another language).
+    fn voice(&self) -> (String, Option<&'static str>) {
+        let lang = self.conv.language.as_str();
+        let voice = match (&self.voice_override, lang) {
             (Some(v), "en") => v.clone(),
             (Some(v), _) if v.starts_with(self.conv.voice().chars().next().unwrap_or('a')) => {
                 v.clone()
             }
-            _ if self.conv.language == "en" => self.cfg.tts.voice.clone(),
-            _ => self.conv.voice().to_string(),
-        }
+            _ if lang == "en" => self.cfg.tts.voice.clone(),
+            _ => match self.cfg.tts.language_voices.get(lang) {
+                Some(v) => v.clone(),
+                None => self.conv.voice().to_string(),
+            },
+        };
+        let own = crate::config::voice_language(&voice);
+        let reading =
+            crate::config::language_phonemes(lang).filter(|r| lang != "en" && Some(*r) != own);
+        (voice, reading)
     }
 
     /// Records what the listener heard of `turn`'s answer (from playback progress):
@@ -360,7 +374,7 @@ impl Thinker {
                 } else {
                     let answer = self.skill(skill, &slots).await;
                     // A language switch speaks its confirmation in the new voice.
-                    sp.voice = self.voice();
+                    (sp.voice, sp.reading) = self.voice();
                     sp.say(&answer).await;
                     AnswerSource::Skill
                 }
@@ -394,13 +408,15 @@ impl Thinker {
         events: &'a mpsc::Sender<Event>,
         turn: &'a Turn,
     ) -> AnswerQueue<'a, 'b> {
+        let (voice, reading) = self.voice();
         AnswerQueue {
             io,
             events,
             turn,
             splitter: SentenceSplitter::new(self.cfg.tts.max_sentence_chars as usize),
             index: 0,
-            voice: self.voice(),
+            voice,
+            reading,
             speed: self.cfg.tts.speed,
             text: String::new(),
             said_anything: false,

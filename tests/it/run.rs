@@ -1146,3 +1146,125 @@ fn facts_added_by_another_process_reach_the_running_daemon() {
     let t = wait_answer(&c, &d.url, 60, |a| !a.is_empty());
     assert!(t["answer"].as_str().unwrap().contains("swordfish"), "{t}");
 }
+
+/// "Hey panda, speak French", then a question asked in French: Whisper hears it in
+/// French (the multilingual model, switched with the conversation), the model is asked
+/// for French and the French answer is spoken. The French voice is lent from English
+/// (`[tts] language_voices`): Kokoro's French voice is kept out of every test.
+#[test]
+fn speak_french_then_a_french_question_is_heard_and_answered_in_french() {
+    use panda::scripted::{Reply, Request, openai_stream, serve};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = asked.clone();
+    let llm = rt
+        .block_on(serve(std::sync::Arc::new(move |r: &Request| {
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&r.body).into_owned());
+            Reply::Stream {
+                content_type: "text/event-stream",
+                pieces: openai_stream(
+                    &["La capitale de l'Australie ", "est Canberra."],
+                    Duration::from_millis(20),
+                ),
+                die: false,
+            }
+        })))
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let silence = |ms: usize| vec![0i16; 16 * ms];
+    let mut pcm = silence(500);
+    pcm.extend(common::kokoro_speech(
+        dir.path(),
+        "speak-french",
+        "af_bella",
+        &["Hey panda, speak French."],
+        &[0],
+    ));
+    // The confirmation is spoken (seconds on a loaded machine) before the next wake.
+    pcm.extend(silence(12_000));
+    pcm.extend(common::kokoro_speech(
+        dir.path(),
+        "wake",
+        "af_bella",
+        &["Hey panda."],
+        &[800],
+    ));
+    pcm.extend(common::espeak_16k(
+        dir.path(),
+        "fr",
+        "Quelle est la capitale de l'Australie ?",
+    ));
+    pcm.extend(silence(20_000));
+    let wav = dir.path().join("french.wav");
+    common::write_wav(&wav, 16_000, &pcm);
+    let out = state.path().join("answers.wav");
+    let r = common::command_in(state.path())
+        .args(["run", "--json", "--realtime", "--input"])
+        .arg(&wav)
+        .arg("--output")
+        .arg(&out)
+        .env("PANDA_LLM__URL", llm.url())
+        .env("PANDA_TTS__LANGUAGE_VOICES__FR", "af_heart")
+        .output()
+        .unwrap();
+    let run = common::Run::from_output(r);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let routes: Vec<&str> = run
+        .of_type("route")
+        .iter()
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(routes, ["skill:language", "llm"], "{}", run.stdout);
+    let transcripts: Vec<String> = run
+        .of_type("transcript")
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_lowercase())
+        .collect();
+    println!("transcripts: {transcripts:?}");
+    let question = &transcripts[transcripts.len() - 1];
+    assert!(
+        question.contains("capitale") && question.contains("australie"),
+        "the question was not heard in French: {question}"
+    );
+    let answers = common::answers(&run);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers[0].contains("français"), "{answers:?}");
+    assert_eq!(answers[1], "La capitale de l'Australie est Canberra.");
+    // The model was told to answer in French, and given the French question.
+    let bodies = asked.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(
+        bodies[0].contains("French") && bodies[0].to_lowercase().contains("capitale"),
+        "{}",
+        bodies[0]
+    );
+    // Both answers were spoken whole.
+    let spoken = run.of_type("spoken");
+    assert_eq!(spoken.len(), 2, "{}", run.stdout);
+    assert!(
+        spoken[1]["heard"].as_str().unwrap().contains("Canberra"),
+        "{spoken:?}"
+    );
+    // And spoken as French is read (an English voice lent to French has an accent —
+    // Whisper base heard "Canberra" as "qu'en béha" — but the confirmation is clear).
+    let heard = common::command()
+        .arg("transcribe")
+        .arg(&out)
+        .env("PANDA_STT__LANGUAGE", "fr")
+        .output()
+        .unwrap();
+    assert!(
+        heard.status.success(),
+        "{}",
+        String::from_utf8_lossy(&heard.stderr)
+    );
+    let text = String::from_utf8_lossy(&heard.stdout).to_lowercase();
+    println!("answers as transcribed: {text}");
+    assert!(
+        text.contains("d'accord") && text.contains("je parle"),
+        "{text}"
+    );
+}
