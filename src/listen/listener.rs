@@ -442,7 +442,14 @@ impl Collector {
             self.level.reset();
         }
         let audio = audio_of(f);
-        let voiced = self.ep.is_armed() && self.level.voiced(audio, self.vad.is_voiced(audio));
+        let voiced = if self.ep.is_armed() {
+            self.level.voiced(audio, self.vad.is_voiced(audio))
+        } else {
+            // The room's level is followed while nothing listens too: the background
+            // before a question is what its speech must stand above.
+            self.level.observe(audio);
+            false
+        };
         match self.ep.push(f.seq, audio, voiced) {
             Some(e) => deliver(e, &mut self.turn, out),
             None => true,

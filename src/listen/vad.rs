@@ -43,31 +43,79 @@ pub const LEVEL_GATE_DB: f32 = 18.0;
 /// who gets quieter.
 const PEAK_DECAY_DB: f32 = 0.1;
 
-/// The level gate of one utterance: voiced frames must be within [`LEVEL_GATE_DB`] of
-/// the loudest voiced frame so far. Reset between utterances.
+/// Voiced frames must also stand this far above the room's background level: steady
+/// noise (a fan, a hum, the white and pink noise of the wake bench) at 10–18 dB under
+/// the speaker passes both webrtc-vad and the peak gate, and held questions open until
+/// the next "hey panda" 4.5 s later. A 30 ms frame of steady noise stays within ~2 dB of
+/// its level; speech stands 10 dB and more above it.
+pub const FLOOR_MARGIN_DB: f32 = 6.0;
+/// The background is the quietest frame of the last [`FLOOR_BLOCKS`] ×
+/// [`FLOOR_BLOCK_FRAMES`] frames (1.5 s; minimum statistics, kept as block minima): the
+/// pauses between words hold it at the noise, not the speech, and it follows a room that
+/// gets louder within 1.5 s. Unknown (no floor gate) until that much audio was seen.
+const FLOOR_BLOCK_FRAMES: usize = 10;
+/// See [`FLOOR_BLOCK_FRAMES`].
+const FLOOR_BLOCKS: usize = 5;
+
+/// The level gate: voiced frames must be within [`LEVEL_GATE_DB`] of the utterance's
+/// loudest voiced frame so far (reset between utterances) and [`FLOOR_MARGIN_DB`] above
+/// the background (tracked on every frame, armed or not).
 #[derive(Debug, Clone, Copy)]
 pub struct LevelGate {
     peak_db: f32,
+    /// Minima of the last whole blocks (a ring), of the block being filled, its length,
+    /// and how many blocks were completed.
+    blocks: [f32; FLOOR_BLOCKS],
+    block_min: f32,
+    in_block: usize,
+    completed: usize,
 }
 
 impl Default for LevelGate {
     fn default() -> Self {
         Self {
             peak_db: f32::NEG_INFINITY,
+            blocks: [f32::INFINITY; FLOOR_BLOCKS],
+            block_min: f32::INFINITY,
+            in_block: 0,
+            completed: 0,
         }
     }
 }
 
 impl LevelGate {
-    /// Forgets the utterance's level.
+    /// Forgets the utterance's level (not the room's).
     pub fn reset(&mut self) {
         self.peak_db = f32::NEG_INFINITY;
     }
 
-    /// The VAD's decision `voiced` for `frame`, gated by the utterance's level.
-    pub fn voiced(&mut self, frame: &[i16; FRAME_SAMPLES], voiced: bool) -> bool {
+    /// Follows the background level with `frame`; its level in dB.
+    pub fn observe(&mut self, frame: &[i16; FRAME_SAMPLES]) -> f32 {
         let energy = frame.iter().map(|&s| (s as f32).powi(2)).sum::<f32>() / FRAME_SAMPLES as f32;
         let db = 10.0 * (energy + 1.0).log10();
+        self.block_min = self.block_min.min(db);
+        self.in_block += 1;
+        if self.in_block == FLOOR_BLOCK_FRAMES {
+            self.blocks[self.completed % FLOOR_BLOCKS] = self.block_min;
+            self.completed += 1;
+            self.block_min = f32::INFINITY;
+            self.in_block = 0;
+        }
+        db
+    }
+
+    /// The background level (dB), once 1.5 s of audio has been seen.
+    pub fn floor_db(&self) -> Option<f32> {
+        (self.completed >= FLOOR_BLOCKS)
+            .then(|| self.blocks.iter().fold(self.block_min, |m, &b| m.min(b)))
+    }
+
+    /// The VAD's decision `voiced` for `frame`, gated by the utterance's level and the
+    /// background's.
+    pub fn voiced(&mut self, frame: &[i16; FRAME_SAMPLES], voiced: bool) -> bool {
+        let floor = self.floor_db();
+        let db = self.observe(frame);
+        let voiced = voiced && floor.is_none_or(|f| db > f + FLOOR_MARGIN_DB);
         if voiced {
             self.peak_db = self.peak_db.max(db);
         }
@@ -103,6 +151,31 @@ mod tests {
             g.voiced(&frame(600.0), true),
             "a new utterance sets its own level"
         );
+    }
+
+    #[test]
+    fn steady_noise_is_background_and_speech_over_it_is_not() {
+        let mut rng = 12345u32;
+        let mut noise = |amp: f32| {
+            let mut f = [0i16; FRAME_SAMPLES];
+            for s in f.iter_mut() {
+                rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *s = ((rng >> 16) as f32 / 32768.0 - 1.0).mul_add(amp, 0.0) as i16;
+            }
+            f
+        };
+        let mut g = LevelGate::default();
+        // Two seconds of the room: white noise the VAD calls voiced.
+        assert!(g.voiced(&noise(1000.0), true), "no background known yet");
+        for _ in 0..66 {
+            g.observe(&noise(1000.0));
+        }
+        assert!(!g.voiced(&noise(1000.0), true), "the noise itself");
+        assert!(!g.voiced(&noise(1300.0), true), "2 dB over it");
+        // Someone speaking 12 dB over it; the noise after them is background again.
+        assert!(g.voiced(&noise(4000.0), true), "12 dB over the noise");
+        assert!(g.voiced(&noise(4000.0), true));
+        assert!(!g.voiced(&noise(1000.0), true), "the noise after the speech");
     }
 
     #[test]
