@@ -1,28 +1,27 @@
 #!/usr/bin/env bash
-# Panda's STT against faster-whisper (PyPI) on the SAME CTranslate2 tiny.en model file and
-# the same recorded clips, in one run; prints per-engine p50/p95 and the ratios.
+# Panda's STT against faster-whisper (PyPI) on the same recorded clips, in one run, scored
+# by the same code: faster-whisper (int8 and float32, beam 1, on the CTranslate2 tiny.en
+# the installer converts from the same OpenAI weights) transcribes the clips
+# `panda bench stt --list-clips` names; `panda bench stt --peer` then prints Panda's rows
+# (every setting) and the peer's, WER beside p50/p95, and the ratio of Panda's default to
+# each peer with both WERs (accuracy first: speed counts at matched accuracy).
 # Needs `panda models install --test-data` (scripts/setup.sh) first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODELS="${PANDA_MODELS__DIR:-models}"
 CACHE="${PANDA_CACHE_DIR:-$HOME/.cache/panda}"
 VENV="$CACHE/peer-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q "faster-whisper==1.2.1" 2>/dev/null || "$VENV/bin/pip" install -q faster-whisper
+"$VENV/bin/pip" install -q "faster-whisper==1.2.1"
 CT2=$(scripts/ct2-tiny-en.sh)
 BIN=target/release/panda; [ -x "$BIN" ] || BIN=target/debug/panda
-PANDA_OUT=$("$BIN" bench stt 2>/dev/null)
-echo "$PANDA_OUT"
-PANDA_P50=$(echo "$PANDA_OUT" | grep '^stt_ms' | head -1 | awk '{print $3}')
-"$VENV/bin/python" - "$CT2" "$MODELS" "$PANDA_P50" <<'PY'
-import sys, glob, os, time, statistics, wave, array
-from faster_whisper import WhisperModel
-ct2, models, panda_p50 = sys.argv[1], sys.argv[2], float(sys.argv[3])
-clips = [models + "/testdata/pocketsphinx/goforward.raw"]
-clips += sorted(glob.glob(models + "/testdata/pocketsphinx/librivox/*.wav"))
-clips += sorted(glob.glob(models + "/testdata/pocketsphinx/cards/*.wav"))
-clips += sorted(p for p in glob.glob(models + "/testdata/alsa/*.wav") if not p.endswith("Noise.wav"))
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
+"$BIN" bench stt --list-clips > "$WORK/clips.jsonl"
+"$VENV/bin/python" - "$CT2" "$WORK/clips.jsonl" > "$WORK/peer.jsonl" <<'PY'
+import json, os, sys, time, wave
 import numpy as np
+from faster_whisper import WhisperModel
+ct2, listing = sys.argv[1], sys.argv[2]
+clips = [json.loads(l) for l in open(listing) if l.strip()]
 def load(p):
     if p.endswith(".raw"):
         return np.frombuffer(open(p, "rb").read(), dtype="<i2").astype(np.float32) / 32768
@@ -33,13 +32,15 @@ def load(p):
     if sr != 16000:
         x = np.interp(np.arange(0, len(x), sr / 16000), np.arange(len(x)), x).astype(np.float32)
     return x
-audio = [load(c) for c in clips]
+audio = [load(c["path"]) for c in clips]
 for ct in ["int8", "float32"]:
-    t = time.time(); m = WhisperModel(ct2, device="cpu", compute_type=ct, cpu_threads=os.cpu_count()); load_ms = (time.time() - t) * 1e3
-    list(m.transcribe(audio[0], beam_size=1, language="en")[0])
-    times = []
-    for x in audio:
-        t = time.time(); segs, _ = m.transcribe(x, beam_size=1, language="en", vad_filter=False); " ".join(s.text for s in segs); times.append((time.time() - t) * 1e3)
-    times.sort(); p50 = statistics.median(times); p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
-    print(f"faster-whisper {ct:8s} load {load_ms:.0f} ms | stt_ms p50 {p50:.0f} p95 {p95:.0f} | speed-up Panda vs peer (p50): {p50 / panda_p50:.2f}x")
+    m = WhisperModel(ct2, device="cpu", compute_type=ct, cpu_threads=os.cpu_count())
+    list(m.transcribe(audio[0], beam_size=1, language="en")[0])  # warm-up
+    for c, x in zip(clips, audio):
+        t = time.time()
+        segs, _ = m.transcribe(x, beam_size=1, language="en", vad_filter=False)
+        text = " ".join(s.text.strip() for s in segs)
+        ms = (time.time() - t) * 1e3
+        print(json.dumps({"engine": f"faster-whisper {ct}", "path": c["path"], "text": text, "ms": ms}))
 PY
+"$BIN" bench stt --peer "$WORK/peer.jsonl" 2>/dev/null

@@ -12,6 +12,7 @@ pub mod soak;
 pub mod wake;
 pub mod wyoming;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -485,9 +486,10 @@ fn stt_row(cfg: &Config, clips: &[Clip], lang: &str, name: &str) -> Result<SttRo
     })
 }
 
-/// `panda bench stt`.
-pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
-    let clips = match clips_dir {
+/// The clips `panda bench stt` runs: `clips_dir`'s WAV files (no references), or the
+/// installed recorded corpus.
+fn stt_clips(cfg: &Config, clips_dir: Option<&Path>) -> Result<Vec<Clip>, BenchError> {
+    Ok(match clips_dir {
         Some(d) => read_dir_sorted(d, "wav")
             .into_iter()
             .map(|p| Clip {
@@ -496,7 +498,81 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
             })
             .collect(),
         None => corpus(&cfg.models.dir)?,
-    };
+    })
+}
+
+/// `panda bench stt --list-clips`: the clips as JSON lines (`path`, `reference`), for a
+/// peer engine to transcribe the very same files.
+pub fn list_clips(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
+    for c in stt_clips(cfg, clips_dir)? {
+        println!(
+            "{}",
+            serde_json::json!({ "path": c.path, "reference": c.reference })
+        );
+    }
+    Ok(())
+}
+
+/// One transcript by a peer engine (`panda bench stt --peer`).
+#[derive(Debug, serde::Deserialize)]
+struct PeerTranscript {
+    engine: String,
+    path: PathBuf,
+    text: String,
+    ms: f64,
+}
+
+/// The peer's rows: each engine's WER (Panda's normalisation, the clips' references) and
+/// latency over the clips it transcribed. Lines that do not parse, and clips not in the
+/// set, are named and refused.
+fn peer_rows(path: &Path, clips: &[Clip]) -> Result<Vec<(String, SttRow)>, BenchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BenchError::Synth(format!("{}: {e}", path.display())))?;
+    let mut by: BTreeMap<String, (usize, usize, Vec<f64>, usize)> = BTreeMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let t: PeerTranscript = serde_json::from_str(line)
+            .map_err(|e| BenchError::Synth(format!("{} line {}: {e}", path.display(), i + 1)))?;
+        let clip = clips.iter().find(|c| c.path == t.path).ok_or_else(|| {
+            BenchError::Synth(format!(
+                "{} line {}: {} is not one of the clips",
+                path.display(),
+                i + 1,
+                t.path.display()
+            ))
+        })?;
+        let (e, n) = word_errors_in(&clip.reference, &t.text, "en");
+        let row = by.entry(t.engine).or_default();
+        row.0 += e;
+        row.1 += n;
+        row.2.push(t.ms);
+        row.3 += 1;
+    }
+    Ok(by
+        .into_iter()
+        .map(|(engine, (e, n, times, clips_done))| {
+            let name = format!("{engine} ({clips_done} clips)");
+            let row = SttRow {
+                wer_pct: 100.0 * e as f64 / n.max(1) as f64,
+                p50_ms: percentile(&times, 50.0),
+                p95_ms: percentile(&times, 95.0),
+                rtf_p50: f64::NAN,
+                rtf_p95: f64::NAN,
+                load_ms: f64::NAN,
+            };
+            (name, row)
+        })
+        .collect())
+}
+
+/// `panda bench stt`.
+pub fn stt(cfg: &Config, clips_dir: Option<&Path>, peer: Option<&Path>) -> Result<(), BenchError> {
+    let clips = stt_clips(cfg, clips_dir)?;
+    // The peer's file is checked before minutes of Whisper runs.
+    let peer_rows = peer.map(|p| peer_rows(p, &clips)).transpose()?;
     let model = cfg.model_path(&cfg.stt.model);
     // The configured setting first, then each lever on its own against the full window.
     let full = crate::config::SttConfig {
@@ -578,6 +654,7 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
         "{:<28} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "setting", "WER", "p50_ms", "p95_ms", "rtf_p50", "rtf_p95", "load_ms"
     );
+    let mut default_row = None;
     for (name, c) in settings {
         let mut whole = cfg.clone();
         whole.stt = c;
@@ -586,6 +663,34 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>) -> Result<(), BenchError> {
             "{name:<28} {:>6.1}% {:>9.0} {:>9.0} {:>8.3} {:>8.3} {:>8.0}",
             r.wer_pct, r.p50_ms, r.p95_ms, r.rtf_p50, r.rtf_p95, r.load_ms
         );
+        default_row.get_or_insert(r);
+    }
+    // The peer's engines on the same clips, scored the same way; the ratio is Panda's
+    // default against each, with both WERs beside it (accuracy first: a faster engine
+    // that mishears more is not faster at matched accuracy).
+    if let (Some(rows), Some(mine)) = (peer_rows, default_row) {
+        for (name, r) in &rows {
+            println!(
+                "{name:<28} {:>6.1}% {:>9.0} {:>9.0}",
+                r.wer_pct, r.p50_ms, r.p95_ms
+            );
+        }
+        for (name, r) in &rows {
+            let ratio = r.p50_ms / mine.p50_ms;
+            println!(
+                "Panda default vs {name}: WER {:.1}% vs {:.1}% ({:+.1} points); p50 {:.0} vs {:.0} ms: Panda {}",
+                mine.wer_pct,
+                r.wer_pct,
+                mine.wer_pct - r.wer_pct,
+                mine.p50_ms,
+                r.p50_ms,
+                if ratio >= 1.0 {
+                    format!("{ratio:.2}x faster")
+                } else {
+                    format!("{:.2}x slower", 1.0 / ratio)
+                }
+            );
+        }
     }
     let _ = std::fs::remove_file(&q5);
     // Other languages, through the multilingual model, on recorded human prompts.

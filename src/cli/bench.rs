@@ -6,7 +6,14 @@ use super::{BenchCmd, runtime};
 
 pub fn run(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
     match cmd {
-        BenchCmd::Stt { clips } => panda::bench::stt(cfg, clips.as_deref())?,
+        BenchCmd::Stt {
+            clips,
+            list_clips: true,
+            ..
+        } => panda::bench::list_clips(cfg, clips.as_deref())?,
+        BenchCmd::Stt { clips, peer, .. } => {
+            panda::bench::stt(cfg, clips.as_deref(), peer.as_deref())?
+        }
         BenchCmd::Listen { minutes } => panda::bench::listen(cfg, minutes)?,
         BenchCmd::Wake {
             thresholds,

@@ -222,6 +222,15 @@ pub enum BenchCmd {
         /// Directory of WAV clips (default: the installed test recordings).
         #[arg(long)]
         clips: Option<PathBuf>,
+        /// Print the recorded clips and their transcripts (JSON lines: path, reference)
+        /// for another engine to transcribe, and exit.
+        #[arg(long)]
+        list_clips: bool,
+        /// Another engine's transcripts of those clips (JSON lines: engine, path, text,
+        /// ms), scored here beside Panda's rows with the same word normalisation
+        /// (`scripts/bench-stt-peer.sh` writes them).
+        #[arg(long)]
+        peer: Option<PathBuf>,
     },
     /// Real-time factor of wake word + VAD over non-wake speech.
     Listen {

@@ -166,14 +166,7 @@ pub struct Endpointer {
     utterance: Vec<i16>,
     utterance_start: u64,
     utterance_frames: usize,
-    /// In speech: the last `hangover` frames' voice decisions, and how many were voiced.
-    recent_voiced: VecDeque<bool>,
-    recent_voiced_count: usize,
 }
-
-/// Speech has ended when at most one frame in this many of the last `hangover` frames
-/// was voiced (3 of 27 at the default 800 ms).
-const END_VOICED_DIVISOR: usize = 8;
 
 impl Endpointer {
     /// A disarmed endpointer.
@@ -187,8 +180,6 @@ impl Endpointer {
             utterance: Vec::new(),
             utterance_start: 0,
             utterance_frames: 0,
-            recent_voiced: VecDeque::with_capacity(p.hangover),
-            recent_voiced_count: 0,
         }
     }
 
@@ -289,8 +280,6 @@ impl Endpointer {
                     }
                     self.history.clear();
                     self.state = State::InSpeech { silence_run: 0 };
-                    self.recent_voiced.clear();
-                    self.recent_voiced_count = 0;
                     if self.utterance_frames >= self.p.max_len {
                         return Some(self.end(seq, EndReason::MaxLength));
                     }
@@ -308,28 +297,10 @@ impl Endpointer {
                 self.utterance.extend_from_slice(&samples[..]);
                 self.utterance_frames += 1;
                 let silence_run = if voiced { 0 } else { silence_run + 1 };
-                // The last `hangover` frames' decisions: speech has ended when they are
-                // (nearly) all unvoiced. Not only a run of unvoiced frames: over a
-                // television or other talkers a stray frame passes the VAD every few
-                // hundred ms, and a run that every such frame restarts never ends — the
-                // bench's babble questions ran on into the next "hey panda" 4.5 s later.
-                if self.recent_voiced.len() == self.p.hangover
-                    && self.recent_voiced.pop_front() == Some(true)
-                {
-                    self.recent_voiced_count -= 1;
-                }
-                self.recent_voiced.push_back(voiced);
-                self.recent_voiced_count += usize::from(voiced);
-                let quiet_window = self.recent_voiced.len() == self.p.hangover
-                    && self.recent_voiced_count * END_VOICED_DIVISOR <= self.p.hangover;
-                if silence_run >= self.p.hangover || quiet_window {
+                if silence_run >= self.p.hangover {
                     // Keep a little of the trailing silence (Whisper likes a clean ending)
                     // but not the whole hangover.
-                    let trailing = self
-                        .p
-                        .hangover
-                        .max(silence_run)
-                        .saturating_sub(self.p.start.max(3));
+                    let trailing = silence_run.saturating_sub(self.p.start.max(3));
                     let cut = trailing * FRAME_SAMPLES;
                     self.utterance.truncate(self.utterance.len() - cut);
                     return Some(self.end(seq, EndReason::Silence));
@@ -507,24 +478,25 @@ mod tests {
     }
 
     #[test]
-    fn stray_voiced_frames_after_speech_do_not_hold_it_open() {
-        // Background talk lets a frame through every ~7: a run of unvoiced frames as
-        // long as the hangover (16) never forms, but the window is nearly all unvoiced.
+    fn a_pause_shorter_than_the_hangover_ends_nothing() {
         let p = EndpointParams {
             hangover: 16,
             max_len: 200,
             ..P
         };
-        let after = "......x......x......x......x......x......x......x";
-        let ev = run(p, &format!("xxxxxxxxxx{after}"), 0);
-        let Some((seq, Endpoint::SpeechEnd { reason, .. })) = ev.last() else {
-            panic!("{ev:?}")
-        };
-        assert_eq!(*reason, EndReason::Silence);
-        assert!(*seq <= 10 + 16 + 2, "ended at frame {seq}");
-        // Speech with short gaps (words) keeps going.
-        let ev = run(p, "xxxx..xxxx...xxx..xxxx.xxxxx..xx.........", 0);
-        assert_eq!(ev.len(), 2, "{ev:?}");
+        // A pause one frame shorter than the hangover, inside a sentence, ends nothing.
+        let ev = run(
+            p,
+            &format!("xxxxxxxxxx{}xxxxxx{}", ".".repeat(15), ".".repeat(40)),
+            0,
+        );
+        let ends: Vec<_> = ev
+            .iter()
+            .filter(|(_, e)| matches!(e, Endpoint::SpeechEnd { .. }))
+            .collect();
+        assert_eq!(ends.len(), 1, "{ev:?}");
+        // By the run rule: 16 unvoiced frames after the last voiced one (frame 30).
+        assert_eq!(ends[0].0, 30 + 16);
     }
 
     #[test]

@@ -175,7 +175,10 @@ mod tests {
         // Someone speaking 12 dB over it; the noise after them is background again.
         assert!(g.voiced(&noise(4000.0), true), "12 dB over the noise");
         assert!(g.voiced(&noise(4000.0), true));
-        assert!(!g.voiced(&noise(1000.0), true), "the noise after the speech");
+        assert!(
+            !g.voiced(&noise(1000.0), true),
+            "the noise after the speech"
+        );
     }
 
     #[test]
