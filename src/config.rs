@@ -387,10 +387,10 @@ pub struct TtsConfig {
     /// Voice (`panda voices` lists them; the first letter names the language).
     pub voice: String,
     /// The voice for each language a conversation can switch to ("speak French"), by
-    /// language code: `{ es = "em_alex" }`. A language not named here speaks in its
-    /// default voice (`ef_dora`, `ff_siwis`, …). A voice of another language reads the
-    /// words as this language is read (espeak-ng's phonemes for it) in its own timbre —
-    /// an accent, but understood.
+    /// language code: `{ fr = "af_heart" }`. A language not named here speaks in its
+    /// default voice (`panda voices` lists each language's). A voice of another language
+    /// reads the words as this language is read (espeak-ng's phonemes for it) in its own
+    /// timbre — an accent, but understood.
     pub language_voices: BTreeMap<String, String>,
     /// Speaking rate: 1.0 is normal, 0.5–2.0 allowed.
     pub speed: f32,
@@ -1069,19 +1069,13 @@ pub fn default_agents() -> Vec<AgentConfig> {
 }
 
 /// espeak-ng voice that reads language `code` (a code of
-/// [`crate::think::conversation::LANGUAGES`]: `en`, `es`, `fr`, …).
+/// [`crate::think::conversation::LANGUAGES`]: `en`, `es`, `fr`, …): the one its default
+/// Kokoro voice reads with.
 pub fn language_phonemes(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "en" => "en-us",
-        "es" => "es",
-        "fr" => "fr-fr",
-        "hi" => "hi",
-        "it" => "it",
-        "ja" => "ja",
-        "pt" => "pt-br",
-        "zh" => "cmn",
-        _ => return None,
-    })
+    crate::think::conversation::LANGUAGES
+        .iter()
+        .find(|l| l.0 == code)
+        .and_then(|l| voice_language(l.2))
 }
 
 /// espeak-ng voice for a Kokoro voice name, from the name's first letter (validation
@@ -1372,7 +1366,7 @@ impl Config {
             if voice_language(voice).is_none() {
                 return Err(invalid(
                     key,
-                    format!("{code}: `{voice}` is not a Kokoro voice name (like `ef_dora`)"),
+                    format!("{code}: `{voice}` is not a Kokoro voice name (like `af_heart`)"),
                 ));
             }
         }

@@ -528,7 +528,8 @@ struct PeerTranscript {
 fn peer_rows(path: &Path, clips: &[Clip]) -> Result<Vec<(String, SttRow)>, BenchError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| BenchError::Synth(format!("{}: {e}", path.display())))?;
-    let mut by: BTreeMap<String, (usize, usize, Vec<f64>, usize)> = BTreeMap::new();
+    // Per engine: word errors, reference words, each clip's time.
+    let mut by: BTreeMap<String, (usize, usize, Vec<f64>)> = BTreeMap::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -549,12 +550,11 @@ fn peer_rows(path: &Path, clips: &[Clip]) -> Result<Vec<(String, SttRow)>, Bench
         row.0 += e;
         row.1 += n;
         row.2.push(t.ms);
-        row.3 += 1;
     }
     Ok(by
         .into_iter()
-        .map(|(engine, (e, n, times, clips_done))| {
-            let name = format!("{engine} ({clips_done} clips)");
+        .map(|(engine, (e, n, times))| {
+            let name = format!("{engine} ({} clips)", times.len());
             let row = SttRow {
                 wer_pct: 100.0 * e as f64 / n.max(1) as f64,
                 p50_ms: percentile(&times, 50.0),

@@ -160,7 +160,7 @@ mod tests {
             let mut f = [0i16; FRAME_SAMPLES];
             for s in f.iter_mut() {
                 rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                *s = ((rng >> 16) as f32 / 32768.0 - 1.0).mul_add(amp, 0.0) as i16;
+                *s = (((rng >> 16) as f32 / 32768.0 - 1.0) * amp) as i16;
             }
             f
         };

@@ -1176,21 +1176,13 @@ fn speak_french_then_a_french_question_is_heard_and_answered_in_french() {
     let dir = tempfile::tempdir().unwrap();
     let silence = |ms: usize| vec![0i16; 16 * ms];
     let mut pcm = silence(500);
+    // The confirmation is spoken (seconds on a loaded machine) before the next wake.
     pcm.extend(common::kokoro_speech(
         dir.path(),
         "speak-french",
         "af_bella",
-        &["Hey panda, speak French."],
-        &[0],
-    ));
-    // The confirmation is spoken (seconds on a loaded machine) before the next wake.
-    pcm.extend(silence(12_000));
-    pcm.extend(common::kokoro_speech(
-        dir.path(),
-        "wake",
-        "af_bella",
-        &["Hey panda."],
-        &[800],
+        &["Hey panda, speak French.", "Hey panda."],
+        &[12_000, 800],
     ));
     pcm.extend(common::espeak_16k(
         dir.path(),
