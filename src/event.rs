@@ -280,6 +280,10 @@ pub enum EndReason {
     MaxLength,
     /// The source ended while speech was going on.
     EndOfStream,
+    /// The wake word was said again while the question was being collected (noise or
+    /// a background voice had kept it open): the question is what came before it, and
+    /// the new wake starts a turn of its own.
+    WakeWord,
 }
 
 /// What the pipeline tells the outside world. Serialised as one JSON object per line by

@@ -468,7 +468,7 @@ fn stt_row(cfg: &Config, clips: &[Clip], lang: &str, name: &str) -> Result<SttRo
         let pcm = crate::audio::file::read_16k_mono(&clip.path)?;
         let out = h.transcribe_blocking(&pcm, &token)?;
         let (e, n) = word_errors_in(&clip.reference, &out.text, lang);
-        if e > 0 && std::env::var_os("PANDA_BENCH_VERBOSE").is_some() {
+        if e > 0 && std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!("{name}: {:?} → {:?}", clip.reference, out.text);
         }
         errs += e;

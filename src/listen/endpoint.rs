@@ -166,6 +166,8 @@ pub struct Endpointer {
     utterance: Vec<i16>,
     utterance_start: u64,
     utterance_frames: usize,
+    /// The first voiced frame of the run that started the utterance.
+    speech_at: u64,
 }
 
 impl Endpointer {
@@ -180,6 +182,7 @@ impl Endpointer {
             utterance: Vec::new(),
             utterance_start: 0,
             utterance_frames: 0,
+            speech_at: 0,
         }
     }
 
@@ -214,6 +217,12 @@ impl Endpointer {
     /// True while waiting for or collecting speech.
     pub fn is_armed(&self) -> bool {
         self.state != State::Idle
+    }
+
+    /// Frames before a detection that an in-one-breath question reaches back to: where
+    /// the wake phrase began.
+    pub fn lookback(&self) -> usize {
+        self.p.lookback
     }
 
     /// True while collecting speech.
@@ -279,6 +288,7 @@ impl Endpointer {
                         self.utterance_frames += 1;
                     }
                     self.history.clear();
+                    self.speech_at = at_seq;
                     self.state = State::InSpeech { silence_run: 0 };
                     if self.utterance_frames >= self.p.max_len {
                         return Some(self.end(seq, EndReason::MaxLength));
@@ -312,6 +322,51 @@ impl Endpointer {
                 None
             }
         }
+    }
+
+    /// A wake word was confirmed while an utterance was collected (see
+    /// [`EndReason::WakeWord`]): the utterance is cut before frame `cut` (where the wake
+    /// phrase began) and delivered, or given up as [`Endpoint::NoSpeech`] when less than
+    /// a speech start is left of it. Frames from `cut` to before `replay` go back into the
+    /// history (the new wake's lookback); frames from `replay` on are forgotten, as the
+    /// caller feeds them again under the new arming. The machine is idle afterwards.
+    /// Returns nothing when no utterance was being collected.
+    pub fn cut_for_wake(&mut self, cut: u64, replay: u64) -> Option<Endpoint> {
+        // History frames the caller will feed again.
+        self.history.retain(|(s, _)| *s < replay);
+        let State::InSpeech { .. } = self.state else {
+            return None;
+        };
+        let frames = self.utterance_frames;
+        let start = self.utterance_start;
+        let keep = (cut.saturating_sub(start) as usize).min(frames);
+        let last = (replay.saturating_sub(start) as usize).min(frames);
+        // The wake phrase's frames: history again, in order, ahead of anything newer.
+        let mut tail: VecDeque<(u64, Box<[i16; FRAME_SAMPLES]>)> = (keep..last)
+            .map(|i| {
+                let f: [i16; FRAME_SAMPLES] = self.utterance
+                    [i * FRAME_SAMPLES..(i + 1) * FRAME_SAMPLES]
+                    .try_into()
+                    .expect("whole frames");
+                (start + i as u64, Box::new(f))
+            })
+            .collect();
+        tail.extend(self.history.drain(..));
+        let cap = Self::history_cap(&self.p).max(1);
+        while tail.len() > cap {
+            tail.pop_front();
+        }
+        self.history = tail;
+        self.utterance.truncate(keep * FRAME_SAMPLES);
+        // Less than a speech start's worth of speech before the phrase: nothing to hear.
+        if cut < self.speech_at + self.p.start as u64 {
+            self.disarm();
+            return Some(Endpoint::NoSpeech {
+                at_seq: cut.saturating_sub(1),
+            });
+        }
+        self.utterance_frames = keep;
+        Some(self.end(cut.saturating_sub(1), EndReason::WakeWord))
     }
 
     /// The source ended: an utterance in progress is delivered, waiting ends quietly.
@@ -430,6 +485,67 @@ mod tests {
 
     fn frames_of(samples: &[i16]) -> Vec<i16> {
         samples.chunks(FRAME_SAMPLES).map(|c| c[0]).collect()
+    }
+
+    #[test]
+    fn a_wake_during_a_question_cuts_it_before_the_wake_phrase() {
+        let mut e = Endpointer::new(P);
+        e.arm(Arm::Open);
+        let mut ends = Vec::new();
+        // Speech from frame 2 on, without a pause long enough to end it.
+        for i in 0..16u64 {
+            if let Some(ev) = e.push(i, &[i as i16; FRAME_SAMPLES], i >= 2) {
+                ends.push(ev);
+            }
+        }
+        assert!(e.in_speech());
+        // The wake phrase began at frame 11; the detection fired on frame 13 and frames
+        // 14 and 15 will be fed again.
+        match e.cut_for_wake(11, 14) {
+            Some(Endpoint::SpeechEnd {
+                samples,
+                start_seq,
+                reason,
+                ..
+            }) => {
+                assert_eq!(reason, EndReason::WakeWord);
+                assert_eq!(start_seq, 0);
+                assert_eq!(frames_of(&samples), (0..11).collect::<Vec<i16>>());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!e.is_armed());
+        // The wake phrase is the next arming's lookback; the replayed frames follow it
+        // once, in order.
+        e.arm(Arm::WakeInOneBreath);
+        let mut got = None;
+        for i in 14..20u64 {
+            if let Some(Endpoint::SpeechEnd { samples, .. }) =
+                e.push(i, &[i as i16; FRAME_SAMPLES], i < 16)
+            {
+                got = Some(frames_of(&samples));
+            }
+        }
+        let got = got.expect("the new question ends on silence");
+        assert_eq!(&got[..5], &[11, 12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn a_wake_right_after_a_question_starts_gives_no_question() {
+        let mut e = Endpointer::new(P);
+        e.arm(Arm::Open);
+        for i in 0..8u64 {
+            e.push(i, &[i as i16; FRAME_SAMPLES], i >= 2);
+        }
+        assert!(e.in_speech());
+        // Speech began on frame 2: less than a speech start (3 frames) of it before
+        // the phrase is nothing to transcribe.
+        assert_eq!(
+            e.cut_for_wake(4, 8),
+            Some(Endpoint::NoSpeech { at_seq: 3 })
+        );
+        assert!(!e.is_armed());
+        assert_eq!(Endpointer::new(P).cut_for_wake(3, 8), None);
     }
 
     #[test]

@@ -154,6 +154,9 @@ struct Pending {
     at_ms: u64,
     /// Submitted once `due` is reached.
     check: Option<Check>,
+    /// It fired while a question was being collected: the frames since go on into that
+    /// question (and are kept in `held` too, in case the check confirms a new wake).
+    during: bool,
 }
 
 /// The keyword (last word, lower case) and the Whisper prompt (words capitalised, a full
@@ -475,6 +478,15 @@ impl Collector {
         if !accepted {
             tracing::info!(score = p.hit.score, at_ms = p.at_ms, heard = ?heard, "wake word rejected by the second stage");
         }
+        // Said again while a question was being collected (noise or a background voice
+        // kept it open): the question is what came before the phrase, and the frames
+        // since the detection start the new wake's turn.
+        if accepted && p.during {
+            let cut = (p.seq + 1).saturating_sub(self.ep.lookback() as u64);
+            if let Some(e) = self.ep.cut_for_wake(cut, p.seq + 1) {
+                deliver(e, &mut self.turn, out);
+            }
+        }
         if accepted && !self.ep.is_armed() {
             let t = new_turn(out.root);
             out.emit(Event::Wake {
@@ -496,6 +508,10 @@ impl Collector {
                 }
             });
             std::mem::take(held)
+        } else if p.during {
+            // The held frames went into the question already.
+            held.clear();
+            Vec::new()
         } else {
             for f in held.drain(..) {
                 self.ep.push(f.seq, audio_of(&f), false);
@@ -768,10 +784,15 @@ impl Listening {
             None => {}
         }
         if self.pending.is_none() {
-            if let Some(hit) = hit.filter(|_| !c.ep.is_armed()) {
+            // A detection while idle, or while a question is being collected (a wake
+            // said again: the question ran on in noise, or the person starts over). Not
+            // while waiting for a question to start: that is the same wake's phrase.
+            let during = c.ep.in_speech();
+            if let Some(hit) = hit.filter(|_| !c.ep.is_armed() || during) {
                 tracing::debug!(
                     score = hit.score,
                     at_ms = end_ms(&frame),
+                    during,
                     "wake word detected; checking"
                 );
                 let due = frame.seq + self.verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
@@ -782,10 +803,23 @@ impl Listening {
                     due,
                     at_ms: end_ms(&frame),
                     check: None,
+                    during,
                 });
-                // The detection's frame is the phrase's (kept as history).
-                c.ep.push(frame.seq, audio_of(&frame), false);
+                if during {
+                    if !c.feed(&frame, out) {
+                        return false;
+                    }
+                } else {
+                    // The detection's frame is the phrase's (kept as history).
+                    c.ep.push(frame.seq, audio_of(&frame), false);
+                }
             } else if !c.feed(&frame, out) {
+                return false;
+            }
+        } else if self.pending.as_ref().is_some_and(|p| p.during) {
+            // The question goes on meanwhile; a confirmed wake replays these frames.
+            self.held.push(frame.clone());
+            if !c.feed(&frame, out) {
                 return false;
             }
         } else {

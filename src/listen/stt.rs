@@ -442,7 +442,13 @@ fn worker(
             return;
         }
         match multilingual.as_deref().filter(|p| p.exists()) {
-            Some(p) => match load(&cfg, p) {
+            Some(p) => match load(
+                &SttConfig {
+                    beam_size: cfg.multilingual_beam_size,
+                    ..cfg.clone()
+                },
+                p,
+            ) {
                 Ok((l, _, _)) => *other = Some(l),
                 Err(e) => {
                     tracing::error!(error = %e, "the multilingual Whisper model failed to load; hearing English only");

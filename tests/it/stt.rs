@@ -57,20 +57,17 @@ fn recorded_speech_word_error_rate() {
     assert!(default <= 0.20, "WER {:.1}% exceeds 20%", default * 100.0);
 }
 
-/// Recorded Spanish and French prompts (human voices, 8 kHz telephone recordings) through
-/// the multilingual model. Spanish: WER ≤ 15%. French: Whisper base measured 20–23% on
-/// these prompts (it hears "dièse" as "dix", "d'agent" as "d'agence"); the bound guards
-/// against regressions until a better French model closes the gap to 15%.
+/// Recorded Spanish and French prompts (human voices, 8 kHz telephone recordings): every
+/// installed prompt through the multilingual model, with its beam search
+/// (`[stt] multilingual_beam_size`): WER ≤ 15% each. Greedy decoding made 20–23% on the
+/// first 16 French prompts alone (it hears "dièse" as "dix", "d'agent" as "d'agence").
 #[test]
 fn spanish_and_french_recorded_prompts_are_understood() {
     let mut failures = Vec::new();
-    for (lang, bound) in [("es", 0.15), ("fr", 0.25)] {
-        let clips: Vec<_> = panda::bench::prompts(&common::models_dir(), lang)
-            .into_iter()
-            .take(16)
-            .collect();
+    for (lang, bound) in [("es", 0.15), ("fr", 0.15)] {
+        let clips = panda::bench::prompts(&common::models_dir(), lang);
         assert!(
-            clips.len() >= 16,
+            clips.len() >= 30,
             "{lang}: {} prompts installed",
             clips.len()
         );
