@@ -458,7 +458,7 @@ struct SttRow {
 }
 
 /// Runs `clips` (references in `lang`) through a Whisper worker spawned for `cfg`;
-/// `PANDA_BENCH_VERBOSE=1` prints each miss under `name`.
+/// `BENCH_VERBOSE=1` prints each miss under `name`.
 fn stt_row(cfg: &Config, clips: &[Clip], lang: &str, name: &str) -> Result<SttRow, BenchError> {
     let (h, worker) = stt::spawn_configured(cfg)?;
     let token = CancellationToken::new();

@@ -53,10 +53,21 @@ pub struct EndpointParams {
     /// Voicing that runs on from a wake detection for at most this many frames is the
     /// wake phrase's tail; longer, it is the question said in the same breath.
     pub tail: usize,
+    /// Unvoiced frames in a row that end the tail: fewer are a stop consonant or a breath
+    /// within the same run of speech ("…panda, set a timer"), not the pause after the
+    /// phrase ([`TAIL_GAP_MS`]).
+    pub tail_gap: usize,
     /// Frames before a detection an in-one-breath question's utterance starts at (the
     /// wake phrase, so that Whisper hears whole words).
     pub lookback: usize,
 }
+
+/// The shortest pause that ends a wake phrase's tail. The closure of a stop consonant
+/// ("se*t* a *t*imer") leaves one to three unvoiced 30 ms frames inside running speech; a
+/// pause after "hey panda" is 200 ms and more. Ending the tail on the first unvoiced frame
+/// took a question said straight on after a late detection for tail, and lost its first
+/// words ("Set a timer…" heard as "Time for 10 minutes").
+pub const TAIL_GAP_MS: u64 = 120;
 
 impl From<&EndpointConfig> for EndpointParams {
     fn from(c: &EndpointConfig) -> Self {
@@ -68,6 +79,7 @@ impl From<&EndpointConfig> for EndpointParams {
             max_len: frames(c.max_utterance_ms).max(2),
             question_timeout: frames(c.question_timeout_ms).max(1),
             tail: frames(c.wake_tail_ms).max(1),
+            tail_gap: frames(TAIL_GAP_MS).max(1),
             lookback: frames(c.wake_lookback_ms),
         }
     }
@@ -132,8 +144,15 @@ pub enum Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Idle,
-    Waiting { waited: usize, voiced_run: usize },
-    InSpeech { silence_run: usize },
+    Waiting {
+        waited: usize,
+        voiced_run: usize,
+        /// Unvoiced frames in a row while the wake phrase's tail may still sound.
+        quiet_run: usize,
+    },
+    InSpeech {
+        silence_run: usize,
+    },
 }
 
 /// The current arming's rules.
@@ -200,6 +219,7 @@ impl Endpointer {
             self.state = State::Waiting {
                 waited: 0,
                 voiced_run: 0,
+                quiet_run: 0,
             };
             self.pending = Some(how);
         }
@@ -245,25 +265,32 @@ impl Endpointer {
                 self.remember(seq, samples);
                 None
             }
-            State::Waiting { waited, voiced_run } => {
+            State::Waiting {
+                waited,
+                voiced_run,
+                quiet_run,
+            } => {
                 self.remember(seq, samples);
                 let mut a = self.armed.expect("waiting is armed");
                 let held = (a.hold.0..a.hold.1).contains(&seq);
                 let voiced = voiced && !held;
                 let voiced_run = if voiced { voiced_run + 1 } else { 0 };
+                let quiet_run = if voiced { 0 } else { quiet_run + 1 };
                 let waited = waited + 1;
-                if a.tail_open && !voiced {
-                    // The wake phrase has stopped sounding: the question starts here at
-                    // the earliest.
+                if a.tail_open && quiet_run >= self.p.tail_gap {
+                    // The wake phrase has stopped sounding: the question starts where the
+                    // pause began at the earliest.
                     a.tail_open = false;
-                    a.floor = a.floor.max(seq);
+                    a.floor = a.floor.max(seq + 1 - quiet_run as u64);
                     self.armed = Some(a);
                 }
+                // Frames of the tail so far: since the detection, short gaps included.
+                let tail_len = (seq + 1).saturating_sub(a.at) as usize - quiet_run;
                 let started = if a.start_now {
                     Some(a.at)
                 } else if a.tail_open {
                     // Voicing that runs on from the detection: the tail, unless it lasts.
-                    (voiced_run >= self.p.tail.max(self.p.start)).then(|| {
+                    (voiced && tail_len >= self.p.tail.max(self.p.start)).then(|| {
                         a.floor = a.at.saturating_sub(self.p.lookback as u64);
                         a.at
                     })
@@ -300,7 +327,11 @@ impl Endpointer {
                     self.armed = None;
                     return Some(Endpoint::NoSpeech { at_seq: seq });
                 }
-                self.state = State::Waiting { waited, voiced_run };
+                self.state = State::Waiting {
+                    waited,
+                    voiced_run,
+                    quiet_run,
+                };
                 None
             }
             State::InSpeech { silence_run } => {
@@ -455,6 +486,7 @@ mod tests {
         max_len: 20,
         question_timeout: 10,
         tail: 6,
+        tail_gap: 1,
         lookback: 3,
     };
 
@@ -540,10 +572,7 @@ mod tests {
         assert!(e.in_speech());
         // Speech began on frame 2: less than a speech start (3 frames) of it before
         // the phrase is nothing to transcribe.
-        assert_eq!(
-            e.cut_for_wake(4, 8),
-            Some(Endpoint::NoSpeech { at_seq: 3 })
-        );
+        assert_eq!(e.cut_for_wake(4, 8), Some(Endpoint::NoSpeech { at_seq: 3 }));
         assert!(!e.is_armed());
         assert_eq!(Endpointer::new(P).cut_for_wake(3, 8), None);
     }
@@ -693,6 +722,7 @@ mod tests {
                 max_len: 500,
                 question_timeout: 167,
                 tail: 20,
+                tail_gap: 4,
                 lookback: 34,
             }
         );
@@ -738,6 +768,23 @@ mod tests {
         // Two frames of pre-roll, all after the tail (frames 4–6).
         assert_eq!(start, 12);
         assert!(frames.iter().all(|&f| f >= 7), "{frames:?}");
+    }
+
+    #[test]
+    fn a_stop_consonant_does_not_end_the_tail() {
+        // Armed on frame 4 in running speech: two unvoiced frames (a stop's closure,
+        // under the gap of 3) and the speech goes on — the question said straight on,
+        // taken from the lookback; a pause of 3 frames ends the tail.
+        let p = EndpointParams { tail_gap: 3, ..P };
+        let wake = Arm::Wake {
+            hold_after: 0,
+            hold: 0,
+        };
+        let (start, frames) = utterance(&run_as(p, "xxxxxx..xxxxxx.......", 4, wake));
+        assert_eq!(start, 1, "lookback of 3 before the detection");
+        assert_eq!(frames[0], 1);
+        let (start, _) = utterance(&run_as(p, "xxxxxx...xxxxxx.......", 4, wake));
+        assert_eq!(start, 7, "after the pause (6–8), with the pre-roll of 2");
     }
 
     #[test]

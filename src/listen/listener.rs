@@ -324,6 +324,21 @@ pub fn strip_wake_phrase(text: &str, phrase: &str) -> String {
         .take_while(|&i| i == 0 || lead_in(words[i - 1]))
         .find(|&i| mentions_keyword(&words[..=i].join(" "), &keyword))
     else {
+        // The keyword's last sound, left at the start when the utterance reached back
+        // into the phrase ("…anda, set a timer" heard as "And set a timer"): a first word
+        // within a letter of the keyword's ending (three letters or more), with words
+        // after it.
+        let kw = plain(&keyword);
+        if let [first, _, ..] = words.as_slice() {
+            let w = plain(first);
+            let remnant = (1..kw.len().saturating_sub(2)).any(|from| {
+                let ending = &kw[from..];
+                ending.len() >= 3 && edit_distance(&w, ending) <= 1
+            });
+            if remnant {
+                return capitalised(&words[1..].join(" "));
+            }
+        }
         return text.trim().to_string();
     };
     capitalised(&words[cut + 1..].join(" "))
@@ -1140,6 +1155,13 @@ mod tests {
                 "I like the panda. It is cute.",
             ),
             ("What time is it?", "What time is it?"),
+            (
+                "And set a timer for 10 minutes.",
+                "Set a timer for 10 minutes.",
+            ),
+            ("Anda, what time is it?", "What time is it?"),
+            ("Andrew is coming at six.", "Andrew is coming at six."),
+            ("And.", "And."),
             ("What do pandas eat?", "What do pandas eat?"),
             ("Tell me about the panda.", "Tell me about the panda."),
         ] {

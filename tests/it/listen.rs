@@ -110,6 +110,98 @@ fn the_question_after_a_pause_is_heard_whole_without_the_wake_phrase() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// "Hey panda" said again while a question is still being collected — right after it, or
+/// while a voice in the background keeps the question open — ends that question before
+/// the phrase and starts a turn of its own: two wakes, two whole questions, no wake
+/// phrase in either.
+#[test]
+fn a_wake_said_again_during_a_question_starts_a_turn_of_its_own() {
+    const FIRST: &str = "What time is it?";
+    const SECOND: &str = "Set a timer for ten minutes.";
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    // (voice, Kokoro, a background voice between and under the two)
+    for (v, kokoro, background) in [
+        ("en-us+m3", false, false),
+        ("am_puck", true, false),
+        ("en-gb+f3", false, true),
+    ] {
+        // Kokoro's parts without its leading and trailing silence (up to half a second
+        // each, longer than the gap chosen here together); espeak-ng's are short.
+        let say = |name: &str, text: &str| -> Vec<i16> {
+            if kokoro {
+                let pcm =
+                    common::kokoro_speech(dir.path(), &format!("{v}-{name}"), v, &[text], &[0]);
+                let loud = |s: &i16| s.unsigned_abs() > 300;
+                let first = pcm.iter().position(loud).unwrap_or(0);
+                let last = pcm.iter().rposition(loud).map_or(pcm.len(), |i| i + 1);
+                pcm[first..last.max(first)].to_vec()
+            } else {
+                let wav = espeak_wav(dir.path(), &format!("{v}-{name}"), v, &[text], 0);
+                panda::audio::file::read_16k_mono(&wav).unwrap()
+            }
+        };
+        let mut pcm = vec![0i16; 16_000];
+        pcm.extend(say("first", &format!("Hey panda. {FIRST}")));
+        // A breath between the two — or, with the background voice, longer than the
+        // end-of-speech hangover, which only that voice keeps from ending the question.
+        let gap_ms = if background { 1_500 } else { 150 };
+        let from = pcm.len();
+        pcm.extend(std::iter::repeat_n(0i16, 16 * gap_ms));
+        pcm.extend(say("second", &format!("Hey panda. {SECOND}")));
+        let to = pcm.len();
+        pcm.extend(std::iter::repeat_n(0i16, 16 * 3_000));
+        if background {
+            let wav = espeak_wav(
+                dir.path(),
+                "background",
+                "en-us+f4",
+                &[
+                    "The committee will meet again on Thursday to go over the budget for the \
+                   library, the new roof and the summer reading programme for the children.",
+                ],
+                0,
+            );
+            let talk = panda::audio::file::read_16k_mono(&wav).unwrap();
+            // 20 dB under the person, from the first question's end to the second's.
+            for (s, b) in pcm[from..to].iter_mut().zip(talk.iter().cycle()) {
+                *s = s.saturating_add((*b as f32 * 0.1) as i16);
+            }
+        }
+        let wav = dir.path().join(format!("{v}.wav"));
+        common::write_wav(&wav, 16_000, &pcm);
+        let r = panda(&["listen", wav.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{v}: {}", r.stderr);
+        let wakes = r.of_type("wake");
+        let texts = r.transcripts();
+        let ends: Vec<&str> = r
+            .of_type("speech_end")
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap_or(""))
+            .collect();
+        println!("{v}: {} wakes; ends {ends:?}; {texts:?}", wakes.len());
+        if wakes.len() != 2 || texts.len() != 2 {
+            failures.push(format!("{v}: {} wakes, transcripts {texts:?}", wakes.len()));
+            continue;
+        }
+        // Without a background voice nothing but the second wake can end the first
+        // question (150 ms of silence is no end of speech).
+        if !background && ends.first() != Some(&"wake_word") {
+            failures.push(format!("{v}: the first question ended by {ends:?}"));
+        }
+        for (q, t) in [FIRST, SECOND].iter().zip(&texts) {
+            let wer = panda::bench::wer(q, t);
+            if wer > 0.25 || t.to_lowercase().contains("panda") {
+                failures.push(format!(
+                    "{v}: {q:?} heard as {t:?} (WER {wer:.2}); events:\n{}",
+                    r.stdout
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 #[test]
 fn speech_without_the_wake_word_gives_no_wake() {
     let dir = tempfile::tempdir().unwrap();
