@@ -26,8 +26,15 @@
 //! - when the wake word check already heard words after the phrase
 //!   ([`Arm::WakeInOneBreath`]), the question is under way however short its rest ("hey
 //!   panda, stop"): the utterance starts at once from the lookback and ends on silence;
+//!   the tail ends on a pause of [`TAIL_GAP_MS`], not on the closure of a stop consonant
+//!   inside running speech;
 //! - frames under a `hold` (the earcon playing) never count as voiced;
 //! - speech then has `question_timeout` frames to start.
+//!
+//! **The wake word said again** while an utterance is collected (noise or a background
+//! voice kept it open, or the person starts over): [`Endpointer::cut_for_wake`] ends the
+//! utterance where the phrase began and hands the phrase back as history, so the new
+//! wake's question is taken as after any other detection.
 //!
 //! A follow-up ([`Arm::FollowUp`]) listens without a wake word: nothing from before the
 //! arming belongs to it (that was Panda's own answer).
