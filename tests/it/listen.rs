@@ -87,10 +87,7 @@ fn the_question_after_a_pause_is_heard_whole_without_the_wake_phrase() {
             // Long enough for the next wake to be a new turn.
             pcm.extend(std::iter::repeat_n(0i16, 16 * 3000));
         }
-        let wav = dir.path().join(format!("{v}.wav"));
-        common::write_wav(&wav, 16_000, &pcm);
-        let r = panda(&["listen", wav.to_str().unwrap()]);
-        assert_eq!(r.code, 0, "{v}: {}", r.stderr);
+        let r = listen_to(dir.path(), v, &pcm);
         let wakes = r.of_type("wake");
         let texts = r.transcripts();
         println!("{v}: {} wakes; {texts:?}", wakes.len());
@@ -168,10 +165,7 @@ fn a_wake_said_again_during_a_question_starts_a_turn_of_its_own() {
                 *s = s.saturating_add((*b as f32 * 0.1) as i16);
             }
         }
-        let wav = dir.path().join(format!("{v}.wav"));
-        common::write_wav(&wav, 16_000, &pcm);
-        let r = panda(&["listen", wav.to_str().unwrap()]);
-        assert_eq!(r.code, 0, "{v}: {}", r.stderr);
+        let r = listen_to(dir.path(), v, &pcm);
         let wakes = r.of_type("wake");
         let texts = r.transcripts();
         let ends: Vec<&str> = r
@@ -200,6 +194,15 @@ fn a_wake_said_again_during_a_question_starts_a_turn_of_its_own() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// `panda listen` on `pcm` (16 kHz), written to `NAME.wav` in `dir`; it must exit 0.
+fn listen_to(dir: &std::path::Path, name: &str, pcm: &[i16]) -> common::Run {
+    let wav = dir.join(format!("{name}.wav"));
+    common::write_wav(&wav, 16_000, pcm);
+    let r = panda(&["listen", wav.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+    r
 }
 
 #[test]
