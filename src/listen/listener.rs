@@ -222,12 +222,12 @@ pub fn mentions_keyword(text: &str, keyword: &str) -> bool {
 /// - it follows one of the phrase's earlier words, give or take a letter, or a greeting
 ///   Whisper writes for it ("hi", "hay", "eh"): "Hey panda", "Thanks, hey Banda";
 /// - it is fused with what came before ("Tapeanda": Whisper ran the two words together);
-/// - or it is a call on its own — nothing or "a" before it, nothing after it, spelt at most
-///   a letter off ("Panda.", "A panda.": a quiet or reverberant "hey").
+/// - or it is a call on its own — nothing, "a" or "the" before it, nothing after it, spelt
+///   at most a letter off ("Panda.", "A panda.", "The Panda.": a quiet or reverberant
+///   "hey").
 ///
 /// A one-word phrase ("computer") needs only the word.
 pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
-    const GREETINGS: &[&str] = &["hi", "hay", "eh", "ay", "hey", "hei", "he"];
     let (keyword, _) = phrase_parts(phrase);
     let lead: Vec<Vec<char>> = phrase
         .split_whitespace()
@@ -280,11 +280,33 @@ pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
                         // The whole sentence: "Panda." or "A panda.", never the end of
                         // a longer one ("I saw a panda.").
                         let alone = i + 1 == words.len()
-                            && (i == 0 || (i == 1 && words[0].as_slice() == ['a']));
+                            && (i == 0
+                                || (i == 1
+                                    && matches!(words[0].as_slice(), ['a'] | ['t', 'h', 'e'])));
                         alone && edit_distance(w, &kw) <= 1
                     }
                 }
             })
+        })
+}
+
+/// How Whisper writes the greeting before a keyword ("hey"), heard alone or in a phrase.
+const GREETINGS: &[&str] = &["hi", "hay", "eh", "ay", "hey", "hei", "he"];
+
+/// Whether a check's transcript holds no words, or only the phrase's words before its
+/// keyword (or a greeting Whisper writes for them): "", ". .", "Hey.", "Hey," — the
+/// detection fired before the keyword was said.
+pub fn only_the_phrase_start(text: &str, phrase: &str) -> bool {
+    let words: Vec<Vec<char>> = phrase.split_whitespace().map(plain).collect();
+    let lead = &words[..words.len().saturating_sub(1)];
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(plain)
+        .filter(|w| !w.is_empty())
+        .all(|w| {
+            GREETINGS.iter().any(|g| plain(g) == w)
+                || lead
+                    .iter()
+                    .any(|p| *p == w || (p.len() >= 3 && edit_distance(p, &w) <= 1))
         })
 }
 
@@ -629,12 +651,17 @@ impl Listening {
             return Settled::Running;
         };
         let p = self.pending.take().expect("checked above");
-        // Whisper heard nothing at all in the window: the detection fired early in the
-        // phrase (the network scores "hey pan…" before "…da" is said) or on a noise. One
-        // more look, with the window ending a check delay later, before rejecting — on
-        // the device test a rejected early "hey panda" over an answer left the barge-in
-        // to a later detection, 1.9 s after "stop".
-        let heard_nothing = verdict.1.as_deref().is_some_and(|t| t.trim().is_empty());
+        // Whisper heard nothing at all in the window, or only the phrase's first words
+        // ("Hey."): the detection fired early in the phrase (the network scores "hey
+        // pan…" before "…da" is said) or on a noise. One more look, with the window
+        // ending a check delay later, before rejecting — on the device test a rejected
+        // early "hey panda" over an answer left the barge-in to a later detection, 1.9 s
+        // after "stop"; on the wake bench "Hey.", "Hey," and ". ." were rejected phrases.
+        let heard_nothing = verdict.1.as_deref().is_some_and(|t| {
+            self.verifier
+                .as_ref()
+                .is_some_and(|v| only_the_phrase_start(t, &v.phrase))
+        });
         if !verdict.0 && heard_nothing && !p.looked_again {
             let delay = self.verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
             tracing::debug!(
@@ -1085,6 +1112,7 @@ mod tests {
             "Thanks, hey panda.",
             "I left it there. Hey panda.",
             "Hey. Panda.",
+            "The Panda.",
         ] {
             assert!(heard_wake_phrase(heard, "hey panda"), "{heard}");
         }
@@ -1105,6 +1133,21 @@ mod tests {
             assert!(!heard_wake_phrase(heard, "hey panda"), "{heard}");
         }
         assert!(heard_wake_phrase("Computer, lights.", "computer"));
+    }
+
+    #[test]
+    fn a_check_that_heard_only_the_greeting_looks_again() {
+        for heard in ["", ". .", "Hey.", "Hey,", "Hi!", "hey hey"] {
+            assert!(only_the_phrase_start(heard, "hey panda"), "{heard:?}");
+        }
+        for heard in [
+            "Hey Panda.",
+            "Hey, can you hand me that pen?",
+            "Thank you.",
+            "Yeah.",
+        ] {
+            assert!(!only_the_phrase_start(heard, "hey panda"), "{heard:?}");
+        }
     }
 
     #[test]
