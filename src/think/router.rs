@@ -484,7 +484,35 @@ impl Router {
         if !calls.is_empty() {
             return (Route::Agents(calls), conf);
         }
+        if let Some(stop) = self.ends_on_stop(original) {
+            return stop;
+        }
         (Route::Llm, score)
+    }
+
+    /// A transcript whose last clause is a stop by itself ("Then came- Stop!", "Thank you,
+    /// stop."): over Panda's own echo, the words Whisper hears before a barge-in's "stop"
+    /// are often Panda's, and a person who ends on "stop" wants it to stop — not an
+    /// answer from the model. The clause must be short and route to the stop skill
+    /// alone ("…at the bus stop" does not).
+    fn ends_on_stop(&self, original: &str) -> Option<(Route, f32)> {
+        let last = original
+            .rsplit(['.', '!', '?', ',', ';', '-', '—', '…'])
+            .map(str::trim)
+            .find(|c| !c.is_empty())?;
+        if last == original.trim() || last.split_whitespace().count() > 3 {
+            return None;
+        }
+        match self.best(&normalize_utterance(last)) {
+            (Some((Target::Skill(Skill::Stop), slots)), s) if s >= self.min_confidence => Some((
+                Route::Skill {
+                    skill: Skill::Stop,
+                    slots,
+                },
+                s,
+            )),
+            _ => None,
+        }
     }
 
     fn best(&self, key: &str) -> (Option<Match>, f32) {
@@ -604,6 +632,8 @@ mod tests {
             ("Alarm at 7 am.", "skill:alarm"),
             ("Cancel the timer.", "skill:cancel_timers"),
             ("Stop!", "skill:stop"),
+            ("Then came- Stop!", "skill:stop"),
+            ("Thank you, stop.", "skill:stop"),
             ("Uh, stop.", "skill:stop"),
             ("The news?", "agent:scott"),
             ("What's the news?", "agent:scott"),
@@ -647,6 +677,8 @@ mod tests {
         assert_eq!(target("What time does the bakery close on Sundays?"), "llm");
         assert_eq!(target("What is the capital of France?"), "llm");
         assert_eq!(target("I saw a stop sign yesterday"), "llm");
+        assert_eq!(target("Where is the nearest bus stop?"), "llm");
+        assert_eq!(target("Tell me a story. Don't stop."), "llm");
     }
 
     #[test]
