@@ -567,6 +567,26 @@ fn mic_wav(dir: &Path, name: &str, parts: &[&str]) -> PathBuf {
 }
 
 /// Plays a WAV into the virtual microphone; returns when playback has ended.
+/// Plays `clip` into the microphone until an event matches `heard` within `secs` of it,
+/// three tries at most — as a person says again what was not heard. The caller's own
+/// wait for the event then fails the test if no try was heard.
+fn say_until_heard(
+    pulse: &Pulse,
+    app: &Appliance,
+    clip: &Path,
+    secs: u64,
+    what: &str,
+    heard: impl Fn(&serde_json::Value) -> bool,
+) {
+    for attempt in 1..=3 {
+        play_into_mic(pulse, clip);
+        if app.wait_until(secs, &heard) {
+            return;
+        }
+        println!("{what}, try {attempt}, was not heard");
+    }
+}
+
 fn play_into_mic(pulse: &Pulse, mic: &Path) -> Instant {
     let ok = pulse
         .cmd("paplay")
@@ -1310,13 +1330,7 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
     // missed here, two in a row twice in ~8 runs; `panda bench aec` measures the rate),
     // and what is tested is that it can be, and that Panda never wakes itself meanwhile.
     let cut = |e: &serde_json::Value| e["type"] == "spoken" && e["turn"] == story_turn;
-    for attempt in 1..=3 {
-        play_into_mic(pulse, &stop);
-        if app.wait_until(15, cut) {
-            break;
-        }
-        println!("\"hey panda. stop.\" try {attempt} was not heard");
-    }
+    say_until_heard(pulse, &app, &stop, 15, "\"hey panda. stop.\"", cut);
     let spoken = app.wait_for("the story cut", 30, cut);
     for l in app.log.lock().unwrap().iter() {
         if l.contains("wake") || l.contains("stop") || l.contains("echo") {
@@ -1342,13 +1356,7 @@ fn with_its_own_voice_in_the_microphone_panda_neither_wakes_itself_nor_misses_a_
     // whose answer plays over the question, and a wake over that answer is not always
     // caught (the rate is `panda bench aec`'s "next question heard"). Panda must not
     // wake itself meanwhile, and must hear the question.
-    for attempt in 1..=3 {
-        play_into_mic(pulse, &paris);
-        if app.wait_until(25, asked) {
-            break;
-        }
-        println!("the question about France, try {attempt}, was not heard");
-    }
+    say_until_heard(pulse, &app, &paris, 25, "the question about France", asked);
     let question = app.wait_for("the question about France", 60, asked);
     app.wait_for("the answer about Paris", 60, |e| {
         e["type"] == "answer"
