@@ -411,6 +411,8 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
         let mut by: BTreeMap<String, Tally> = BTreeMap::new();
         let mut extra_wakes = 0usize;
         let mut missed = Vec::new();
+        // `BENCH_VERBOSE=1`: every miss, with where its clip lies in the positives stream.
+        let verbose = std::env::var_os("BENCH_VERBOSE").is_some();
         let wakes: Vec<(u64, u64)> = pos
             .iter()
             .filter_map(|e| match e {
@@ -433,9 +435,14 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
             let ok = heard
                 .as_deref()
                 .is_some_and(|h| wer(&p.question, h) <= 0.25);
-            if !ok && missed.len() < 12 {
+            if !ok && (missed.len() < 12 || verbose) {
                 missed.push(format!(
-                    "    {} ×{} pause {} ms {:.0} dB {}{}: {:?} → {}",
+                    "    {}{} ×{} pause {} ms {:.0} dB {}{}: {:?} → {}",
+                    if verbose {
+                        format!("[{}–{} ms] ", p.phrase_ms, p.end_ms)
+                    } else {
+                        String::new()
+                    },
                     p.speaker,
                     p.speed,
                     p.pause_ms,
@@ -494,7 +501,8 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
             println!("{}", v.row(k));
         }
         if !missed.is_empty() {
-            println!("  first misses:\n{}", missed.join("\n"));
+            let what = if verbose { "misses" } else { "first misses" };
+            println!("  {what}:\n{}", missed.join("\n"));
         }
         if !false_heard.is_empty() {
             println!(
