@@ -223,7 +223,7 @@ impl Default for WakeConfig {
         Self {
             model: PathBuf::from("wake/hey_panda.rpw"),
             templates: PathBuf::from("wake/hey_panda_templates.rpw"),
-            templates_threshold: 0.5,
+            templates_threshold: 0.45,
             owner_model: PathBuf::from("wake/owner.rpw"),
             threshold: 0.35,
             avg_threshold: 0.0,
