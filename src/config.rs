@@ -209,6 +209,10 @@ pub struct WakeConfig {
     /// hears the whole phrase: an eager detection fires while "panda" is still being
     /// said, and Whisper cannot confirm half a word.
     pub verify_delay_ms: u64,
+    /// A check that heard words but not the phrase looks once more at this much audio
+    /// before its window (same end): a detection that fired late, on a question said
+    /// straight after the phrase, had the phrase at or before its window's start. 0: never.
+    pub verify_lookback_ms: u64,
     /// Acknowledge a wake with a short chime on the speaker (`panda run` on a sound card;
     /// never into a WAV file). The microphone's VAD is held while it plays, so the chime
     /// is never taken for the question.
@@ -223,7 +227,7 @@ impl Default for WakeConfig {
         Self {
             model: PathBuf::from("wake/hey_panda.rpw"),
             templates: PathBuf::from("wake/hey_panda_templates.rpw"),
-            templates_threshold: 0.45,
+            templates_threshold: 0.5,
             owner_model: PathBuf::from("wake/owner.rpw"),
             threshold: 0.35,
             avg_threshold: 0.0,
@@ -235,6 +239,7 @@ impl Default for WakeConfig {
             verify: true,
             verify_window_ms: 1500,
             verify_delay_ms: 300,
+            verify_lookback_ms: 1000,
             earcon: true,
             earcon_file: PathBuf::new(),
         }
@@ -1217,6 +1222,7 @@ impl Config {
         int("wake.refractory_ms", w.refractory_ms, 0, 60_000)?;
         int("wake.verify_window_ms", w.verify_window_ms, 200, 10_000)?;
         int("wake.verify_delay_ms", w.verify_delay_ms, 0, 2_000)?;
+        int("wake.verify_lookback_ms", w.verify_lookback_ms, 0, 5_000)?;
         int("vad.mode", self.vad.mode, 0, 3)?;
         let wy = &self.wyoming;
         if !wy.listen.is_empty() && !wy.listen.starts_with("tcp://") {

@@ -252,23 +252,9 @@ pub fn spawn_stt_stage(
                     .instrument(span)
                     .await
             } else {
-                // After a wake word Whisper hears the question as said after the phrase
-                // (its prompt), in English only: an English prompt before French audio
-                // can make Whisper translate.
-                let context = u
-                    .wake_phrase
-                    .as_deref()
-                    .filter(|_| lang.as_deref().is_none_or(|l| l.starts_with("en")))
-                    .map(|p| listener::phrase_parts(p).1);
-                stt.transcribe(
-                    turn,
-                    &u.samples,
-                    lang.as_deref(),
-                    context.as_deref(),
-                    &u.turn.token,
-                )
-                .instrument(span)
-                .await
+                stt.transcribe(turn, &u.samples, lang.as_deref(), &u.turn.token)
+                    .instrument(span)
+                    .await
             };
             if u.command {
                 if let Ok(out) = &result {

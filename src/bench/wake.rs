@@ -29,6 +29,7 @@ use crate::audio::file::{FileFormat, FileSpec};
 pub(crate) use crate::audio::synth::{Rng, noise, reverberate, rms, to_i16};
 use crate::config::Config;
 use crate::event::{Event, SAMPLE_RATE_HZ};
+use crate::listen::listener;
 use crate::models::install::paths;
 
 /// Questions asked after the wake word: commands and open questions, short and long.
@@ -404,7 +405,16 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
         cfg.wake.threshold = th;
         let t = std::time::Instant::now();
         let pos = listen_events(&cfg, &dir.join("positives.wav"), true).await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let (checks0, check_ms0) = (
+            listener::WAKE_CHECKS.load(Relaxed),
+            listener::WAKE_CHECK_MS.load(Relaxed),
+        );
         let neg = listen_events(&cfg, &dir.join("negatives.wav"), false).await?;
+        // The second stage's cost on speech without the wake word: every false detection
+        // is a Whisper run.
+        let checks = listener::WAKE_CHECKS.load(Relaxed) - checks0;
+        let check_ms = listener::WAKE_CHECK_MS.load(Relaxed) - check_ms0;
         // Each clip: a wake between its phrase and its end (+1 s for a late detection);
         // the first transcript of that wake's turn is the question heard.
         let mut all = Tally::default();
@@ -496,6 +506,17 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
             all.row("all"),
             meta.negative_secs / 60.0,
             false_wakes as f64 / hours,
+        );
+        let threads = if cfg.stt.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            cfg.stt.threads as usize
+        };
+        println!(
+            "  second-stage checks on the negatives: {checks} = {:.0} per hour, Whisper {:.0} ms each = {:.3} of a core ({threads} threads) in continuous speech",
+            checks as f64 / hours,
+            check_ms as f64 / checks.max(1) as f64,
+            check_ms as f64 * threads as f64 / 1000.0 / meta.negative_secs,
         );
         for (k, v) in &by {
             println!("{}", v.row(k));

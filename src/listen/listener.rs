@@ -78,6 +78,9 @@ pub struct WakeVerifier {
     pub window_frames: usize,
     /// Frames the check waits after a detection (so that it hears the whole phrase).
     pub delay_frames: usize,
+    /// Frames before the window a second look takes in after a check heard words but
+    /// not the phrase (`[wake] verify_lookback_ms`; 0: no such look).
+    pub lookback_frames: usize,
     /// The wake phrase that must be heard (e.g. `hey panda`; see [`heard_wake_phrase`]).
     pub phrase: String,
     /// Initial prompt that steers Whisper's spelling (the wake phrase, e.g. `Hey Panda.`).
@@ -92,6 +95,7 @@ impl WakeVerifier {
             stt,
             window_frames: (wake.verify_window_ms / FRAME_MS as u64).max(1) as usize,
             delay_frames: wake.verify_delay_ms.div_ceil(FRAME_MS as u64) as usize,
+            lookback_frames: (wake.verify_lookback_ms / FRAME_MS as u64) as usize,
             phrase: wake.phrase.clone(),
             prompt,
         }
@@ -120,11 +124,36 @@ impl WakeVerifier {
         }
     }
 
+    /// [`Self::check`] on the last `window_frames` of `audio` (which may hold the
+    /// look-back before them); when Whisper heard other words, once more on all of it
+    /// (see `[wake] verify_lookback_ms`).
+    pub fn check_looking_back(
+        &self,
+        audio: &[i16],
+        token: &CancellationToken,
+    ) -> (bool, Option<String>) {
+        let window = (self.window_frames * FRAME_SAMPLES).min(audio.len());
+        let first = self.check(&audio[audio.len() - window..], token);
+        let other_words = first
+            .1
+            .as_deref()
+            .is_some_and(|t| !only_the_phrase_start(t, &self.phrase));
+        if first.0 || !other_words || self.lookback_frames == 0 || window == audio.len() {
+            return first;
+        }
+        self.check(audio, token)
+    }
+
     /// Whether a check's result heard the keyword, and what it heard. A failing STT
     /// worker accepts the detection — a wake is better than a deaf appliance.
     fn judge(&self, result: Result<SttOutput, SttError>) -> (bool, Option<String>) {
         match result {
-            Ok(out) => (heard_wake_phrase(&out.text, &self.phrase), Some(out.text)),
+            Ok(out) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                WAKE_CHECKS.fetch_add(1, Relaxed);
+                WAKE_CHECK_MS.fetch_add(out.stt_ms, Relaxed);
+                (heard_wake_phrase(&out.text, &self.phrase), Some(out.text))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "wake word check failed; accepting the detection");
                 (true, None)
@@ -132,6 +161,13 @@ impl WakeVerifier {
         }
     }
 }
+
+/// Second-stage checks run in this process and Whisper's wall time on them (ms): the
+/// cost of the first stage's false detections, which `panda bench wake` reports beside
+/// the listener's own CPU. Process-wide counters, only ever added to.
+pub static WAKE_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// See [`WAKE_CHECKS`].
+pub static WAKE_CHECK_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A second-stage check on its way.
 enum Check {
@@ -148,6 +184,9 @@ struct Pending {
     seq: u64,
     /// Whether the check already ran once and heard nothing (see [`Listening::settle`]).
     looked_again: bool,
+    /// Whether this check takes in the look-back before its window (see
+    /// [`Listening::settle`]).
+    looked_back: bool,
     /// The frame after which the check's window is complete.
     due: u64,
     /// When the detection fired (stream time).
@@ -601,7 +640,18 @@ fn poll_check(
     let check = match p.check.take() {
         Some(c) => c,
         None => {
-            let audio: Vec<i16> = recent.iter().flat_map(|f| f.iter().copied()).collect();
+            // `recent` holds the look-back too: a first look takes its window only.
+            let frames = if p.looked_back {
+                recent.len()
+            } else {
+                v.window_frames
+            };
+            let skip = recent.len().saturating_sub(frames);
+            let audio: Vec<i16> = recent
+                .iter()
+                .skip(skip)
+                .flat_map(|f| f.iter().copied())
+                .collect();
             v.submit(&audio, &root.child_token())
         }
     };
@@ -703,6 +753,26 @@ impl Listening {
                 ..p
             });
             return Settled::Ready;
+        }
+        // Whisper heard words, but not the phrase: the detection may have fired late, on
+        // a question said straight after the phrase (the network scores the phrase at
+        // its window's start; on the wake bench "What's the weather?", "What should I
+        // cook for?" — the phrase began before the check's window). One more look at the
+        // same moment, with the look-back before the window.
+        let lookback = self.verifier.as_ref().map_or(0, |v| v.lookback_frames);
+        if !verdict.0 && !heard_nothing && !p.looked_back && lookback > 0 {
+            tracing::debug!(
+                score = p.hit.score,
+                heard = ?verdict.1,
+                "wake word check heard other words; looking further back"
+            );
+            self.pending = Some(Pending {
+                check: None,
+                looked_back: true,
+                ..p
+            });
+            // Its window ends where the first look's did: submit it now.
+            return self.settle(wait, queued, out);
         }
         if !verdict.0
             && let Trigger::Wake(det) = &mut self.trigger
@@ -870,6 +940,7 @@ impl Listening {
                     hit,
                     seq: frame.seq,
                     looked_again: false,
+                    looked_back: false,
                     due,
                     at_ms: end_ms(&frame),
                     check: None,
@@ -932,7 +1003,9 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
         root: &root,
         wake_phrase: &wake_phrase,
     };
-    let window = verifier.as_ref().map_or(0, |v| v.window_frames);
+    let window = verifier
+        .as_ref()
+        .map_or(0, |v| v.window_frames + v.lookback_frames);
     let mut l = Listening {
         trigger,
         verifier,
@@ -977,7 +1050,7 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
             }
         }
     }
-    // A check that looks again settles twice (at most: it looks again once).
+    // A check that looks again (after nothing, or further back) settles more than once.
     while l.pending.is_some() && !root.is_cancelled() {
         if matches!(l.settle(true, 0, &out), Settled::Closed) {
             return;

@@ -179,29 +179,6 @@ impl SttHandle {
         }
     }
 
-    /// [`SttHandle::transcribe_in`] with `context`: the words said just before the audio
-    /// (Whisper's initial prompt). A question after a wake word is transcribed after the
-    /// wake phrase ("Hey Panda."): said in the same breath, Whisper then writes the
-    /// phrase as the phrase and hears the question's first words as words — without it,
-    /// "hey panda, cancel the timer" came out "We can't handle the timer."
-    pub async fn transcribe_after(
-        &self,
-        samples: &[i16],
-        language: Option<&str>,
-        context: Option<&str>,
-        token: &CancellationToken,
-    ) -> Result<SttOutput, SttError> {
-        let (mut req, rx) = SttRequest::new(samples, language, context, token);
-        // A question, not a wake word check: its full window and its place in the queue.
-        req.wake_check = false;
-        self.tx.send(req).await.map_err(|_| SttError::Stopped)?;
-        tokio::select! {
-            biased;
-            _ = token.cancelled() => Err(SttError::Cancelled),
-            r = rx => r.unwrap_or(Err(SttError::Stopped)),
-        }
-    }
-
     /// Queues a request and returns the worker's own reply (which, on cancellation,
     /// arrives only once the worker has actually let go — tests measure that).
     pub async fn submit(

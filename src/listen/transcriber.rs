@@ -34,20 +34,17 @@ pub enum Transcriber {
 }
 
 impl Transcriber {
-    /// Transcribes a turn's question (16 kHz mono) in `language` (`None`: `[stt] language`),
-    /// after `context`, the words said just before it (the wake phrase; see
-    /// [`SttHandle::transcribe_after`]). A remote service takes no context.
+    /// Transcribes a turn's question (16 kHz mono) in `language` (`None`: `[stt] language`).
     pub async fn transcribe(
         &self,
         turn: u64,
         samples: &[i16],
         language: Option<&str>,
-        context: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
         match self {
-            Transcriber::Local(h) => h.transcribe_after(samples, language, context, token).await,
-            Transcriber::Remote(r) => r.transcribe(turn, samples, language, context, token).await,
+            Transcriber::Local(h) => h.transcribe_in(samples, language, token).await,
+            Transcriber::Remote(r) => r.transcribe(turn, samples, language, token).await,
         }
     }
 
@@ -103,12 +100,11 @@ impl RemoteStt {
         turn: u64,
         samples: &[i16],
         language: Option<&str>,
-        context: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
         if !self.health.permit() {
             tracing::debug!(turn, "remote STT breaker open: local Whisper");
-            return self.fallback(samples, language, context, token).await;
+            return self.fallback(samples, language, token).await;
         }
         let lang = language.unwrap_or(&self.language);
         let started = Instant::now();
@@ -134,7 +130,7 @@ impl RemoteStt {
             }),
             Err(e) => {
                 tracing::warn!(turn, url = %self.health.url(), error = %e, "remote STT failed: local Whisper");
-                self.fallback(samples, language, context, token).await
+                self.fallback(samples, language, token).await
             }
         }
     }
@@ -143,13 +139,10 @@ impl RemoteStt {
         &self,
         samples: &[i16],
         language: Option<&str>,
-        context: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
         self.health.fell_back();
-        self.local
-            .transcribe_after(samples, language, context, token)
-            .await
+        self.local.transcribe_in(samples, language, token).await
     }
 
     fn status(&self) -> serde_json::Value {

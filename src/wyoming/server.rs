@@ -728,7 +728,9 @@ fn start_wake_stream(svc: &WakeService, names: Option<Vec<String>>) -> WakeStrea
                     return;
                 }
             };
-            let window = verifier.as_ref().map_or(0, |v| v.window_frames);
+            let window = verifier
+                .as_ref()
+                .map_or(0, |v| v.window_frames + v.lookback_frames);
             let mut recent: std::collections::VecDeque<Box<[i16; FRAME_SAMPLES]>> =
                 std::collections::VecDeque::with_capacity(window + 1);
             // A detection waiting for its check's window: (due frame, stream ms).
@@ -742,7 +744,7 @@ fn start_wake_stream(svc: &WakeService, names: Option<Vec<String>>) -> WakeStrea
                     Some(v) => {
                         let audio: Vec<i16> =
                             recent.iter().flat_map(|f| f.iter().copied()).collect();
-                        v.check(&audio, &token).0
+                        v.check_looking_back(&audio, &token).0
                     }
                 };
                 ok && wanted && det_tx.blocking_send((name.clone(), at_ms)).is_ok()
