@@ -688,6 +688,9 @@ struct Listening {
     recent: VecDeque<Box<[i16; FRAME_SAMPLES]>>,
     window: usize,
     last_seq: u64,
+    /// The last frame in which Panda's own voice was in the room (the canceller's linear
+    /// output present, an echo path known or not yet learnt).
+    echo_seq: Option<u64>,
     /// A real-time source (see [`ListenerOptions::live`]).
     live: bool,
 }
@@ -759,8 +762,14 @@ impl Listening {
         // its window's start; on the wake bench "What's the weather?", "What should I
         // cook for?" — the phrase began before the check's window). One more look at the
         // same moment, with the look-back before the window.
+        // Not where Panda's voice is in the audio: its answers say the keyword, and the
+        // self-wake guard covers a detection on Panda's keyword, not a look back at it
+        // from a detection elsewhere.
         let lookback = self.verifier.as_ref().map_or(0, |v| v.lookback_frames);
-        if !verdict.0 && !heard_nothing && !p.looked_back && lookback > 0 {
+        let panda_heard = self
+            .echo_seq
+            .is_some_and(|e| e + self.window as u64 >= self.last_seq);
+        if !verdict.0 && !heard_nothing && !p.looked_back && lookback > 0 && !panda_heard {
             tracing::debug!(
                 score = p.hit.score,
                 heard = ?verdict.1,
@@ -813,6 +822,9 @@ impl Listening {
         let frames_of = |ms: u64| ms.div_ceil(FRAME_MS as u64) as usize;
         let c = &mut self.c;
         self.last_seq = frame.seq;
+        if frame.linear.is_some() && !frame.no_echo {
+            self.echo_seq = Some(frame.seq);
+        }
         if self.window > 0 {
             if self.recent.len() == self.window {
                 self.recent.pop_front();
@@ -1023,6 +1035,7 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
         recent: VecDeque::with_capacity(window + 1),
         window,
         last_seq: 0,
+        echo_seq: None,
         live,
     };
     // Frames received and not yet processed (while a check runs).
