@@ -365,6 +365,17 @@ pub enum Backend {
     Wyoming,
 }
 
+impl SttConfig {
+    /// Threads Whisper runs on: `threads`, or every core when it is 0.
+    pub fn whisper_threads(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.threads as usize
+        }
+    }
+}
+
 impl Default for SttConfig {
     fn default() -> Self {
         Self {

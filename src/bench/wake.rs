@@ -507,11 +507,7 @@ pub async fn run(cfg: &Config, thresholds: &[f32]) -> Result<(), BenchError> {
             meta.negative_secs / 60.0,
             false_wakes as f64 / hours,
         );
-        let threads = if cfg.stt.threads == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            cfg.stt.threads as usize
-        };
+        let threads = cfg.stt.whisper_threads();
         println!(
             "  second-stage checks on the negatives: {checks} = {:.0} per hour, Whisper {:.0} ms each = {:.3} of a core ({threads} threads) in continuous speech",
             checks as f64 / hours,

@@ -134,14 +134,20 @@ impl WakeVerifier {
     ) -> (bool, Option<String>) {
         let window = (self.window_frames * FRAME_SAMPLES).min(audio.len());
         let first = self.check(&audio[audio.len() - window..], token);
-        let other_words = first
-            .1
-            .as_deref()
-            .is_some_and(|t| !only_the_phrase_start(t, &self.phrase));
-        if first.0 || !other_words || self.lookback_frames == 0 || window == audio.len() {
+        if first.0
+            || !self.heard_other_words(first.1.as_deref())
+            || self.lookback_frames == 0
+            || window == audio.len()
+        {
             return first;
         }
         self.check(audio, token)
+    }
+
+    /// Whether a rejected check heard words other than the phrase's start — the case
+    /// for a look further back (see `[wake] verify_lookback_ms`).
+    fn heard_other_words(&self, heard: Option<&str>) -> bool {
+        heard.is_some_and(|t| !only_the_phrase_start(t, &self.phrase))
     }
 
     /// Whether a check's result heard the keyword, and what it heard. A failing STT
@@ -765,11 +771,14 @@ impl Listening {
         // Not where Panda's voice is in the audio: its answers say the keyword, and the
         // self-wake guard covers a detection on Panda's keyword, not a look back at it
         // from a detection elsewhere.
-        let lookback = self.verifier.as_ref().map_or(0, |v| v.lookback_frames);
+        let look_back = self
+            .verifier
+            .as_ref()
+            .is_some_and(|v| v.lookback_frames > 0 && v.heard_other_words(verdict.1.as_deref()));
         let panda_heard = self
             .echo_seq
             .is_some_and(|e| e + self.window as u64 >= self.last_seq);
-        if !verdict.0 && !heard_nothing && !p.looked_back && lookback > 0 && !panda_heard {
+        if !verdict.0 && look_back && !p.looked_back && !panda_heard {
             tracing::debug!(
                 score = p.hit.score,
                 heard = ?verdict.1,

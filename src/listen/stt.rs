@@ -596,12 +596,7 @@ impl Engine {
             SamplingStrategy::Greedy { best_of: 1 }
         };
         let mut p = FullParams::new(strategy);
-        let threads = if self.cfg.threads == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            self.cfg.threads as usize
-        };
-        p.set_n_threads(threads as i32);
+        p.set_n_threads(self.cfg.whisper_threads() as i32);
         p.set_print_progress(false);
         p.set_print_realtime(false);
         p.set_print_special(false);
