@@ -104,11 +104,14 @@ impl WakeVerifier {
 
 impl WakeVerifier {
     /// Queues the check of `audio` (the window before a detection) on the speech-to-text
-    /// worker and returns at once: the listener reads on while Whisper runs.
-    fn submit(&self, audio: &[i16], token: &CancellationToken) -> Check {
+    /// worker and returns at once: the listener reads on while Whisper runs. `prompted`:
+    /// with the phrase as Whisper's prompt (see [`Self::prompt`]); without it for the
+    /// confirmation of a keyword that ran on into other words ([`keyword_runs_on`]).
+    fn submit(&self, audio: &[i16], prompted: bool, token: &CancellationToken) -> Check {
+        let prompt = if prompted { self.prompt.as_str() } else { "" };
         match self
             .stt
-            .submit_blocking_with_prompt(audio, Some(&self.prompt), token)
+            .submit_blocking_with_prompt(audio, Some(prompt), token)
         {
             Ok(rx) => Check::Running(rx),
             Err(e) => Check::Done(self.judge(Err(e))),
@@ -118,10 +121,30 @@ impl WakeVerifier {
     /// Runs the check on `audio` and waits for it: whether the keyword was heard, and
     /// what was heard (benches; the listener itself never waits, see [`Self::submit`]).
     pub fn check(&self, audio: &[i16], token: &CancellationToken) -> (bool, Option<String>) {
-        match self.submit(audio, token) {
+        let first = self.check_once(audio, true, token);
+        if first.0 && self.runs_on(first.1.as_deref()) {
+            return self.check_once(audio, false, token);
+        }
+        first
+    }
+
+    /// One check, prompted or not, waited for.
+    fn check_once(
+        &self,
+        audio: &[i16],
+        prompted: bool,
+        token: &CancellationToken,
+    ) -> (bool, Option<String>) {
+        match self.submit(audio, prompted, token) {
             Check::Running(rx) => self.judge(rx.blocking_recv().unwrap_or(Err(SttError::Stopped))),
             Check::Done(d) => d,
         }
+    }
+
+    /// Whether an accepted check heard the keyword run straight on into another word
+    /// ("Hey Panda Camera to the left"): the case for a confirmation without the prompt.
+    fn runs_on(&self, heard: Option<&str>) -> bool {
+        heard.is_some_and(|t| keyword_runs_on(t, &self.phrase))
     }
 
     /// [`Self::check`] on the last `window_frames` of `audio` (which may hold the
@@ -193,6 +216,9 @@ struct Pending {
     /// Whether this check takes in the look-back before its window (see
     /// [`Listening::settle`]).
     looked_back: bool,
+    /// Whether this check runs without the prompt, confirming one that heard the
+    /// keyword run on into other words (see [`Listening::settle`]).
+    unprompted: bool,
     /// The frame after which the check's window is complete.
     due: u64,
     /// When the detection fired (stream time).
@@ -408,9 +434,18 @@ fn strip_once(text: &str, phrase: &str) -> String {
     {
         return capitalised(&words[end + 1..].join(" "));
     }
+    // The transcript's first word two letters off the phrase's greeting ("Pay Panda what
+    // is…"): still the phrase when the keyword follows it.
+    let misheard_lead = |w: &str| {
+        let w = plain(w);
+        w.len() <= 4
+            && phrase_words[..phrase_words.len().saturating_sub(1)]
+                .iter()
+                .any(|p| p.len() >= 3 && edit_distance(p, &w) <= 2)
+    };
     let limit = words.len().min(phrase_words.len() + 2);
     let Some(cut) = (0..limit)
-        .take_while(|&i| i == 0 || lead_in(words[i - 1]))
+        .take_while(|&i| i == 0 || lead_in(words[i - 1]) || (i == 1 && misheard_lead(words[0])))
         .find(|&i| mentions_keyword(&words[..=i].join(" "), &keyword))
     else {
         // The keyword's last sound, left at the start when the utterance reached back
@@ -453,6 +488,22 @@ pub fn said_after_phrase(heard: &str, phrase: &str) -> bool {
             let w: String = plain(w).into_iter().collect();
             w.chars().count() >= 2 && !NOT_WORDS.contains(&w.as_str())
         })
+}
+
+/// Whether the check's transcript has the keyword run straight on into another word, no
+/// punctuation between ("Hey Panda Camera to the left", not "Hey Panda, what time is
+/// it?"): Whisper writes a call with a pause mark after it, and a name inside a noun
+/// phrase without — the shape of a transcript its prompt may have pulled to the phrase.
+pub fn keyword_runs_on(heard: &str, phrase: &str) -> bool {
+    let (keyword, _) = phrase_parts(phrase);
+    let kw = plain(&keyword);
+    let tokens: Vec<&str> = heard.split_whitespace().collect();
+    tokens.windows(2).any(|pair| {
+        let w = plain(pair[0]);
+        pair[0].ends_with(|c: char| c.is_alphanumeric())
+            && pair[1].starts_with(|c: char| c.is_alphanumeric())
+            && (w == kw || (kw.len() >= 3 && edit_distance(&w, &kw) <= 1))
+    })
 }
 
 /// `rest` without leading punctuation, starting with a capital.
@@ -637,6 +688,7 @@ fn poll_check(
     p: &mut Pending,
     verifier: &Option<WakeVerifier>,
     recent: &VecDeque<Box<[i16; FRAME_SAMPLES]>>,
+    last_seq: u64,
     root: &CancellationToken,
     wait: bool,
 ) -> Option<(bool, Option<String>)> {
@@ -646,19 +698,22 @@ fn poll_check(
     let check = match p.check.take() {
         Some(c) => c,
         None => {
-            // `recent` holds the look-back too: a first look takes its window only.
+            // Every look ends at the frame it was due at, whatever the listener took in
+            // since (frames wait in its backlog while a check runs, so today nothing; the
+            // window must not depend on that). `recent` holds the look-back too: only the
+            // look further back takes it.
+            let after = (last_seq.saturating_sub(p.due) as usize).min(recent.len());
+            let end = recent.len() - after;
             let frames = if p.looked_back {
-                recent.len()
+                v.window_frames + v.lookback_frames
             } else {
                 v.window_frames
             };
-            let skip = recent.len().saturating_sub(frames);
             let audio: Vec<i16> = recent
-                .iter()
-                .skip(skip)
+                .range(end.saturating_sub(frames)..end)
                 .flat_map(|f| f.iter().copied())
                 .collect();
-            v.submit(&audio, &root.child_token())
+            v.submit(&audio, !p.unprompted, &root.child_token())
         }
     };
     match check {
@@ -734,7 +789,14 @@ impl Listening {
         let Some(p) = self.pending.as_mut() else {
             return Settled::Ready;
         };
-        let Some(verdict) = poll_check(p, &self.verifier, &self.recent, out.root, wait) else {
+        let Some(verdict) = poll_check(
+            p,
+            &self.verifier,
+            &self.recent,
+            self.last_seq,
+            out.root,
+            wait,
+        ) else {
             return Settled::Running;
         };
         let p = self.pending.take().expect("checked above");
@@ -756,7 +818,7 @@ impl Listening {
                 "wake word check heard nothing; looking again"
             );
             self.pending = Some(Pending {
-                due: self.last_seq + delay.max(1),
+                due: p.due + delay.max(1),
                 check: None,
                 looked_again: true,
                 ..p
@@ -790,6 +852,30 @@ impl Listening {
                 ..p
             });
             // Its window ends where the first look's did: submit it now.
+            return self.settle(wait, queued, out);
+        }
+        // Whisper heard the keyword run straight on into another word ("Hey Panda Camera
+        // to the left"): the prompt ("Hey Panda.") may have pulled it there from "hey, pan
+        // the camera…" — the wake bench's only false wakes. The same window once more
+        // without the prompt decides; a phrase said in one breath is still heard as one
+        // there ("Hey Panda, what time is it?").
+        if verdict.0
+            && !p.unprompted
+            && self
+                .verifier
+                .as_ref()
+                .is_some_and(|v| v.runs_on(verdict.1.as_deref()))
+        {
+            tracing::debug!(
+                score = p.hit.score,
+                heard = ?verdict.1,
+                "wake word ran on into other words; confirming without the prompt"
+            );
+            self.pending = Some(Pending {
+                check: None,
+                unprompted: true,
+                ..p
+            });
             return self.settle(wait, queued, out);
         }
         if !verdict.0
@@ -962,6 +1048,7 @@ impl Listening {
                     seq: frame.seq,
                     looked_again: false,
                     looked_back: false,
+                    unprompted: false,
                     due,
                     at_ms: end_ms(&frame),
                     check: None,
@@ -1189,6 +1276,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_keyword_running_on_into_a_word_is_told_from_a_call() {
+        for heard in [
+            "Hey Panda Camera to the left.",
+            "Hey Panda camera",
+            "hey banda express is open",
+        ] {
+            assert!(keyword_runs_on(heard, "hey panda"), "{heard}");
+        }
+        for heard in [
+            "Hey Panda, what time is it?",
+            "Hey Panda.",
+            "Hey Panda. What?",
+            "Hey Panda",
+            "Hey Panda! Stop.",
+            "Hey, pan the camera to the left.",
+            "Tapeanda, set a timer",
+            "I saw a Panda at the zoo.",
+        ] {
+            let expect = heard == "I saw a Panda at the zoo.";
+            assert_eq!(keyword_runs_on(heard, "hey panda"), expect, "{heard}");
+        }
+    }
+
+    #[test]
     fn keyword_matching_tolerates_near_spellings_only() {
         for heard in [
             "Hey Panda, what time is it?",
@@ -1319,6 +1430,10 @@ mod tests {
             ),
             ("Hey panda.", ""),
             ("Pay Panda. Set a timer.", "Set a timer."),
+            (
+                "Pay Panda what is seven times eight?",
+                "What is seven times eight?",
+            ),
             (
                 "Here you panda. What's the date today?",
                 "What's the date today?",

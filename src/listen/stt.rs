@@ -616,7 +616,9 @@ impl Engine {
         };
         p.set_language(lang);
         p.set_detect_language(false);
-        if let Some(prompt) = prompt {
+        // An empty prompt is the wake check without one (see the listener's unprompted
+        // confirmation).
+        if let Some(prompt) = prompt.filter(|p| !p.is_empty()) {
             p.set_initial_prompt(prompt);
         }
         let audio_ms = samples.len() as u64 * 1000 / SAMPLE_RATE_HZ as u64;
