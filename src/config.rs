@@ -269,7 +269,10 @@ pub struct EndpointConfig {
     pub pre_roll_ms: u64,
     /// Voiced audio needed in a row before speech counts as started.
     pub speech_start_ms: u64,
-    /// Silence after speech that ends the utterance.
+    /// Silence after speech that ends the utterance. The level gate counts a soft word
+    /// ending as silence too, so 800 ms ended a question at a 600 ms pause inside it
+    /// ("Set a timer … for ten minutes" heard as "Set a timer."); 900 ms lets people
+    /// pause mid-sentence for 100 ms more latency.
     pub hangover_ms: u64,
     /// An utterance is cut here even if the speaker goes on.
     pub max_utterance_ms: u64,
@@ -294,7 +297,7 @@ impl Default for EndpointConfig {
         Self {
             pre_roll_ms: 500,
             speech_start_ms: 90,
-            hangover_ms: 800,
+            hangover_ms: 900,
             max_utterance_ms: 15_000,
             question_timeout_ms: 5_000,
             wake_tail_ms: 600,
