@@ -156,7 +156,12 @@ impl WakeVerifier {
         token: &CancellationToken,
     ) -> (bool, Option<String>) {
         let window = (self.window_frames * FRAME_SAMPLES).min(audio.len());
-        let first = self.check(&audio[audio.len() - window..], token);
+        let last = &audio[audio.len() - window..];
+        let first = self.check_once(last, true, token);
+        // The unprompted confirmation decides for good (as in the listener).
+        if first.0 && self.runs_on(first.1.as_deref()) {
+            return self.check_once(last, false, token);
+        }
         if first.0
             || !self.heard_other_words(first.1.as_deref())
             || self.lookback_frames == 0
@@ -353,27 +358,21 @@ pub fn heard_wake_phrase(text: &str, phrase: &str) -> bool {
                 match i.checked_sub(1).map(|j| &words[j]) {
                     Some(prev) if is_lead(prev) => true,
                     _ => {
-                        // The whole sentence, hesitations aside: "Panda.", or a short word
-                        // and the keyword — "A panda.", "You panda.", "Oh, Harry Panda.",
-                        // "Tilly pandas.": the greeting misheard under noise (on the wake
-                        // bench these were rejected phrases) — never the end of a longer
-                        // sentence ("I saw a panda.").
-                        let start = words
-                            .iter()
-                            .take_while(|w| HESITATIONS.iter().any(|h| plain(h) == **w))
-                            .count();
+                        // The whole sentence: "Panda." or "A panda.", never the end of
+                        // a longer one ("I saw a panda."). Not any short word and the
+                        // keyword ("You panda." on the wake bench): the prompt pulls
+                        // Whisper to "Panda" — espeak's French "…l'Australie" was
+                        // checked as "Happy Panda." and woke Panda over its answer.
                         let alone = i + 1 == words.len()
-                            && i >= start
-                            && (i == start || (i == start + 1 && words[start].len() <= 5));
+                            && (i == 0
+                                || (i == 1
+                                    && matches!(words[0].as_slice(), ['a'] | ['t', 'h', 'e'])));
                         alone && edit_distance(w, &kw) <= 1
                     }
                 }
             })
         })
 }
-
-/// Words Whisper writes for a hesitation before a call ("Oh, Harry Panda.").
-const HESITATIONS: &[&str] = &["oh", "um", "uh", "so", "okay", "ok", "well"];
 
 /// How Whisper writes the greeting before a keyword ("hey"), heard alone or in a phrase.
 const GREETINGS: &[&str] = &["hi", "hay", "eh", "ay", "hey", "hei", "he"];
@@ -820,7 +819,8 @@ impl Listening {
                 .as_ref()
                 .is_some_and(|v| only_the_phrase_start(t, &v.phrase))
         });
-        if !verdict.0 && heard_nothing && !p.looked_again {
+        // The unprompted confirmation's verdict is final: it heard the same window.
+        if !verdict.0 && heard_nothing && !p.looked_again && !p.unprompted {
             let delay = self.verifier.as_ref().map_or(0, |v| v.delay_frames) as u64;
             tracing::debug!(
                 score = p.hit.score,
@@ -849,7 +849,7 @@ impl Listening {
         let panda_heard = self
             .echo_seq
             .is_some_and(|e| e + self.window as u64 >= self.last_seq);
-        if !verdict.0 && look_back && !p.looked_back && !panda_heard {
+        if !verdict.0 && look_back && !p.looked_back && !panda_heard && !p.unprompted {
             tracing::debug!(
                 score = p.hit.score,
                 heard = ?verdict.1,
@@ -1357,9 +1357,6 @@ mod tests {
             "I left it there. Hey panda.",
             "Hey. Panda.",
             "The Panda.",
-            "You panda.",
-            "Oh, Harry Panda.",
-            "Tilly pandas.",
         ] {
             assert!(heard_wake_phrase(heard, "hey panda"), "{heard}");
         }
@@ -1378,8 +1375,8 @@ mod tests {
             "Hey pad.",
             "Banana bread.",
             "We watched the panda.",
-            "Oh, I saw the panda.",
-            "Somebody's panda.",
+            "Happy Panda.",
+            "You panda.",
             "",
         ] {
             assert!(!heard_wake_phrase(heard, "hey panda"), "{heard}");
