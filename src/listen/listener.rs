@@ -122,6 +122,18 @@ impl WakeVerifier {
     /// what was heard (benches; the listener itself never waits, see [`Self::submit`]).
     pub fn check(&self, audio: &[i16], token: &CancellationToken) -> (bool, Option<String>) {
         let first = self.check_once(audio, true, token);
+        self.confirmed(audio, first, token)
+    }
+
+    /// `first`, a prompted check of `audio`, or — when it accepted a keyword that ran on
+    /// into other words — the verdict of the same audio without the prompt, which decides
+    /// for good.
+    fn confirmed(
+        &self,
+        audio: &[i16],
+        first: (bool, Option<String>),
+        token: &CancellationToken,
+    ) -> (bool, Option<String>) {
         if first.0 && self.runs_on(first.1.as_deref()) {
             return self.check_once(audio, false, token);
         }
@@ -158,12 +170,10 @@ impl WakeVerifier {
         let window = (self.window_frames * FRAME_SAMPLES).min(audio.len());
         let last = &audio[audio.len() - window..];
         let first = self.check_once(last, true, token);
-        // The unprompted confirmation decides for good (as in the listener).
-        if first.0 && self.runs_on(first.1.as_deref()) {
-            return self.check_once(last, false, token);
+        if first.0 {
+            return self.confirmed(last, first, token);
         }
-        if first.0
-            || !self.heard_other_words(first.1.as_deref())
+        if !self.heard_other_words(first.1.as_deref())
             || self.lookback_frames == 0
             || window == audio.len()
         {
@@ -696,7 +706,6 @@ fn poll_check(
     p: &mut Pending,
     verifier: &Option<WakeVerifier>,
     recent: &VecDeque<Box<[i16; FRAME_SAMPLES]>>,
-    last_seq: u64,
     root: &CancellationToken,
     wait: bool,
 ) -> Option<(bool, Option<String>)> {
@@ -706,19 +715,18 @@ fn poll_check(
     let check = match p.check.take() {
         Some(c) => c,
         None => {
-            // Every look ends at the frame it was due at, whatever the listener took in
-            // since (frames wait in its backlog while a check runs, so today nothing; the
-            // window must not depend on that). `recent` holds the look-back too: only the
-            // look further back takes it.
-            let after = (last_seq.saturating_sub(p.due) as usize).min(recent.len());
-            let end = recent.len() - after;
+            // Every look ends at the newest frame: it is the one the look was due at, as
+            // frames wait in the backlog while a check runs. `recent` holds the
+            // look-back too: only the look further back takes it.
             let frames = if p.looked_back {
-                v.window_frames + v.lookback_frames
+                recent.len()
             } else {
                 v.window_frames
             };
+            let skip = recent.len().saturating_sub(frames);
             let audio: Vec<i16> = recent
-                .range(end.saturating_sub(frames)..end)
+                .iter()
+                .skip(skip)
                 .flat_map(|f| f.iter().copied())
                 .collect();
             v.submit(&audio, !p.unprompted, &root.child_token())
@@ -797,14 +805,7 @@ impl Listening {
         let Some(p) = self.pending.as_mut() else {
             return Settled::Ready;
         };
-        let Some(verdict) = poll_check(
-            p,
-            &self.verifier,
-            &self.recent,
-            self.last_seq,
-            out.root,
-            wait,
-        ) else {
+        let Some(verdict) = poll_check(p, &self.verifier, &self.recent, out.root, wait) else {
             return Settled::Running;
         };
         let p = self.pending.take().expect("checked above");
