@@ -310,12 +310,17 @@ impl Default for EndpointConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SttConfig {
-    /// ggml Whisper model, relative to `[models] dir` unless absolute. The installer
-    /// also writes `whisper/ggml-tiny.en-q8_0.bin` (q8_0 weights): the same WER on the
-    /// recorded clips in 22 % less time (`panda bench stt`), but it misheard one of the
-    /// synthetic pause questions the f16 file hears, so f16 stays the default until a
-    /// broader evaluation says otherwise (accuracy first).
+    /// ggml Whisper model for questions, relative to `[models] dir` unless absolute.
+    /// Whisper base (multilingual, told the language): on the recorded clips 3.6 % word
+    /// errors against tiny.en's 5.4 %, and on `panda bench wake`'s noisy questions
+    /// BASE_FIGURES, for about twice tiny.en's time (`panda bench stt`).
     pub model: PathBuf,
+    /// The model for the wake word's second-stage check and for stop word candidates over
+    /// an answer (empty: `model`). Both run often and someone waits on a yes or no, so a
+    /// small model: tiny.en checks a wake in ~0.2 s. `whisper/ggml-tiny.en-q8_0.bin` (also
+    /// installed) is 22 % faster at the same word errors on the recorded clips but
+    /// misheard a synthetic question the f16 file hears, so f16 stays (accuracy first).
+    pub fast_model: PathBuf,
     /// Spoken language code (`en`, `de`, …) or `auto` (multilingual models only).
     pub language: String,
     /// 0 or 1: greedy decoding; 2 and more: beam search with this many beams.
@@ -382,7 +387,8 @@ impl SttConfig {
 impl Default for SttConfig {
     fn default() -> Self {
         Self {
-            model: PathBuf::from("whisper/ggml-tiny.en.bin"),
+            model: PathBuf::from("whisper/ggml-base.bin"),
+            fast_model: PathBuf::from("whisper/ggml-tiny.en.bin"),
             language: "en".into(),
             beam_size: 1,
             multilingual_beam_size: 5,
@@ -1647,7 +1653,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("wake.threshold"), "{err}");
-        let err = load("[stt]\nlanguage = \"de\"\nmultilingual_model = \"\"\n", &[])
+        let english_only = "[stt]\nmodel = \"whisper/ggml-tiny.en.bin\"\nlanguage = \"de\"\n";
+        let err = load(&format!("{english_only}multilingual_model = \"\"\n"), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("English-only"), "{err}");
@@ -1656,6 +1663,8 @@ mod tests {
             .to_string();
         assert!(err.contains("stt.language"), "{err}");
         assert!(load("[stt]\nlanguage = \"de\"\n", &[]).is_ok());
+        // The default model (base) is multilingual itself.
+        assert!(load("[stt]\nlanguage = \"de\"\nmultilingual_model = \"\"\n", &[]).is_ok());
     }
 
     #[test]

@@ -248,7 +248,7 @@ pub fn spawn_stt_stage(
                 // "stop" over the answer: the local model decides at once (a stop word
                 // must not wait on the network, and the remote breaker is not for it).
                 stt.local()
-                    .transcribe_in(&u.samples, lang.as_deref(), &u.turn.token)
+                    .transcribe_command(&u.samples, lang.as_deref(), &u.turn.token)
                     .instrument(span)
                     .await
             } else {

@@ -34,18 +34,19 @@ pub fn services(
             .map(|s| s.to_string_lossy().trim_start_matches("ggml-").to_string())
             .unwrap_or_else(|| "whisper".into())
     };
-    // The English model, and the multilingual one beside it when configured (requests
-    // in other languages go to it).
+    // The main model; when it hears English only, the multilingual one beside it
+    // (requests in other languages go to it).
     let english = name_of(&cfg.stt.model);
     let mut models = vec![(english.clone(), vec!["en".to_string()])];
     let all: Vec<String> = (0..=whisper_rs::get_lang_max_id())
         .filter_map(whisper_rs::get_lang_str)
         .map(str::to_string)
         .collect();
-    if !cfg.stt.multilingual_model.as_os_str().is_empty() {
-        models.push((name_of(&cfg.stt.multilingual_model), all));
-    } else if !english.ends_with(".en") {
+    if !english.ends_with(".en") {
+        // The main model is multilingual itself (Whisper base, the default).
         models[0].1 = all;
+    } else if !cfg.stt.multilingual_model.as_os_str().is_empty() {
+        models.push((name_of(&cfg.stt.multilingual_model), all));
     }
     let voices = tts::installed_voices(&cfg.model_path(&cfg.tts.model_dir));
     let name = wake_name(&cfg.wake.phrase);

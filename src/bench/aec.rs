@@ -281,7 +281,13 @@ pub fn run_scene(
             while let Some(u) = utt_rx.blocking_recv() {
                 candidates += usize::from(u.command);
                 let Some(stt) = &stt else { continue };
-                let Ok(out) = stt.transcribe_blocking(&u.samples, &CancellationToken::new()) else {
+                let token = CancellationToken::new();
+                let out = if u.command {
+                    stt.transcribe_command_blocking(&u.samples, &token)
+                } else {
+                    stt.transcribe_blocking(&u.samples, &token)
+                };
+                let Ok(out) = out else {
                     continue;
                 };
                 if u.command {

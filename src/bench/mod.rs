@@ -580,20 +580,24 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>, peer: Option<&Path>) -> Resul
         flash_attn: false,
         ..cfg.stt.clone()
     };
-    // tiny.en's other precision beside the configured one (q8_0 ↔ f16), when the
-    // configured model is one of the two the installer writes.
+    // The other installed models beside the configured one, each on the full window:
+    // base against tiny.en (questions), and tiny.en's two precisions (the fast model of
+    // wake checks and stop words).
     let (f16, q8) = (
         crate::models::install::paths::WHISPER_TINY_EN,
         crate::models::install::paths::WHISPER_TINY_EN_Q8,
     );
-    let other = if cfg.stt.model == Path::new(f16) {
-        Some(("q8_0 weights, full window", q8))
-    } else if cfg.stt.model == Path::new(q8) {
-        Some(("f16 weights, full window", f16))
-    } else {
-        None
-    }
-    .filter(|(_, p)| cfg.model_path(Path::new(p)).exists());
+    let others: Vec<(&str, &str)> = [
+        (
+            "base f16, full window",
+            crate::models::install::paths::WHISPER_BASE,
+        ),
+        ("tiny.en f16, full window", f16),
+        ("tiny.en q8_0, full window", q8),
+    ]
+    .into_iter()
+    .filter(|(_, p)| cfg.stt.model != Path::new(p) && cfg.model_path(Path::new(p)).exists())
+    .collect();
     let mut settings = vec![
         ("default (this config)", cfg.stt.clone()),
         ("full 30 s window", full.clone()),
@@ -612,7 +616,7 @@ pub fn stt(cfg: &Config, clips_dir: Option<&Path>, peer: Option<&Path>) -> Resul
             },
         ),
     ];
-    if let Some((name, model)) = other {
+    for (name, model) in others {
         settings.push((
             name,
             crate::config::SttConfig {

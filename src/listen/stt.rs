@@ -66,6 +66,9 @@ pub struct SttOutput {
     pub language: String,
     /// Mean probability of the text tokens Whisper chose (0–1).
     pub confidence: f32,
+    /// Which model heard it: the Whisper file's name ("ggml-base.bin"), or the remote
+    /// service's address.
+    pub model: String,
 }
 
 struct SttRequest {
@@ -81,6 +84,9 @@ struct SttRequest {
     /// full window; stop word candidates keep the full one: `panda bench aec` measured
     /// 87.5 % of their decisions right sized against 93.8 % full).
     short: bool,
+    /// Goes to `[stt] fast_model`: a wake word check, or a stop word candidate over an
+    /// answer — someone is waiting on a yes or no, not on a whole sentence.
+    fast: bool,
     token: CancellationToken,
     reply: oneshot::Sender<Result<SttOutput, SttError>>,
 }
@@ -103,25 +109,34 @@ pub struct SttWorker {
 
 /// Loads the model on a new thread, warms it up, and returns once it is ready.
 pub fn spawn(cfg: &SttConfig, model: &Path) -> Result<(SttHandle, SttWorker), SttError> {
-    spawn_with(cfg, model, None)
+    spawn_with(cfg, model, Models::default())
 }
 
-/// [`spawn_with`] for a whole configuration: `[stt] model` and `multilingual_model`,
-/// resolved under `[models] dir`.
+/// [`spawn_with`] for a whole configuration: `[stt] model`, `fast_model` and
+/// `multilingual_model`, resolved under `[models] dir`.
 pub fn spawn_configured(cfg: &crate::config::Config) -> Result<(SttHandle, SttWorker), SttError> {
-    let multilingual = (!cfg.stt.multilingual_model.as_os_str().is_empty())
-        .then(|| cfg.model_path(&cfg.stt.multilingual_model));
-    spawn_with(&cfg.stt, &cfg.model_path(&cfg.stt.model), multilingual)
+    let path_of = |p: &Path| (!p.as_os_str().is_empty()).then(|| cfg.model_path(p));
+    spawn_with(
+        &cfg.stt,
+        &cfg.model_path(&cfg.stt.model),
+        Models {
+            multilingual: path_of(&cfg.stt.multilingual_model),
+            fast: path_of(&cfg.stt.fast_model),
+        },
+    )
 }
 
-/// [`spawn`] with a multilingual model beside an English-only one: requests in another
-/// language go to it (loaded on the same thread, at start when `[stt] language` is not
-/// English, else on the first such request).
-pub fn spawn_with(
-    cfg: &SttConfig,
-    model: &Path,
-    multilingual: Option<PathBuf>,
-) -> Result<(SttHandle, SttWorker), SttError> {
+/// The models beside `[stt] model` (`None`: that one does the work).
+#[derive(Debug, Clone, Default)]
+pub struct Models {
+    /// For every language but English when the main model is English-only.
+    pub multilingual: Option<PathBuf>,
+    /// For wake word checks and stop word candidates.
+    pub fast: Option<PathBuf>,
+}
+
+/// Checks that `model` is there and looks like a ggml Whisper file.
+fn check_model(model: &Path) -> Result<(), SttError> {
     if !model.exists() {
         return Err(SttError::MissingModel(model.to_path_buf()));
     }
@@ -130,14 +145,32 @@ pub fn spawn_with(
         problem: format!(
             "{problem} (run `panda models verify`, or reinstall with `panda models install`)"
         ),
-    })?;
+    })
+}
+
+/// [`spawn`] with the models beside the main one: requests in another language go to
+/// the multilingual model when the main one is English-only (loaded on the same thread,
+/// at start when `[stt] language` is not English, else on the first such request); wake
+/// word checks and stop word candidates go to the fast model (loaded at start).
+pub fn spawn_with(
+    cfg: &SttConfig,
+    model: &Path,
+    others: Models,
+) -> Result<(SttHandle, SttWorker), SttError> {
+    check_model(model)?;
+    // The fast model is the main one when it is the same file (no second copy).
+    let fast = others.fast.filter(|f| f != model);
+    if let Some(f) = &fast {
+        check_model(f)?;
+    }
+    let multilingual = others.multilingual;
     let (tx, rx) = mpsc::channel(STT_QUEUE);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let cfg = cfg.clone();
     let model = model.to_path_buf();
     let thread = std::thread::Builder::new()
         .name("panda-stt".into())
-        .spawn(move || worker(cfg, model, multilingual, rx, ready_tx))
+        .spawn(move || worker(cfg, model, fast, multilingual, rx, ready_tx))
         .expect("spawning a thread only fails when the OS is out of resources");
     match ready_rx.recv() {
         Ok(Ok((load_time, warmup_time))) => Ok((
@@ -214,6 +247,36 @@ impl SttHandle {
         Ok(rx)
     }
 
+    /// [`SttHandle::transcribe_in`] on `[stt] fast_model`: a stop word candidate over an
+    /// answer, decided at once (English; another language goes to its own model).
+    pub async fn transcribe_command(
+        &self,
+        samples: &[i16],
+        language: Option<&str>,
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let (mut req, rx) = SttRequest::new(samples, language, None, token);
+        req.fast = true;
+        self.tx.send(req).await.map_err(|_| SttError::Stopped)?;
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => Err(SttError::Cancelled),
+            r = rx => r.unwrap_or(Err(SttError::Stopped)),
+        }
+    }
+
+    /// Blocking [`SttHandle::transcribe_command`] (benches).
+    pub fn transcribe_command_blocking(
+        &self,
+        samples: &[i16],
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let (mut req, rx) = SttRequest::new(samples, None, None, token);
+        req.fast = true;
+        self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
+        rx.blocking_recv().unwrap_or(Err(SttError::Stopped))
+    }
+
     /// Blocking [`SttHandle::transcribe`] for non-async callers (CLI tools, benches).
     pub fn transcribe_blocking(
         &self,
@@ -270,6 +333,7 @@ impl SttRequest {
             wake_check: prompt.is_some(),
             prompt: prompt.map(|p| p.replace('\0', " ")),
             short: false,
+            fast: prompt.is_some(),
             token: token.clone(),
             reply,
         };
@@ -387,6 +451,9 @@ fn load(cfg: &SttConfig, model: &Path) -> Result<(Loaded, Duration, Duration), S
         cfg: cfg.clone(),
         multilingual: ctx.is_multilingual(),
         token_eot: ctx.token_eot(),
+        name: model
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
     };
     // Warm-up: one short pass allocates whisper.cpp's compute buffers, so the first real
     // utterance does not pay for it.
@@ -397,12 +464,17 @@ fn load(cfg: &SttConfig, model: &Path) -> Result<(Loaded, Duration, Duration), S
     } else {
         "en"
     };
+    let beam = if lang == "en" {
+        cfg.beam_size
+    } else {
+        cfg.multilingual_beam_size
+    };
     let _ = engine.run(
         &mut state,
         &silence,
         None,
         lang,
-        false,
+        engine.first_pass(beam, false),
         &CancellationToken::new(),
     );
     let warmup_time = t1.elapsed();
@@ -419,6 +491,7 @@ fn load(cfg: &SttConfig, model: &Path) -> Result<(Loaded, Duration, Duration), S
 fn worker(
     cfg: SttConfig,
     model: PathBuf,
+    fast: Option<PathBuf>,
     multilingual: Option<PathBuf>,
     mut rx: mpsc::Receiver<SttRequest>,
     ready: std::sync::mpsc::SyncSender<Ready>,
@@ -426,6 +499,14 @@ fn worker(
     whisper_rs::install_logging_hooks();
     let (mut primary, load_time, warmup_time) = match load(&cfg, &model) {
         Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    // The fast model is loaded at start: the first wake word check must not wait on it.
+    let mut fast = match fast.map(|f| load(&cfg, &f)).transpose() {
+        Ok(l) => l.map(|(l, _, _)| l),
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
@@ -442,13 +523,7 @@ fn worker(
             return;
         }
         match multilingual.as_deref().filter(|p| p.exists()) {
-            Some(p) => match load(
-                &SttConfig {
-                    beam_size: cfg.multilingual_beam_size,
-                    ..cfg.clone()
-                },
-                p,
-            ) {
+            Some(p) => match load(&cfg, p) {
                 Ok((l, _, _)) => *other = Some(l),
                 Err(e) => {
                     tracing::error!(error = %e, "the multilingual Whisper model failed to load; hearing English only");
@@ -492,11 +567,13 @@ fn worker(
         let out = if req.token.is_cancelled() {
             Err(SttError::Cancelled)
         } else {
-            if !primary.engine.multilingual && needs_other(&lang) {
+            let other_language = needs_other(&lang);
+            if !primary.engine.multilingual && other_language {
                 load_other(&mut other, &mut other_failed);
             }
-            let target = match other.as_mut() {
-                Some(o) if !primary.engine.multilingual && needs_other(&lang) => o,
+            let target = match (other.as_mut(), fast.as_mut()) {
+                (Some(o), _) if !primary.engine.multilingual && other_language => o,
+                (_, Some(f)) if req.fast && (f.engine.multilingual || !other_language) => f,
                 _ => &mut primary,
             };
             let lang = if target.engine.multilingual {
@@ -504,12 +581,19 @@ fn worker(
             } else {
                 "en"
             };
+            // Beam search earns its time in the other languages (see
+            // `multilingual_beam_size`); English keeps `beam_size`.
+            let beam = if lang == "en" {
+                cfg.beam_size
+            } else {
+                cfg.multilingual_beam_size
+            };
             target.engine.run(
                 &mut target.state,
                 &req.samples,
                 req.prompt.as_deref(),
                 lang,
-                req.wake_check || req.short,
+                target.engine.first_pass(beam, req.wake_check || req.short),
                 &req.token,
             )
         };
@@ -522,6 +606,8 @@ struct Engine {
     multilingual: bool,
     /// Token ids at and above this are special (timestamps, language, task).
     token_eot: i32,
+    /// The model file's name ([`SttOutput::model`]).
+    name: String,
 }
 
 /// whisper.cpp's abort callback: `user_data` points at the request's CancellationToken,
@@ -539,10 +625,22 @@ struct Pass {
     dynamic_ctx: bool,
     /// whisper.cpp's temperature fallback (re-decode hotter when the text looks wrong).
     fallback: bool,
+    /// 0 or 1: greedy; more: beam search with this many beams.
+    beam: u32,
 }
 
 impl Engine {
-    /// Transcribes `samples`. The loop guard: a transcript that repeats itself back to
+    /// The first pass over a request: the encoder window sized to the audio when
+    /// `[stt] dynamic_audio_ctx` is on or the request is `sized`.
+    fn first_pass(&self, beam: u32, sized: bool) -> Pass {
+        Pass {
+            dynamic_ctx: self.cfg.dynamic_audio_ctx || sized,
+            fallback: false,
+            beam,
+        }
+    }
+
+    /// Transcribes `samples`, `first` as the first pass. The loop guard: a transcript that repeats itself back to
     /// back, or holds more words than anyone says in that time, is decoded again with the
     /// full 30 s window and whisper.cpp's temperature fallback; what repeats after that
     /// is kept once. Clean audio pays nothing for the guard.
@@ -552,13 +650,9 @@ impl Engine {
         samples: &[f32],
         prompt: Option<&str>,
         language: &str,
-        sized: bool,
+        first: Pass,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
-        let first = Pass {
-            dynamic_ctx: self.cfg.dynamic_audio_ctx || sized,
-            fallback: false,
-        };
         let mut out = self.pass(state, samples, prompt, language, token, first)?;
         let secs = samples.len() as f64 / SAMPLE_RATE_HZ as f64;
         if looks_looped(&out.text, secs) {
@@ -566,6 +660,7 @@ impl Engine {
             let again = Pass {
                 dynamic_ctx: false,
                 fallback: true,
+                beam: first.beam,
             };
             let second = self.pass(state, samples, prompt, language, token, again)?;
             let stt_ms = out.stt_ms + second.stt_ms;
@@ -587,9 +682,9 @@ impl Engine {
         token: &CancellationToken,
         pass: Pass,
     ) -> Result<SttOutput, SttError> {
-        let strategy = if self.cfg.beam_size > 1 {
+        let strategy = if pass.beam > 1 {
             SamplingStrategy::BeamSearch {
-                beam_size: self.cfg.beam_size as i32,
+                beam_size: pass.beam as i32,
                 patience: -1.0,
             }
         } else {
@@ -693,6 +788,7 @@ impl Engine {
             audio_ms,
             stt_ms,
             language,
+            model: self.name.clone(),
         })
     }
 }

@@ -127,6 +127,7 @@ impl RemoteStt {
                 // A Wyoming transcript carries no confidence: the remote engine has
                 // already decided it heard words.
                 confidence: 1.0,
+                model: self.health.url().to_string(),
             }),
             Err(e) => {
                 tracing::warn!(turn, url = %self.health.url(), error = %e, "remote STT failed: local Whisper");

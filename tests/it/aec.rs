@@ -30,8 +30,7 @@ fn models() -> (
     let dir = cfg.model_path(&cfg.tts.model_dir);
     let ort = cfg.model_path(std::path::Path::new(panda::onnx::ORT_LIB));
     let k = panda::speak::kokoro::Kokoro::load(&dir, &ort, 2).unwrap();
-    let (stt, worker) =
-        panda::listen::stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    let (stt, worker) = panda::listen::stt::spawn_configured(&cfg).unwrap();
     // The worker thread lives as long as the handle's clones.
     std::mem::forget(worker);
     (cfg, k, stt)

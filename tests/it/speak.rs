@@ -45,7 +45,7 @@ fn what_panda_says_is_what_whisper_hears() {
     let dir = cfg.model_path(&cfg.tts.model_dir);
     let ort = cfg.model_path(std::path::Path::new(panda::onnx::ORT_LIB));
     let mut kokoro = panda::speak::kokoro::Kokoro::load(&dir, &ort, 2).unwrap();
-    let (stt, _w) = panda::listen::stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    let (stt, _w) = panda::listen::stt::spawn_configured(&cfg).unwrap();
     let token = CancellationToken::new();
     let (mut errors, mut words) = (0, 0);
     for s in ROUND_TRIP {
@@ -338,7 +338,7 @@ fn a_ten_thousand_character_text_is_spoken_whole() {
     let tail = &pcm[pcm.len().saturating_sub(rate as usize * ch as usize * 4)..];
     let tail16 = panda::audio::dsp::to_16k_mono(tail, rate, ch);
     let cfg = common::config();
-    let (stt, _w) = panda::listen::stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    let (stt, _w) = panda::listen::stt::spawn_configured(&cfg).unwrap();
     let out = stt
         .transcribe_blocking(&tail16, &CancellationToken::new())
         .unwrap();

@@ -1,4 +1,5 @@
-//! Speech-to-text with the real converted tiny.en model on CPU.
+//! Speech-to-text with the real converted Whisper models (base for questions, tiny.en for
+//! wake word checks and stop words) on CPU.
 
 use crate::common;
 
@@ -57,6 +58,40 @@ fn recorded_speech_word_error_rate() {
     assert!(default <= 0.20, "WER {:.1}% exceeds 20%", default * 100.0);
 }
 
+/// Questions go to `[stt] model`, wake word checks and stop word candidates over an
+/// answer to the small `[stt] fast_model`; a stop word candidate in a language the fast
+/// model does not hear goes to one that does.
+#[test]
+fn checks_and_stop_words_go_to_the_fast_model_and_questions_to_the_main_one() {
+    let cfg = common::config();
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let (main, fast) = (name(&cfg.stt.model), name(&cfg.stt.fast_model));
+    assert_ne!(main, fast, "the defaults name two models");
+    let (h, _w) = stt::spawn_configured(&cfg).unwrap();
+    let clip = &corpus(&common::models_dir()).unwrap()[0];
+    let pcm = panda::audio::file::read_16k_mono(&clip.path).unwrap();
+    let token = CancellationToken::new();
+    let question = h.transcribe_blocking(&pcm, &token).unwrap();
+    assert_eq!(question.model, main, "{question:?}");
+    assert!(!question.text.is_empty(), "{question:?}");
+    let check = h
+        .transcribe_blocking_with_prompt(&pcm, Some("Hey Panda."), &token)
+        .unwrap();
+    assert_eq!(check.model, fast, "{check:?}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = rt
+        .block_on(h.transcribe_command(&pcm, None, &token))
+        .unwrap();
+    assert_eq!(stop.model, fast, "{stop:?}");
+    let french = rt
+        .block_on(h.transcribe_command(&pcm, Some("fr"), &token))
+        .unwrap();
+    assert_eq!(
+        (french.model.as_str(), french.language.as_str()),
+        (main.as_str(), "fr")
+    );
+}
+
 /// Recorded Spanish and French prompts (human voices, 8 kHz telephone recordings): every
 /// installed prompt through the multilingual model, with its beam search
 /// (`[stt] multilingual_beam_size`): WER ≤ 15% each. Greedy decoding made 20–23% on the
@@ -103,7 +138,7 @@ fn long_speech() -> Vec<i16> {
 fn a_wake_word_check_overtakes_queued_transcriptions() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cfg = common::config();
-    let (h, _w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    let (h, _w) = stt::spawn_configured(&cfg).unwrap();
     let pcm = long_speech();
     let token = CancellationToken::new();
     // One running (the worker takes it at once), two queued behind it...
@@ -140,7 +175,7 @@ fn a_wake_word_check_overtakes_queued_transcriptions() {
 fn cancel_during_transcription() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cfg = common::config();
-    let (h, _w) = stt::spawn(&cfg.stt, &cfg.model_path(&cfg.stt.model)).unwrap();
+    let (h, _w) = stt::spawn_configured(&cfg).unwrap();
     let pcm = long_speech();
     rt.block_on(async {
         let t = Instant::now();
@@ -200,7 +235,7 @@ fn missing_model_names_the_file() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("/nonexistent-models/whisper/ggml-tiny.en.bin"),
+        err.contains("/nonexistent-models/whisper/ggml-base.bin"),
         "{err}"
     );
     assert!(err.contains("panda models install"), "{err}");
