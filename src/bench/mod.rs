@@ -490,11 +490,14 @@ fn stt_row(cfg: &Config, clips: &[Clip], lang: &str, name: &str) -> Result<SttRo
 /// installed recorded corpus.
 fn stt_clips(cfg: &Config, clips_dir: Option<&Path>) -> Result<Vec<Clip>, BenchError> {
     Ok(match clips_dir {
+        // A clip's transcript, when known, is the text file beside it (`a.wav`, `a.txt`).
         Some(d) => read_dir_sorted(d, "wav")
             .into_iter()
             .map(|p| Clip {
+                reference: std::fs::read_to_string(p.with_extension("txt"))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default(),
                 path: p,
-                reference: String::new(),
             })
             .collect(),
         None => corpus(&cfg.models.dir)?,

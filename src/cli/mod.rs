@@ -219,7 +219,8 @@ pub enum MemoryCmd {
 pub enum BenchCmd {
     /// Whisper load time and per-clip STT time / real-time factor.
     Stt {
-        /// Directory of WAV clips (default: the installed test recordings).
+        /// Directory of WAV clips, each with its transcript in a `.txt` file of the same
+        /// name (default: the installed test recordings).
         #[arg(long)]
         clips: Option<PathBuf>,
         /// Print the recorded clips and their transcripts (JSON lines: path, reference)

@@ -127,7 +127,7 @@ fn the_python_wyoming_client_transcribes_synthesises_and_detects_through_panda()
 
     let info = client(&py, &server, &["info"]);
     assert!(
-        info["asr"].as_array().unwrap().contains(&"base".into()),
+        info["asr"].as_array().unwrap().contains(&"tiny.en".into()),
         "{info}"
     );
     assert!(
