@@ -204,7 +204,19 @@ impl SttHandle {
         language: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
-        let rx = self.submit_in(samples, language, token).await?;
+        self.transcribe_with(samples, language, false, token).await
+    }
+
+    /// Queues a request (on the fast model when `fast`) and waits for its transcript, or
+    /// returns at once when `token` is cancelled.
+    async fn transcribe_with(
+        &self,
+        samples: &[i16],
+        language: Option<&str>,
+        fast: bool,
+        token: &CancellationToken,
+    ) -> Result<SttOutput, SttError> {
+        let rx = self.submit_in(samples, language, fast, token).await?;
         tokio::select! {
             biased;
             _ = token.cancelled() => Err(SttError::Cancelled),
@@ -219,7 +231,7 @@ impl SttHandle {
         samples: &[i16],
         token: &CancellationToken,
     ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
-        self.submit_in(samples, None, token).await
+        self.submit_in(samples, None, false, token).await
     }
 
     /// Blocking [`SttHandle::transcribe`] with the encoder window sized to the audio
@@ -240,9 +252,11 @@ impl SttHandle {
         &self,
         samples: &[i16],
         language: Option<&str>,
+        fast: bool,
         token: &CancellationToken,
     ) -> Result<oneshot::Receiver<Result<SttOutput, SttError>>, SttError> {
-        let (req, rx) = SttRequest::new(samples, language, None, token);
+        let (mut req, rx) = SttRequest::new(samples, language, None, token);
+        req.fast |= fast;
         self.tx.send(req).await.map_err(|_| SttError::Stopped)?;
         Ok(rx)
     }
@@ -255,14 +269,7 @@ impl SttHandle {
         language: Option<&str>,
         token: &CancellationToken,
     ) -> Result<SttOutput, SttError> {
-        let (mut req, rx) = SttRequest::new(samples, language, None, token);
-        req.fast = true;
-        self.tx.send(req).await.map_err(|_| SttError::Stopped)?;
-        tokio::select! {
-            biased;
-            _ = token.cancelled() => Err(SttError::Cancelled),
-            r = rx => r.unwrap_or(Err(SttError::Stopped)),
-        }
+        self.transcribe_with(samples, language, true, token).await
     }
 
     /// Blocking [`SttHandle::transcribe_command`] (benches).
