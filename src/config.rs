@@ -377,6 +377,16 @@ pub enum Backend {
 }
 
 impl SttConfig {
+    /// Beam width for `lang`: beam search earns its time in the other languages (see
+    /// `multilingual_beam_size`); English keeps `beam_size`.
+    pub fn beam_for(&self, lang: &str) -> u32 {
+        if lang == "en" {
+            self.beam_size
+        } else {
+            self.multilingual_beam_size
+        }
+    }
+
     /// Threads Whisper runs on: `threads`, or every core when it is 0.
     pub fn whisper_threads(&self) -> usize {
         if self.threads == 0 {

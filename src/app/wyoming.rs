@@ -43,7 +43,7 @@ pub fn services(
         .map(str::to_string)
         .collect();
     if !english.ends_with(".en") {
-        // The main model is multilingual itself (Whisper base, the default).
+        // The main model is multilingual itself (e.g. Whisper base).
         models[0].1 = all;
     } else if !cfg.stt.multilingual_model.as_os_str().is_empty() {
         models.push((name_of(&cfg.stt.multilingual_model), all));

@@ -244,6 +244,15 @@ impl SttHandle {
     ) -> Result<SttOutput, SttError> {
         let (mut req, rx) = SttRequest::new(samples, None, None, token);
         req.short = short;
+        self.wait_blocking(req, rx)
+    }
+
+    /// Queues `req` and waits for its reply on this (non-async) thread.
+    fn wait_blocking(
+        &self,
+        req: SttRequest,
+        rx: oneshot::Receiver<Result<SttOutput, SttError>>,
+    ) -> Result<SttOutput, SttError> {
         self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
         rx.blocking_recv().unwrap_or(Err(SttError::Stopped))
     }
@@ -280,8 +289,7 @@ impl SttHandle {
     ) -> Result<SttOutput, SttError> {
         let (mut req, rx) = SttRequest::new(samples, None, None, token);
         req.fast = true;
-        self.tx.blocking_send(req).map_err(|_| SttError::Stopped)?;
-        rx.blocking_recv().unwrap_or(Err(SttError::Stopped))
+        self.wait_blocking(req, rx)
     }
 
     /// Blocking [`SttHandle::transcribe`] for non-async callers (CLI tools, benches).
@@ -471,17 +479,12 @@ fn load(cfg: &SttConfig, model: &Path) -> Result<(Loaded, Duration, Duration), S
     } else {
         "en"
     };
-    let beam = if lang == "en" {
-        cfg.beam_size
-    } else {
-        cfg.multilingual_beam_size
-    };
     let _ = engine.run(
         &mut state,
         &silence,
         None,
         lang,
-        engine.first_pass(beam, false),
+        engine.first_pass(cfg.beam_for(lang), false),
         &CancellationToken::new(),
     );
     let warmup_time = t1.elapsed();
@@ -588,19 +591,14 @@ fn worker(
             } else {
                 "en"
             };
-            // Beam search earns its time in the other languages (see
-            // `multilingual_beam_size`); English keeps `beam_size`.
-            let beam = if lang == "en" {
-                cfg.beam_size
-            } else {
-                cfg.multilingual_beam_size
-            };
             target.engine.run(
                 &mut target.state,
                 &req.samples,
                 req.prompt.as_deref(),
                 lang,
-                target.engine.first_pass(beam, req.wake_check || req.short),
+                target
+                    .engine
+                    .first_pass(cfg.beam_for(lang), req.wake_check || req.short),
                 &req.token,
             )
         };
