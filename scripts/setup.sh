@@ -12,6 +12,7 @@ PACKAGES=(
   cmake clang libclang-dev pkg-config      # whisper.cpp build (whisper-rs-sys, bindgen)
   libasound2-dev                           # cpal (ALSA)
   libespeak-ng-dev espeak-ng               # phonemes (linked), espeak voices (install/tests)
+  flite                                    # CMU voices from real speakers (wake word training, bench)
   alsa-utils                               # test recordings (apt-get download), aplay
   pulseaudio pulseaudio-utils libasound2-plugins  # virtual audio devices for device tests
   sox                                      # audio checks in tests and scripts

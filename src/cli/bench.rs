@@ -17,10 +17,20 @@ pub fn run(cfg: &Config, cmd: BenchCmd) -> Result<(), Exit> {
         BenchCmd::Listen { minutes } => panda::bench::listen(cfg, minutes)?,
         BenchCmd::Wake {
             thresholds,
-            first_stage: true,
-        } => panda::bench::wake::first_stage(cfg, &thresholds)?,
-        BenchCmd::Wake { thresholds, .. } => {
-            runtime()?.block_on(panda::bench::wake::run(cfg, &thresholds))?
+            first_stage,
+            voices,
+        } => {
+            use panda::bench::wake::WakeSet;
+            let which = if voices {
+                WakeSet::OtherVoices
+            } else {
+                WakeSet::Kokoro
+            };
+            if first_stage {
+                panda::bench::wake::first_stage(cfg, &thresholds, which)?
+            } else {
+                runtime()?.block_on(panda::bench::wake::run(cfg, &thresholds, which))?
+            }
         }
         BenchCmd::Agents {
             requests,

@@ -324,6 +324,10 @@ pub enum BenchCmd {
         /// false detections per hour at each threshold, in a minute or two instead of ~15.
         #[arg(long)]
         first_stage: bool,
+        /// On voices of other engines held out of all training (flite's rms, espeak-ng's
+        /// unseen variants; positives only) instead of Kokoro's unseen voices.
+        #[arg(long)]
+        voices: bool,
     },
 }
 

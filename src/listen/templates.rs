@@ -129,6 +129,56 @@ pub fn espeak_clip_with(text: &str, voice: &str, wpm: u32, pitch: u32) -> Result
     Ok(crate::audio::dsp::to_16k_mono(&pcm, 22_050, 1))
 }
 
+/// Renders `text` with the flite command (CMU's voices, install time only) → 16 kHz mono
+/// f32: `voice` one of flite's 16 kHz voices (`kal16`, `awb`, `rms`, `slt`), spoken
+/// `stretch` times slower than its own rate, its pitch at `f0_hz` mean and `f0_sd_hz`
+/// spread. flite's voices are made from recordings of real people (diphones, or
+/// statistical models of one speaker), a kind of voice neither Kokoro nor espeak-ng is.
+pub fn flite_clip(
+    text: &str,
+    voice: &str,
+    stretch: f32,
+    f0_hz: f32,
+    f0_sd_hz: f32,
+) -> Result<Vec<f32>, String> {
+    let out = Command::new("flite")
+        .args([
+            "-voice",
+            voice,
+            "--setf",
+            &format!("duration_stretch={stretch:.3}"),
+            "--setf",
+            &format!("int_f0_target_mean={f0_hz:.1}"),
+            "--setf",
+            &format!("int_f0_target_stddev={f0_sd_hz:.1}"),
+            "-t",
+            text,
+            "-o",
+            "/dev/stdout",
+        ])
+        .output()
+        .map_err(|e| format!("flite: {e} (install the flite package)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "flite -voice {voice}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let (spec, samples) = {
+        let mut r = hound::WavReader::new(std::io::Cursor::new(&out.stdout))
+            .map_err(|e| format!("flite -voice {voice}: not a WAV: {e}"))?;
+        let spec = r.spec();
+        let s: Vec<f32> = r
+            .samples::<i16>()
+            .map(|s| s.map(|s| s as f32 / 32768.0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("flite -voice {voice}: {e}"))?;
+        (spec, s)
+    };
+    let pcm = crate::audio::dsp::to_16k_mono(&samples, spec.sample_rate, spec.channels);
+    Ok(pcm.iter().map(|&s| s as f32 / 32768.0).collect())
+}
+
 /// The default wake word's builder, for the installer: the trained model of
 /// [`super::wake_train`] at `out`, and the DTW templates above beside it
 /// ([`paths::WAKE_TEMPLATES`]) — the listener runs both (see

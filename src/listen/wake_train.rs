@@ -13,7 +13,9 @@
 //! - **Speakers**: the twelve template Kokoro voices ([`super::templates::TEMPLATE_VOICES`])
 //!   and [`KOKORO_BLENDS`] blends of two of them (a blend of style vectors is a speaker
 //!   neither voice is), at speeds 0.8–1.25; espeak-ng in six English accents × many voice
-//!   variants × rates × pitches (variants used by the tests as unseen voices stay out).
+//!   variants × rates × pitches (variants used by the tests as unseen voices stay out);
+//!   flite's voices made from real people's recordings ([`FLITE_VOICES`]) at many pitches
+//!   and rates (its `rms` stays out: `panda bench wake --voices` measures on it).
 //! - **Positives**: "hey panda" (with varied punctuation, so varied prosody), trimmed and
 //!   placed anywhere in the window, alone, after the end of other speech, or followed at
 //!   once by a question (one breath); reverberation on a third; speech at −35…−12 dBFS;
@@ -34,7 +36,7 @@ use rustpotter::{
     WakewordSave,
 };
 
-use super::templates::{TEMPLATE_VOICES, espeak_clip_with, kokoro_16k};
+use super::templates::{TEMPLATE_VOICES, espeak_clip_with, flite_clip, kokoro_16k};
 use super::wake::{trim_silence, wav_bytes};
 use crate::audio::synth::{Rng, noise, reverberate, rms, to_i16};
 use crate::event::SAMPLE_RATE_HZ;
@@ -47,6 +49,13 @@ const WINDOW: usize = WINDOW_MS * SAMPLE_RATE_HZ as usize / 1000;
 pub const KOKORO_BLENDS: usize = 48;
 /// espeak-ng speakers (accent × variant × rate × pitch), drawn from the lists below.
 pub const ESPEAK_SPEAKERS: usize = 60;
+/// flite speakers (voice × rate × pitch), drawn from [`FLITE_VOICES`].
+pub const FLITE_SPEAKERS: usize = 36;
+/// flite's voices used in training, with each one's natural pitch (Hz). They are made
+/// from recordings of real people; the first stage trained on Kokoro and espeak-ng alone
+/// fired on 21 of 36 "hey panda"s in flite's voices (kal16 1 of 9, rms 3 of 9). `rms`
+/// stays out: it is the held-out voice of `panda bench wake --voices`.
+pub const FLITE_VOICES: &[(&str, f32)] = &[("kal16", 105.0), ("awb", 110.0), ("slt", 170.0)];
 /// Windows made from each rendering of the phrase (different rooms, noise, positions).
 pub const POSITIVE_AUGMENTS: usize = 6;
 /// rustpotter's network size (Medium: two hidden layers of 45 and 22 units for 1.35 s).
@@ -56,7 +65,7 @@ pub const EPOCHS: usize = 500;
 /// Learning rate of the full-batch SGD.
 pub const LEARNING_RATE: f64 = 0.05;
 /// Bump when the recipe changes in a way the constants above do not show.
-const RECIPE_VERSION: u32 = 2;
+const RECIPE_VERSION: u32 = 3;
 
 const SPEEDS: &[f32] = &[0.8, 0.9, 1.0, 1.1, 1.25];
 const PHRASES: &[&str] = &["Hey panda.", "Hey, panda!", "Hey panda?", "hey panda"];
@@ -145,7 +154,7 @@ const FOLLOWERS: &[&str] = &[
 /// What the trained wake word is made from, as recorded in the manifest: a change rebuilds it.
 pub fn recipe() -> String {
     format!(
-        "model v{RECIPE_VERSION} {}ms; kokoro {TEMPLATE_VOICES:?} + {KOKORO_BLENDS} blends x {SPEEDS:?}; espeak {ESPEAK_SPEAKERS} speakers; x{POSITIVE_AUGMENTS} rooms; {MODEL_TYPE:?} {EPOCHS} epochs at {LEARNING_RATE}, then {MINING_ROUNDS} mining rounds of {MINING_EPOCHS}",
+        "model v{RECIPE_VERSION} {}ms; kokoro {TEMPLATE_VOICES:?} + {KOKORO_BLENDS} blends x {SPEEDS:?}; espeak {ESPEAK_SPEAKERS} speakers; flite {FLITE_SPEAKERS} speakers of {FLITE_VOICES:?}; x{POSITIVE_AUGMENTS} rooms; {MODEL_TYPE:?} {EPOCHS} epochs at {LEARNING_RATE}, then {MINING_ROUNDS} mining rounds of {MINING_EPOCHS}",
         WINDOW_MS
     )
 }
@@ -276,7 +285,42 @@ fn render(models_dir: &Path, rng: &mut Rng) -> Result<Material, String> {
             pcm: trimmed(&pcm),
         });
     }
-    m.speakers = base + ESPEAK_SPEAKERS;
+    let base = base + ESPEAK_SPEAKERS;
+    for i in 0..FLITE_SPEAKERS {
+        let (voice, f0) = FLITE_VOICES[i % FLITE_VOICES.len()];
+        let f0 = f0 * rng.range(0.75, 1.4);
+        let sd = rng.range(8.0, 35.0);
+        let si = base + i;
+        let mut flite = |text: &str| -> Result<Vec<f32>, String> {
+            let stretch = rng.range(0.8, 1.25);
+            flite_clip(text, voice, stretch, f0, sd)
+        };
+        for p in PHRASES.iter().take(3) {
+            let pcm = flite(p)?;
+            m.phrases.push(Clip {
+                speaker: si,
+                pcm: trimmed(&pcm),
+            });
+        }
+        for j in 0..2 {
+            let near = NEAR_MISSES[(i * 2 + j + 7) % NEAR_MISSES.len()];
+            let pcm = flite(near)?;
+            m.near.push(Clip {
+                speaker: si,
+                pcm: trimmed(&pcm),
+            });
+        }
+        for j in 0..5 {
+            let pcm = flite(OTHER_SPEECH[(i * 5 + j + 3) % OTHER_SPEECH.len()])?;
+            m.other.push(Clip { speaker: si, pcm });
+        }
+        let pcm = flite(FOLLOWERS[(i + 2) % FOLLOWERS.len()])?;
+        m.followers.push(Clip {
+            speaker: si,
+            pcm: trimmed(&pcm),
+        });
+    }
+    m.speakers = base + FLITE_SPEAKERS;
     eprintln!(
         "  wake training set: {} speakers rendered ({:.0} s)",
         m.speakers,
