@@ -375,10 +375,7 @@ fn build(cfg: &Config, dir: &Path) -> Result<Meta, BenchError> {
         speakers: speakers.len(),
         negative_secs: neg.len() as f64 / SAMPLE_RATE_HZ as f64,
     };
-    std::fs::write(
-        dir.join("meta.json"),
-        serde_json::to_vec_pretty(&meta).map_err(|e| BenchError::Synth(e.to_string()))?,
-    )?;
+    write_meta(dir, &meta)?;
     eprintln!("wake set built in {:.0} s", started.elapsed().as_secs_f64());
     Ok(meta)
 }
@@ -441,15 +438,21 @@ fn build_voices(cfg: &Config, dir: &Path) -> Result<Meta, BenchError> {
         speakers: speakers.len(),
         negative_secs: 0.0,
     };
-    std::fs::write(
-        dir.join("meta.json"),
-        serde_json::to_vec_pretty(&meta).map_err(|e| BenchError::Synth(e.to_string()))?,
-    )?;
+    write_meta(dir, &meta)?;
     eprintln!(
         "other voices' wake set built in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(meta)
+}
+
+/// Writes a set's `meta.json` (the set is complete once it exists).
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), BenchError> {
+    std::fs::write(
+        dir.join("meta.json"),
+        serde_json::to_vec_pretty(meta).map_err(|e| BenchError::Synth(e.to_string()))?,
+    )?;
+    Ok(())
 }
 
 /// Which evaluation set a run uses.
