@@ -141,6 +141,14 @@ pub fn flite_clip(
     f0_hz: f32,
     f0_sd_hz: f32,
 ) -> Result<Vec<f32>, String> {
+    // flite falls back to its default voice, silently, for a name it does not have.
+    let known = flite_voices()?;
+    if !known.iter().any(|v| v == voice) {
+        return Err(format!(
+            "flite has no voice {voice:?} (it has {})",
+            known.join(", ")
+        ));
+    }
     let out = Command::new("flite")
         .args([
             "-voice",
@@ -179,6 +187,27 @@ pub fn flite_clip(
     Ok(pcm.iter().map(|&s| s as f32 / 32768.0).collect())
 }
 
+/// The voices the installed flite has (`flite -lv`), asked once.
+fn flite_voices() -> Result<&'static [String], String> {
+    static VOICES: std::sync::OnceLock<Result<Vec<String>, String>> = std::sync::OnceLock::new();
+    VOICES
+        .get_or_init(|| {
+            let out = Command::new("flite")
+                .arg("-lv")
+                .output()
+                .map_err(|e| format!("flite: {e} (install the flite package)"))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            Ok(text
+                .split_once(':')
+                .map_or("", |(_, list)| list)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect())
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
 /// The default wake word's builder, for the installer: the trained model of
 /// [`super::wake_train`] at `out`, and the DTW templates above beside it
 /// ([`paths::WAKE_TEMPLATES`]) — the listener runs both (see
@@ -203,5 +232,34 @@ impl WakeTemplates for DefaultTemplates {
             .map_err(|e| e.to_string())?;
         let t = super::wake_train::train(models_dir, "hey_panda", out)?;
         Ok(t.positives + t.negatives)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// flite (a package `scripts/setup.sh` installs) renders 16 kHz speech whose length
+    /// follows the rate asked for; a voice it does not have is an error, not its default.
+    #[test]
+    fn flite_renders_at_the_rate_asked_and_refuses_unknown_voices() {
+        let fast = flite_clip("Hey panda, what time is it?", "slt", 0.8, 170.0, 20.0)
+            .expect("flite renders");
+        let slow = flite_clip("Hey panda, what time is it?", "slt", 1.25, 170.0, 20.0)
+            .expect("flite renders");
+        let secs = |p: &[f32]| p.len() as f32 / crate::event::SAMPLE_RATE_HZ as f32;
+        assert!(secs(&fast) > 0.8 && secs(&fast) < 4.0, "{} s", secs(&fast));
+        assert!(
+            secs(&slow) > secs(&fast) * 1.3,
+            "{} vs {} s",
+            secs(&slow),
+            secs(&fast)
+        );
+        assert!(crate::audio::synth::rms(&fast) > 0.01, "silence");
+        let err = flite_clip("hi", "no_such_voice", 1.0, 100.0, 10.0).unwrap_err();
+        assert!(
+            err.contains("no_such_voice") && err.contains("slt"),
+            "{err}"
+        );
     }
 }
