@@ -560,11 +560,21 @@ pub async fn run(cfg: &Config, thresholds: &[f32], which: WakeSet) -> Result<(),
         .await
         .map_err(|e| BenchError::Synth(e.to_string()))??;
     println!(
-        "wake word {} | {} positive clips from {} speakers the templates never heard (pauses 0–2 s, 5–30 dB SNR) | {:.1} min of speech without the wake word",
+        "wake word {} | {} positive clips from {} speakers {} (pauses 0–2 s, 5–30 dB SNR) | {}",
         cfg.wake.model.display(),
         meta.positives.len(),
         meta.speakers,
-        meta.negative_secs / 60.0
+        match which {
+            WakeSet::Kokoro => "the templates never heard",
+            WakeSet::OtherVoices => "of other engines, held out of all training",
+        },
+        match which {
+            WakeSet::Kokoro => format!(
+                "{:.1} min of speech without the wake word",
+                meta.negative_secs / 60.0
+            ),
+            WakeSet::OtherVoices => "positives only".to_string(),
+        }
     );
     for &th in thresholds {
         let mut cfg = cfg.clone();
