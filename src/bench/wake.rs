@@ -319,18 +319,11 @@ fn build(cfg: &Config, dir: &Path) -> Result<Meta, BenchError> {
         names.push(name);
     }
     let speakers: Vec<Speaker> = names.iter().cloned().map(Speaker::Kokoro).collect();
-    // Babble: the recorded corpus, the only human speech at hand.
-    let babble: Vec<f32> = super::non_wake_speech(cfg, 0.0)?
-        .iter()
-        .map(|&s| s as f32 / 32768.0)
-        .collect();
+    let babble = babble(cfg)?;
     const SPEEDS: &[f32] = &[0.8, 0.9, 1.0, 1.1, 1.25];
     let (stream, positives) = positive_clips(&mut voices, &mut rng, &speakers, &babble, started)?;
     std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join("positives.wav"),
-        crate::listen::wake::wav_bytes(&to_i16(&stream)),
-    )?;
+    write_wav(dir, "positives.wav", &stream)?;
     // Negatives: near-misses and everyday speech by every speaker in turn, quiet room
     // noise, then the recorded corpus; at least 30 minutes.
     let mut neg: Vec<f32> = Vec::new();
@@ -366,10 +359,7 @@ fn build(cfg: &Config, dir: &Path) -> Result<Meta, BenchError> {
         }
     }
     neg.extend(&babble);
-    std::fs::write(
-        dir.join("negatives.wav"),
-        crate::listen::wake::wav_bytes(&to_i16(&neg)),
-    )?;
+    write_wav(dir, "negatives.wav", &neg)?;
     let meta = Meta {
         positives,
         speakers: speakers.len(),
@@ -423,16 +413,10 @@ fn build_voices(cfg: &Config, dir: &Path) -> Result<Meta, BenchError> {
             });
         }
     }
-    let babble: Vec<f32> = super::non_wake_speech(cfg, 0.0)?
-        .iter()
-        .map(|&s| s as f32 / 32768.0)
-        .collect();
+    let babble = babble(cfg)?;
     let (stream, positives) = positive_clips(&mut voices, &mut rng, &speakers, &babble, started)?;
     std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join("positives.wav"),
-        crate::listen::wake::wav_bytes(&to_i16(&stream)),
-    )?;
+    write_wav(dir, "positives.wav", &stream)?;
     let meta = Meta {
         positives,
         speakers: speakers.len(),
@@ -444,6 +428,23 @@ fn build_voices(cfg: &Config, dir: &Path) -> Result<Meta, BenchError> {
         started.elapsed().as_secs_f64()
     );
     Ok(meta)
+}
+
+/// Babble noise for a set: the recorded corpus, the only human speech at hand.
+fn babble(cfg: &Config) -> Result<Vec<f32>, BenchError> {
+    Ok(super::non_wake_speech(cfg, 0.0)?
+        .iter()
+        .map(|&s| s as f32 / 32768.0)
+        .collect())
+}
+
+/// Writes one of a set's streams as 16 kHz WAV.
+fn write_wav(dir: &Path, name: &str, samples: &[f32]) -> Result<(), BenchError> {
+    std::fs::write(
+        dir.join(name),
+        crate::listen::wake::wav_bytes(&to_i16(samples)),
+    )?;
+    Ok(())
 }
 
 /// Writes a set's `meta.json` (the set is complete once it exists).
