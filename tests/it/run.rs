@@ -1241,7 +1241,10 @@ fn speak_french_then_a_french_question_is_heard_and_answered_in_french() {
         "{spoken:?}"
     );
     // And spoken as French is read (an English voice lent to French has an accent —
-    // Whisper base heard "Canberra" as "qu'en béha" — but the confirmation is clear).
+    // Whisper base heard "Canberra" as "qu'en béha" — but "d'accord" is clear). The two
+    // answers lie in one file, their gap set by the turn's timing, and Whisper sometimes
+    // runs them together ("je parle" became "j'appelais la capitale" in one CI run), so
+    // beside "d'accord" any French word of either answer shows the French reading.
     let heard = common::command()
         .arg("transcribe")
         .arg(&out)
@@ -1255,8 +1258,8 @@ fn speak_french_then_a_french_question_is_heard_and_answered_in_french() {
     );
     let text = String::from_utf8_lossy(&heard.stdout).to_lowercase();
     println!("answers as transcribed: {text}");
-    assert!(
-        text.contains("d'accord") && text.contains("je parle"),
-        "{text}"
-    );
+    let french_word = ["parle", "français", "francais", "capitale", "australie"]
+        .iter()
+        .any(|w| text.contains(w));
+    assert!(text.contains("d'accord") && french_word, "{text}");
 }
