@@ -133,6 +133,11 @@ pub struct Utterance {
     /// Said while Panda spoke, without the wake word: only a stop word counts
     /// (`[aec] stop_words`); anything else is dropped after transcription.
     pub command: bool,
+    /// The question after a wake word: the speech-to-text stage answers whether it
+    /// understood anything in it (false: an empty transcript — noise, a cough, the wake
+    /// phrase alone). The listener, which keeps listening meanwhile, then takes the next
+    /// speech as the turn's question instead. Dropped unanswered counts as understood.
+    pub understood: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// What the turn driver asks of the listener (a control edge).

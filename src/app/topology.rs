@@ -236,7 +236,7 @@ pub fn spawn_stt_stage(
     stop_words: Vec<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(u) = utterances.recv().await {
+        while let Some(mut u) = utterances.recv().await {
             let Some(stt) = &stt else { continue };
             if u.turn.token.is_cancelled() {
                 continue;
@@ -276,6 +276,11 @@ pub fn spawn_stt_stage(
                     // (a question said in the same breath) is not part of the question.
                     if let Some(p) = &u.wake_phrase {
                         out.text = listener::strip_wake_phrase(&out.text, p);
+                    }
+                    // The listener, still listening, takes the next speech as the
+                    // question when this one held nothing (noise, the phrase alone).
+                    if let Some(tx) = u.understood.take() {
+                        let _ = tx.send(!out.text.trim().is_empty());
                     }
                     (
                         Event::Transcript {

@@ -18,8 +18,8 @@
 //! espeak-ng's held-out variants. Synthetic speakers of one engine, however blended, share
 //! its timbre; this set shows what a detector trained on them misses in other voices.
 //!
-//! Printed: recall, false wakes per hour, **question heard** (the first transcript after
-//! the wake has WER ≤ 0.25 against the question), broken down by pause and noise, and
+//! Printed: recall, false wakes per hour, **question heard** (the wake's first transcript
+//! with words in it has WER ≤ 0.25 against the question), broken down by pause and noise, and
 //! the listener's CPU in speech and in silence.
 
 use std::collections::BTreeMap;
@@ -597,7 +597,7 @@ pub async fn run(cfg: &Config, thresholds: &[f32], which: WakeSet) -> Result<(),
         let checks = listener::WAKE_CHECKS.load(Relaxed) - checks0;
         let check_ms = listener::WAKE_CHECK_MS.load(Relaxed) - check_ms0;
         // Each clip: a wake between its phrase and its end (+1 s for a late detection);
-        // the first transcript of that wake's turn is the question heard.
+        // the first transcript of that wake's turn with words in it is the question heard.
         let mut all = Tally::default();
         let mut by: BTreeMap<String, Tally> = BTreeMap::new();
         let mut extra_wakes = 0usize;
@@ -617,11 +617,19 @@ pub async fn run(cfg: &Config, thresholds: &[f32], which: WakeSet) -> Result<(),
                 .filter(|(_, at)| *at >= p.phrase_ms && *at <= p.end_ms + 1000)
                 .collect();
             extra_wakes += mine.len().saturating_sub(1);
+            // The turn's first transcript with words in it: one that held nothing (noise
+            // in the pause) is followed by the listener's second chance, same turn.
             let heard = mine.first().and_then(|(turn, _)| {
-                pos.iter().find_map(|e| match e {
-                    Event::Transcript { turn: t, text, .. } if t == turn => Some(text.clone()),
-                    _ => None,
-                })
+                let of_turn = || {
+                    pos.iter().filter_map(|e| match e {
+                        Event::Transcript { turn: t, text, .. } if t == turn => Some(text),
+                        _ => None,
+                    })
+                };
+                of_turn()
+                    .find(|t| !t.trim().is_empty())
+                    .or_else(|| of_turn().next())
+                    .cloned()
             });
             let ok = heard
                 .as_deref()

@@ -7,7 +7,9 @@
 //! is wanted. On a wake it mints the turn: a child of the root token.
 //!
 //! After a wake the question is the *next* speech (the hand-off: see
-//! [`super::endpoint`]); with the earcon on, the VAD is held while it plays. After an
+//! [`super::endpoint`]); with the earcon on, the VAD is held while it plays. A question
+//! in which Whisper understood nothing (a noise in the pause after the phrase) gets one
+//! more chance: the next speech, collected meanwhile ([`SecondChance`]). After an
 //! answer the turn driver may ask for a follow-up ([`ListenControl::FollowUp`]): the
 //! listener then takes the next speech without the wake word, for a while.
 //!
@@ -598,6 +600,38 @@ struct Collector {
     level: LevelGate,
     ep: Endpointer,
     turn: Option<Turn>,
+    /// The collection under way was armed by a wake word: its utterance earns a
+    /// [`SecondChance`].
+    wake_armed: bool,
+    /// See [`SecondChance`].
+    second: Option<SecondChance>,
+    /// Frames a second chance waits for speech (`[endpoint] question_timeout_ms`).
+    question_timeout: usize,
+    /// A real-time source: never wait on the speech-to-text stage (see
+    /// [`ListenerOptions::live`]).
+    live: bool,
+}
+
+/// Longest wait for the speech-to-text stage's word on a question (a file source only; a
+/// live one never waits). It answers as soon as it has transcribed, so only a stage
+/// stuck behind a full edge waits this long; the question is then taken as understood.
+const UNDERSTOOD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After a wake word's question has ended and until the speech-to-text stage has said
+/// whether it understood anything in it, the listener keeps listening for the turn. A
+/// cough, a door or a burst of the television's chatter in the pause after "hey panda"
+/// starts an utterance that ends before the person speaks; Whisper makes nothing of it,
+/// and the turn used to end there with the question still to come (the wake bench's
+/// empty transcripts, in babble after pauses of 1–2 s). What is collected meanwhile is
+/// held back — no events, no utterance — until the word comes: nothing understood, and
+/// it is the turn's question (one more chance, not more); understood, and it is dropped.
+struct SecondChance {
+    /// The turn whose question it may be.
+    turn: Turn,
+    /// The speech-to-text stage's word on the first utterance.
+    understood: oneshot::Receiver<bool>,
+    /// The endpointer's decisions on the new collection, held until the word comes.
+    held: Vec<Endpoint>,
 }
 
 /// Where the listener's results go.
@@ -633,8 +667,112 @@ impl Collector {
             false
         };
         match self.ep.push(f.seq, audio, voiced) {
-            Some(e) => deliver(e, &mut self.turn, out),
+            Some(e) => self.handle(e, out),
             None => true,
+        }
+    }
+
+    /// Acts on an endpointer decision: held while a [`SecondChance`] awaits its word,
+    /// else delivered — a wake's question with a second chance armed behind it.
+    fn handle(&mut self, e: Endpoint, out: &Outputs) -> bool {
+        if let Some(s) = &mut self.second {
+            let ends = !matches!(e, Endpoint::SpeechStart { .. });
+            s.held.push(e);
+            // A file source waits for the word where the collection ends, so that what
+            // is heard never depends on how fast Whisper ran.
+            return !ends || self.live || self.resolve(true, out);
+        }
+        let question =
+            self.wake_armed && matches!(e, Endpoint::SpeechEnd { .. }) && self.turn.is_some();
+        if !matches!(e, Endpoint::SpeechStart { .. }) {
+            self.wake_armed = false;
+        }
+        if !question {
+            return deliver(e, &mut self.turn, out, None);
+        }
+        let turn = self.turn.clone().expect("checked above");
+        let (tx, rx) = oneshot::channel();
+        if !deliver(e, &mut self.turn, out, Some(tx)) {
+            return false;
+        }
+        // Nothing from before the first utterance's end belongs to the next one.
+        self.ep.arm(Arm::FollowUp {
+            timeout: self.question_timeout,
+        });
+        self.second = Some(SecondChance {
+            turn,
+            understood: rx,
+            held: Vec::new(),
+        });
+        true
+    }
+
+    /// Takes the speech-to-text stage's word on a [`SecondChance`]'s question if it has
+    /// come (waiting for it when `wait`), and acts on it. False when the STT edge closed.
+    fn resolve(&mut self, wait: bool, out: &Outputs) -> bool {
+        let Some(s) = &mut self.second else {
+            return true;
+        };
+        let understood = if wait {
+            let until = std::time::Instant::now() + UNDERSTOOD_WAIT;
+            loop {
+                match s.understood.try_recv() {
+                    Ok(u) => break u,
+                    Err(oneshot::error::TryRecvError::Closed) => break true,
+                    Err(oneshot::error::TryRecvError::Empty)
+                        if std::time::Instant::now() >= until =>
+                    {
+                        tracing::warn!(
+                            turn = s.turn.id,
+                            "no word from speech-to-text on the question; taken as understood"
+                        );
+                        break true;
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    }
+                }
+            }
+        } else {
+            match s.understood.try_recv() {
+                Ok(u) => u,
+                Err(oneshot::error::TryRecvError::Closed) => true,
+                Err(oneshot::error::TryRecvError::Empty) => return true,
+            }
+        };
+        let s = self.second.take().expect("checked above");
+        if understood || s.turn.token.is_cancelled() {
+            self.drop_second(s);
+            return true;
+        }
+        tracing::info!(
+            turn = s.turn.id,
+            "nothing understood in the question; taking the next speech as it"
+        );
+        self.turn = Some(s.turn);
+        for e in s.held {
+            if !deliver(e, &mut self.turn, out, None) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Forgets a second chance: what it collected, and the collection if still open.
+    fn drop_second(&mut self, s: SecondChance) {
+        let open = !s
+            .held
+            .iter()
+            .any(|e| !matches!(e, Endpoint::SpeechStart { .. }));
+        if open && self.ep.is_armed() {
+            self.ep.disarm();
+        }
+    }
+
+    /// A wake word, a follow-up or a cancel takes over from an unanswered second chance.
+    fn abandon_second(&mut self) {
+        if let Some(s) = self.second.take() {
+            self.drop_second(s);
         }
     }
 
@@ -660,10 +798,15 @@ impl Collector {
         // Said again while a question was being collected (noise or a background voice
         // kept it open): the question is what came before the phrase, and the frames
         // since the detection start the new wake's turn.
+        if accepted {
+            // A new wake takes over from a question still to be judged.
+            self.abandon_second();
+        }
         if accepted && p.during {
             let cut = (p.seq + 1).saturating_sub(self.ep.lookback() as u64);
             if let Some(e) = self.ep.cut_for_wake(cut, p.seq + 1) {
-                deliver(e, &mut self.turn, out);
+                self.wake_armed = false;
+                deliver(e, &mut self.turn, out, None);
             }
         }
         if accepted && !self.ep.is_armed() {
@@ -676,6 +819,7 @@ impl Collector {
                 at_ms: p.at_ms,
             });
             self.turn = Some(t);
+            self.wake_armed = true;
             // The earcon plays from now, wall-clock: the held frames and those already
             // queued behind them were captured before it.
             self.ep.arm(if one_breath {
@@ -937,6 +1081,16 @@ impl Listening {
             // The wake word's audio: the canceller's linear output while Panda speaks.
             self.recent.push_back(Box::new(*audio_of(&frame)));
         }
+        // The speech-to-text stage's word on a question, if it has come.
+        if !c.resolve(false, out) {
+            return false;
+        }
+        if c.second
+            .as_ref()
+            .is_some_and(|s| s.turn.token.is_cancelled())
+        {
+            c.abandon_second();
+        }
         // A cancelled turn (barge-in, shutdown) stops collecting at once.
         if let Some(t) = &c.turn
             && t.token.is_cancelled()
@@ -959,6 +1113,7 @@ impl Listening {
                         at_ms: frame.start_ms(),
                     });
                     c.turn = Some(t);
+                    c.wake_armed = false;
                     c.ep.arm(Arm::FollowUp {
                         timeout: frames_of(window_ms),
                     });
@@ -1016,6 +1171,7 @@ impl Listening {
                         end: crate::event::EndReason::Silence,
                         wake_phrase: None,
                         command: true,
+                        understood: None,
                     };
                     // A stop word is worth something only now: while the speech-to-text
                     // stage is behind (a question, or earlier candidates — often the
@@ -1041,6 +1197,16 @@ impl Listening {
             None => {}
         }
         if self.pending.is_none() {
+            // A detection while a question awaits its word: a file source waits for the
+            // word (what follows is then as if Whisper had taken no time); a live one
+            // lets the new wake take over.
+            if hit.is_some() && c.second.is_some() {
+                if self.live {
+                    c.abandon_second();
+                } else if !c.resolve(true, out) {
+                    return false;
+                }
+            }
             // A detection while idle, or while a question is being collected (a wake
             // said again: the question ran on in noise, or the person starts over). Not
             // while waiting for a question to start: that is the same wake's phrase.
@@ -1134,6 +1300,10 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
             level: LevelGate::default(),
             ep: Endpointer::new(EndpointParams::from(&cfg.endpoint)),
             turn: None,
+            wake_armed: false,
+            second: None,
+            question_timeout: EndpointParams::from(&cfg.endpoint).question_timeout,
+            live,
         },
         hold: hold_after_wake_ms.div_ceil(FRAME_MS as u64) as usize,
         pending: None,
@@ -1175,8 +1345,18 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
             return;
         }
     }
+    if let Some(e) = l.c.ep.finish(l.last_seq)
+        && !l.c.handle(e, &out)
+    {
+        return;
+    }
+    // A question still to be judged: its word decides what was held, and a turn left
+    // waiting for its question ends.
+    if !l.c.resolve(true, &out) {
+        return;
+    }
     if let Some(e) = l.c.ep.finish(l.last_seq) {
-        deliver(e, &mut l.c.turn, &out);
+        deliver(e, &mut l.c.turn, &out, None);
     }
 }
 
@@ -1198,9 +1378,15 @@ fn new_turn(root: &CancellationToken) -> Turn {
     Turn::next(root)
 }
 
-/// Maps an endpointer decision to events and (for a finished utterance) the STT edge.
-/// Returns false when the STT edge is closed (shutdown).
-fn deliver(e: Endpoint, turn: &mut Option<Turn>, out: &Outputs) -> bool {
+/// Maps an endpointer decision to events and (for a finished utterance) the STT edge,
+/// with `understood` for the STT stage's word on it (see [`SecondChance`]). Returns false
+/// when the STT edge is closed (shutdown).
+fn deliver(
+    e: Endpoint,
+    turn: &mut Option<Turn>,
+    out: &Outputs,
+    understood: Option<oneshot::Sender<bool>>,
+) -> bool {
     let (root, emit) = (out.root, |ev| out.emit(ev));
     let ms = |seq: u64| seq * FRAME_MS as u64;
     match e {
@@ -1242,6 +1428,7 @@ fn deliver(e: Endpoint, turn: &mut Option<Turn>, out: &Outputs) -> bool {
                     end: reason,
                     wake_phrase: out.wake_phrase.clone(),
                     command: false,
+                    understood,
                 })
                 .is_ok()
         }
@@ -1478,6 +1665,164 @@ mod tests {
         ] {
             assert_eq!(strip_wake_phrase(heard, "hey panda"), want, "{heard}");
         }
+    }
+
+    /// The utterance side alone, with its edges: decisions go in by hand (no audio).
+    struct Rig {
+        c: Collector,
+        utterances: mpsc::Receiver<Utterance>,
+        events: mpsc::Receiver<Event>,
+        utt_tx: mpsc::Sender<Utterance>,
+        ev_tx: mpsc::Sender<Event>,
+        root: CancellationToken,
+        phrase: Option<String>,
+    }
+
+    impl Rig {
+        fn new(live: bool) -> Self {
+            let cfg = Config::default();
+            let (utt_tx, utterances) = mpsc::channel(8);
+            let (ev_tx, events) = mpsc::channel(32);
+            Rig {
+                c: Collector {
+                    vad: Vad::new(cfg.vad.mode),
+                    level: LevelGate::default(),
+                    ep: Endpointer::new(EndpointParams::from(&cfg.endpoint)),
+                    turn: None,
+                    wake_armed: false,
+                    second: None,
+                    question_timeout: 100,
+                    live,
+                },
+                utterances,
+                events,
+                utt_tx,
+                ev_tx,
+                root: CancellationToken::new(),
+                phrase: Some("hey panda".into()),
+            }
+        }
+
+        /// Runs `f` with the collector and its outputs.
+        fn with<R>(&mut self, f: impl FnOnce(&mut Collector, &Outputs) -> R) -> R {
+            let out = Outputs {
+                utterances: &self.utt_tx,
+                events: &self.ev_tx,
+                root: &self.root,
+                wake_phrase: &self.phrase,
+            };
+            f(&mut self.c, &out)
+        }
+
+        /// A wake opened turn `Turn` and its question has just ended.
+        fn question_ended(&mut self) -> Utterance {
+            let t = new_turn(&self.root);
+            self.c.turn = Some(t);
+            self.c.wake_armed = true;
+            self.c.ep.arm(Arm::Wake {
+                hold_after: 0,
+                hold: 0,
+            });
+            assert!(self.with(|c, o| c.handle(end(10, 20), o)));
+            let u = self.utterances.try_recv().expect("the question was sent");
+            assert!(matches!(
+                self.events.try_recv(),
+                Ok(Event::SpeechEnd { turn, .. }) if turn == u.turn.id
+            ));
+            u
+        }
+
+        fn events(&mut self) -> Vec<Event> {
+            std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+        }
+    }
+
+    fn end(start_seq: u64, end_seq: u64) -> Endpoint {
+        Endpoint::SpeechEnd {
+            samples: vec![0; FRAME_SAMPLES * (end_seq - start_seq) as usize],
+            start_seq,
+            end_seq,
+            reason: crate::event::EndReason::Silence,
+        }
+    }
+
+    #[test]
+    fn a_question_with_nothing_understood_gives_the_next_speech_its_place() {
+        let mut r = Rig::new(true);
+        let mut first = r.question_ended();
+        let turn = first.turn.id;
+        // Still listening: the endpointer waits for more speech, and what comes is held.
+        assert!(r.c.ep.is_armed());
+        assert!(r.with(|c, o| c.handle(Endpoint::SpeechStart { at_seq: 60 }, o)));
+        assert!(r.with(|c, o| c.handle(end(50, 90), o)));
+        assert!(r.with(|c, o| c.resolve(false, o)), "no word yet");
+        assert!(r.events().is_empty());
+        assert!(r.utterances.try_recv().is_err());
+        // Whisper understood nothing in the first: the held speech is the turn's question.
+        first.understood.take().unwrap().send(false).unwrap();
+        assert!(r.with(|c, o| c.resolve(false, o)));
+        let ev = r.events();
+        assert!(
+            matches!(ev[..], [Event::SpeechStart { turn: a, at_ms: 1800 }, Event::SpeechEnd { turn: b, .. }] if a == turn && b == turn),
+            "{ev:?}"
+        );
+        let second = r.utterances.try_recv().expect("the second utterance");
+        assert_eq!(second.turn.id, turn);
+        assert_eq!(second.start_ms, 1500);
+        // One more chance, not more.
+        assert!(second.understood.is_none());
+        assert!(r.c.second.is_none());
+    }
+
+    #[test]
+    fn an_understood_question_drops_what_was_collected_after_it() {
+        let mut r = Rig::new(true);
+        let mut first = r.question_ended();
+        assert!(r.with(|c, o| c.handle(Endpoint::SpeechStart { at_seq: 60 }, o)));
+        first.understood.take().unwrap().send(true).unwrap();
+        assert!(r.with(|c, o| c.resolve(false, o)));
+        assert!(r.events().is_empty());
+        assert!(r.utterances.try_recv().is_err());
+        assert!(r.c.second.is_none() && r.c.turn.is_none());
+        assert!(!r.c.ep.is_armed(), "the held collection is closed");
+        // A word never sent (the stage dropped the question) counts as understood.
+        let first = r.question_ended();
+        drop(first);
+        assert!(r.with(|c, o| c.resolve(false, o)));
+        assert!(r.c.second.is_none() && !r.c.ep.is_armed());
+    }
+
+    #[test]
+    fn a_file_source_waits_for_the_word_where_the_second_collection_ends() {
+        let mut r = Rig::new(false);
+        let mut first = r.question_ended();
+        let turn = first.turn.id;
+        let tx = first.understood.take().unwrap();
+        let answer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tx.send(false).unwrap();
+        });
+        // No speech came in the window: with nothing understood, the turn had no question.
+        assert!(r.with(|c, o| c.handle(Endpoint::NoSpeech { at_seq: 120 }, o)));
+        answer.join().unwrap();
+        let ev = r.events();
+        assert!(
+            matches!(ev[..], [Event::NoQuestion { turn: t, .. }] if t == turn),
+            "{ev:?}"
+        );
+        assert!(r.c.second.is_none() && r.c.turn.is_none());
+    }
+
+    #[test]
+    fn a_cancelled_turn_gives_up_its_second_chance() {
+        let mut r = Rig::new(true);
+        let mut first = r.question_ended();
+        first.turn.token.cancel();
+        first.understood.take().unwrap().send(false).unwrap();
+        assert!(r.with(|c, o| c.handle(end(50, 90), o)));
+        assert!(r.with(|c, o| c.resolve(false, o)));
+        assert!(r.events().is_empty());
+        assert!(r.utterances.try_recv().is_err());
     }
 
     #[test]

@@ -1035,6 +1035,7 @@ mod tests {
                 end: EndReason::Silence,
                 wake_phrase: Some("hey panda".into()),
                 command: false,
+                understood: None,
             };
             (turn, u)
         }

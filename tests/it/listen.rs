@@ -196,6 +196,61 @@ fn a_wake_said_again_during_a_question_starts_a_turn_of_its_own() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// A noise in the pause after "hey panda" (a door, a cough, the television) starts an
+/// utterance in which Whisper understands nothing; the question that follows is still the
+/// turn's question, not lost with the turn.
+#[test]
+fn a_noise_in_the_pause_after_the_wake_does_not_take_the_questions_place() {
+    const QUESTION: &str = "What time is it?";
+    let dir = tempfile::tempdir().unwrap();
+    let noise =
+        panda::audio::file::read_16k_mono(&common::models_dir().join("testdata/alsa/Noise.wav"))
+            .unwrap();
+    let silence = |ms: usize| vec![0i16; 16 * ms];
+    let mut failures = Vec::new();
+    for (v, kokoro) in [("en-us+m3", false), ("am_puck", true)] {
+        let say = |name: &str, text: &str| -> Vec<i16> {
+            if kokoro {
+                common::kokoro_speech(dir.path(), &format!("{v}-{name}"), v, &[text], &[0])
+            } else {
+                let wav = espeak_wav(dir.path(), &format!("{v}-{name}"), v, &[text], 0);
+                panda::audio::file::read_16k_mono(&wav).unwrap()
+            }
+        };
+        let mut pcm = silence(500);
+        pcm.extend(say("wake", "Hey panda."));
+        pcm.extend(silence(600));
+        // 0.8 s of the noise, then the person speaks 1.2 s later.
+        pcm.extend(&noise[..16 * 800]);
+        pcm.extend(silence(1_200));
+        pcm.extend(say("question", QUESTION));
+        pcm.extend(silence(2_500));
+        let r = listen_to(dir.path(), v, &pcm);
+        let wakes = r.of_type("wake");
+        let turns: Vec<u64> = r
+            .of_type("transcript")
+            .iter()
+            .map(|t| t["turn"].as_u64().unwrap())
+            .collect();
+        let texts = r.transcripts();
+        println!(
+            "{v}: {} wakes; transcripts {texts:?} of turns {turns:?}",
+            wakes.len()
+        );
+        // The noise is an utterance Whisper made nothing of, then the question is heard
+        // in the same turn.
+        let ok = wakes.len() == 1
+            && texts.len() == 2
+            && texts[0].is_empty()
+            && panda::bench::wer(QUESTION, &texts[1]) <= 0.25
+            && turns.iter().all(|t| Some(*t) == wakes[0]["turn"].as_u64());
+        if !ok {
+            failures.push(format!("{v}:\n{}", r.stdout));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// `panda listen` on `pcm` (16 kHz), written to `NAME.wav` in `dir`; it must exit 0.
 fn listen_to(dir: &std::path::Path, name: &str, pcm: &[i16]) -> common::Run {
     let wav = dir.join(format!("{name}.wav"));
