@@ -241,6 +241,32 @@ impl Endpointer {
         self.utterance_frames = 0;
     }
 
+    /// Stops waiting or collecting and gives what was collected back to the history, as
+    /// if it had never been armed: a collection given up unheard (the listener's second
+    /// chance, when the first question was understood after all) may hold the start of
+    /// a wake phrase said meanwhile, which that wake's lookback needs.
+    pub fn release(&mut self) {
+        if self.in_speech() {
+            let start = self.utterance_start;
+            let mut frames: VecDeque<(u64, Box<[i16; FRAME_SAMPLES]>)> = self
+                .utterance
+                .chunks_exact(FRAME_SAMPLES)
+                .enumerate()
+                .map(|(i, f)| {
+                    let f: [i16; FRAME_SAMPLES] = f.try_into().expect("whole frames");
+                    (start + i as u64, Box::new(f))
+                })
+                .collect();
+            frames.extend(self.history.drain(..));
+            let cap = Self::history_cap(&self.p).max(1);
+            while frames.len() > cap {
+                frames.pop_front();
+            }
+            self.history = frames;
+        }
+        self.disarm();
+    }
+
     /// True while waiting for or collecting speech.
     pub fn is_armed(&self) -> bool {
         self.state != State::Idle
@@ -567,6 +593,38 @@ mod tests {
         }
         let got = got.expect("the new question ends on silence");
         assert_eq!(&got[..5], &[11, 12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn a_released_collection_is_history_for_the_next_wake() {
+        let mut e = Endpointer::new(P);
+        e.arm(Arm::FollowUp { timeout: 10 });
+        // Speech from frame 2 on: a wake phrase said into a collection given up.
+        for i in 0..9u64 {
+            assert!(
+                !matches!(
+                    e.push(i, &[i as i16; FRAME_SAMPLES], i >= 2),
+                    Some(Endpoint::SpeechEnd { .. })
+                ),
+                "{i}"
+            );
+        }
+        assert!(e.in_speech());
+        e.release();
+        assert!(!e.is_armed());
+        // The wake's lookback (3 frames) reaches into what was collected.
+        e.push(9, &[9; FRAME_SAMPLES], true);
+        e.arm(Arm::WakeInOneBreath);
+        let mut got = None;
+        for i in 10..16u64 {
+            if let Some(Endpoint::SpeechEnd { samples, .. }) =
+                e.push(i, &[i as i16; FRAME_SAMPLES], i < 12)
+            {
+                got = Some(frames_of(&samples));
+            }
+        }
+        let got = got.expect("the question ends on silence");
+        assert_eq!(&got[..5], &[7, 8, 9, 10, 11]);
     }
 
     #[test]

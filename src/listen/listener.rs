@@ -758,14 +758,15 @@ impl Collector {
         true
     }
 
-    /// Forgets a second chance: what it collected, and the collection if still open.
+    /// Forgets a second chance: what it collected, and the collection if still open —
+    /// its audio goes back to the history, where a wake said meanwhile looks back.
     fn drop_second(&mut self, s: SecondChance) {
         let open = !s
             .held
             .iter()
             .any(|e| !matches!(e, Endpoint::SpeechStart { .. }));
         if open && self.ep.is_armed() {
-            self.ep.disarm();
+            self.ep.release();
         }
     }
 
