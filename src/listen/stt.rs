@@ -596,9 +596,16 @@ fn worker(
                 &req.samples,
                 req.prompt.as_deref(),
                 lang,
-                target
-                    .engine
-                    .first_pass(cfg.beam_for(lang), req.wake_check || req.short),
+                // An English wake word check is a yes or no someone waits on, decoded
+                // greedily whatever the questions' beam width (`[stt] beam_size`).
+                target.engine.first_pass(
+                    if req.wake_check && !other_language {
+                        1
+                    } else {
+                        cfg.beam_for(lang)
+                    },
+                    req.wake_check || req.short,
+                ),
                 &req.token,
             )
         };
