@@ -247,24 +247,30 @@ impl Endpointer {
     /// a wake phrase said meanwhile, which that wake's lookback needs.
     pub fn release(&mut self) {
         if self.in_speech() {
-            let start = self.utterance_start;
-            let mut frames: VecDeque<(u64, Box<[i16; FRAME_SAMPLES]>)> = self
-                .utterance
-                .chunks_exact(FRAME_SAMPLES)
-                .enumerate()
-                .map(|(i, f)| {
-                    let f: [i16; FRAME_SAMPLES] = f.try_into().expect("whole frames");
-                    (start + i as u64, Box::new(f))
-                })
-                .collect();
-            frames.extend(self.history.drain(..));
-            let cap = Self::history_cap(&self.p).max(1);
-            while frames.len() > cap {
-                frames.pop_front();
-            }
-            self.history = frames;
+            self.back_to_history(0..self.utterance_frames);
         }
         self.disarm();
+    }
+
+    /// Puts the utterance's frames `range` (indices into it) back in the history, in
+    /// order, ahead of anything newer there; the oldest go past the history's capacity.
+    fn back_to_history(&mut self, range: std::ops::Range<usize>) {
+        let start = self.utterance_start;
+        let mut frames: VecDeque<(u64, Box<[i16; FRAME_SAMPLES]>)> = range
+            .map(|i| {
+                let f: [i16; FRAME_SAMPLES] = self.utterance
+                    [i * FRAME_SAMPLES..(i + 1) * FRAME_SAMPLES]
+                    .try_into()
+                    .expect("whole frames");
+                (start + i as u64, Box::new(f))
+            })
+            .collect();
+        frames.extend(self.history.drain(..));
+        let cap = Self::history_cap(&self.p).max(1);
+        while frames.len() > cap {
+            frames.pop_front();
+        }
+        self.history = frames;
     }
 
     /// True while waiting for or collecting speech.
@@ -406,21 +412,7 @@ impl Endpointer {
         let keep = (cut.saturating_sub(start) as usize).min(frames);
         let last = (replay.saturating_sub(start) as usize).min(frames);
         // The wake phrase's frames: history again, in order, ahead of anything newer.
-        let mut tail: VecDeque<(u64, Box<[i16; FRAME_SAMPLES]>)> = (keep..last)
-            .map(|i| {
-                let f: [i16; FRAME_SAMPLES] = self.utterance
-                    [i * FRAME_SAMPLES..(i + 1) * FRAME_SAMPLES]
-                    .try_into()
-                    .expect("whole frames");
-                (start + i as u64, Box::new(f))
-            })
-            .collect();
-        tail.extend(self.history.drain(..));
-        let cap = Self::history_cap(&self.p).max(1);
-        while tail.len() > cap {
-            tail.pop_front();
-        }
-        self.history = tail;
+        self.back_to_history(keep..last);
         self.utterance.truncate(keep * FRAME_SAMPLES);
         // Less than a speech start's worth of speech before the phrase: nothing to hear.
         if cut < self.speech_at + self.p.start as u64 {
@@ -582,17 +574,23 @@ mod tests {
         assert!(!e.is_armed());
         // The wake phrase is the next arming's lookback; the replayed frames follow it
         // once, in order.
+        let got = one_breath(&mut e, 14..20, 16);
+        assert_eq!(&got[..5], &[11, 12, 13, 14, 15]);
+    }
+
+    /// Arms `e` for a question said in one breath and feeds it `frames`, voiced before
+    /// `silent_from`: the question's frames (each holds its seq).
+    fn one_breath(e: &mut Endpointer, frames: std::ops::Range<u64>, silent_from: u64) -> Vec<i16> {
         e.arm(Arm::WakeInOneBreath);
         let mut got = None;
-        for i in 14..20u64 {
+        for i in frames {
             if let Some(Endpoint::SpeechEnd { samples, .. }) =
-                e.push(i, &[i as i16; FRAME_SAMPLES], i < 16)
+                e.push(i, &[i as i16; FRAME_SAMPLES], i < silent_from)
             {
                 got = Some(frames_of(&samples));
             }
         }
-        let got = got.expect("the new question ends on silence");
-        assert_eq!(&got[..5], &[11, 12, 13, 14, 15]);
+        got.expect("the question ends on silence")
     }
 
     #[test]
@@ -614,16 +612,7 @@ mod tests {
         assert!(!e.is_armed());
         // The wake's lookback (3 frames) reaches into what was collected.
         e.push(9, &[9; FRAME_SAMPLES], true);
-        e.arm(Arm::WakeInOneBreath);
-        let mut got = None;
-        for i in 10..16u64 {
-            if let Some(Endpoint::SpeechEnd { samples, .. }) =
-                e.push(i, &[i as i16; FRAME_SAMPLES], i < 12)
-            {
-                got = Some(frames_of(&samples));
-            }
-        }
-        let got = got.expect("the question ends on silence");
+        let got = one_breath(&mut e, 10..16, 12);
         assert_eq!(&got[..5], &[7, 8, 9, 10, 11]);
     }
 

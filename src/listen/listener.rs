@@ -649,6 +649,20 @@ impl Outputs<'_> {
 }
 
 impl Collector {
+    fn new(cfg: &Config, live: bool) -> Self {
+        let p = EndpointParams::from(&cfg.endpoint);
+        Collector {
+            vad: Vad::new(cfg.vad.mode),
+            level: LevelGate::default(),
+            ep: Endpointer::new(p),
+            turn: None,
+            wake_armed: false,
+            second: None,
+            question_timeout: p.question_timeout,
+            live,
+        }
+    }
+
     /// Runs one frame through the VAD and the endpointer. False when the STT edge is
     /// closed (shutdown).
     fn feed(&mut self, f: &AudioFrame, out: &Outputs) -> bool {
@@ -1296,16 +1310,7 @@ pub fn run(cfg: &Config, trigger: Trigger, opts: ListenerOptions, io: ListenerIo
         verifier,
         guard,
         spotter: stop_words.then(CommandSpotter::default),
-        c: Collector {
-            vad: Vad::new(cfg.vad.mode),
-            level: LevelGate::default(),
-            ep: Endpointer::new(EndpointParams::from(&cfg.endpoint)),
-            turn: None,
-            wake_armed: false,
-            second: None,
-            question_timeout: EndpointParams::from(&cfg.endpoint).question_timeout,
-            live,
-        },
+        c: Collector::new(cfg, live),
         hold: hold_after_wake_ms.div_ceil(FRAME_MS as u64) as usize,
         pending: None,
         held: Vec::new(),
@@ -1685,16 +1690,7 @@ mod tests {
             let (utt_tx, utterances) = mpsc::channel(8);
             let (ev_tx, events) = mpsc::channel(32);
             Rig {
-                c: Collector {
-                    vad: Vad::new(cfg.vad.mode),
-                    level: LevelGate::default(),
-                    ep: Endpointer::new(EndpointParams::from(&cfg.endpoint)),
-                    turn: None,
-                    wake_armed: false,
-                    second: None,
-                    question_timeout: 100,
-                    live,
-                },
+                c: Collector::new(&cfg, live),
                 utterances,
                 events,
                 utt_tx,
