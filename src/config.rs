@@ -326,7 +326,10 @@ pub struct SttConfig {
     pub fast_model: PathBuf,
     /// Spoken language code (`en`, `de`, …) or `auto` (multilingual models only).
     pub language: String,
-    /// 0 or 1: greedy decoding; 2 and more: beam search with this many beams.
+    /// 0 or 1: greedy decoding; 2 and more: beam search with this many beams (English
+    /// questions; the wake word's check is always greedy). 5 beams: 3.6 % word errors on
+    /// the 19 recorded human clips against 5.4 % greedy, p50 1079 ms against 881 ms
+    /// (`panda bench stt`); 86.9 % of the wake bench's questions heard against 86.2 %.
     pub beam_size: u32,
     /// `beam_size` for `multilingual_model` (every language but English). Beam search
     /// earns its time there: on the recorded French prompts Whisper base makes 10.8 %
@@ -403,7 +406,7 @@ impl Default for SttConfig {
             model: PathBuf::from("whisper/ggml-tiny.en.bin"),
             fast_model: PathBuf::from("whisper/ggml-tiny.en.bin"),
             language: "en".into(),
-            beam_size: 1,
+            beam_size: 5,
             multilingual_beam_size: 5,
             threads: 0,
             dynamic_audio_ctx: false,
