@@ -784,7 +784,7 @@ impl Collector {
         }
     }
 
-    /// A wake word, a follow-up or a cancel takes over from an unanswered second chance.
+    /// A new wake word or a cancelled turn takes over from an unanswered second chance.
     fn abandon_second(&mut self) {
         if let Some(s) = self.second.take() {
             self.drop_second(s);
