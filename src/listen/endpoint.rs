@@ -284,6 +284,11 @@ impl Endpointer {
         self.p.lookback
     }
 
+    /// Frames a question has to start after an arming (`[endpoint] question_timeout_ms`).
+    pub fn question_timeout(&self) -> usize {
+        self.p.question_timeout
+    }
+
     /// True while collecting speech.
     pub fn in_speech(&self) -> bool {
         matches!(self.state, State::InSpeech { .. })

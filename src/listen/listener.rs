@@ -605,8 +605,6 @@ struct Collector {
     wake_armed: bool,
     /// See [`SecondChance`].
     second: Option<SecondChance>,
-    /// Frames a second chance waits for speech (`[endpoint] question_timeout_ms`).
-    question_timeout: usize,
     /// A real-time source: never wait on the speech-to-text stage (see
     /// [`ListenerOptions::live`]).
     live: bool,
@@ -650,15 +648,13 @@ impl Outputs<'_> {
 
 impl Collector {
     fn new(cfg: &Config, live: bool) -> Self {
-        let p = EndpointParams::from(&cfg.endpoint);
         Collector {
             vad: Vad::new(cfg.vad.mode),
             level: LevelGate::default(),
-            ep: Endpointer::new(p),
+            ep: Endpointer::new(EndpointParams::from(&cfg.endpoint)),
             turn: None,
             wake_armed: false,
             second: None,
-            question_timeout: p.question_timeout,
             live,
         }
     }
@@ -711,7 +707,7 @@ impl Collector {
         }
         // Nothing from before the first utterance's end belongs to the next one.
         self.ep.arm(Arm::FollowUp {
-            timeout: self.question_timeout,
+            timeout: self.ep.question_timeout(),
         });
         self.second = Some(SecondChance {
             turn,
@@ -722,40 +718,35 @@ impl Collector {
     }
 
     /// Takes the speech-to-text stage's word on a [`SecondChance`]'s question if it has
-    /// come (waiting for it when `wait`), and acts on it. False when the STT edge closed.
+    /// come (waiting for it when `wait`), and acts on it; a cancelled turn gives its
+    /// second chance up at once. False when the STT edge closed.
     fn resolve(&mut self, wait: bool, out: &Outputs) -> bool {
         let Some(s) = &mut self.second else {
             return true;
         };
-        let understood = if wait {
-            let until = std::time::Instant::now() + UNDERSTOOD_WAIT;
-            loop {
-                match s.understood.try_recv() {
-                    Ok(u) => break u,
-                    Err(oneshot::error::TryRecvError::Closed) => break true,
-                    Err(oneshot::error::TryRecvError::Empty)
-                        if std::time::Instant::now() >= until =>
-                    {
+        let until = wait.then(|| std::time::Instant::now() + UNDERSTOOD_WAIT);
+        let understood = loop {
+            if s.turn.token.is_cancelled() {
+                break true;
+            }
+            match s.understood.try_recv() {
+                Ok(u) => break u,
+                Err(oneshot::error::TryRecvError::Closed) => break true,
+                Err(oneshot::error::TryRecvError::Empty) => match until {
+                    None => return true,
+                    Some(t) if std::time::Instant::now() >= t => {
                         tracing::warn!(
                             turn = s.turn.id,
                             "no word from speech-to-text on the question; taken as understood"
                         );
                         break true;
                     }
-                    Err(oneshot::error::TryRecvError::Empty) => {
-                        std::thread::sleep(std::time::Duration::from_millis(2))
-                    }
-                }
-            }
-        } else {
-            match s.understood.try_recv() {
-                Ok(u) => u,
-                Err(oneshot::error::TryRecvError::Closed) => true,
-                Err(oneshot::error::TryRecvError::Empty) => return true,
+                    Some(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                },
             }
         };
         let s = self.second.take().expect("checked above");
-        if understood || s.turn.token.is_cancelled() {
+        if understood {
             self.drop_second(s);
             return true;
         }
@@ -784,7 +775,7 @@ impl Collector {
         }
     }
 
-    /// A new wake word or a cancelled turn takes over from an unanswered second chance.
+    /// A new wake word takes over from an unanswered second chance.
     fn abandon_second(&mut self) {
         if let Some(s) = self.second.take() {
             self.drop_second(s);
@@ -1096,15 +1087,10 @@ impl Listening {
             // The wake word's audio: the canceller's linear output while Panda speaks.
             self.recent.push_back(Box::new(*audio_of(&frame)));
         }
-        // The speech-to-text stage's word on a question, if it has come.
+        // The speech-to-text stage's word on a question, if it has come (or its turn
+        // was cancelled).
         if !c.resolve(false, out) {
             return false;
-        }
-        if c.second
-            .as_ref()
-            .is_some_and(|s| s.turn.token.is_cancelled())
-        {
-            c.abandon_second();
         }
         // A cancelled turn (barge-in, shutdown) stops collecting at once.
         if let Some(t) = &c.turn
