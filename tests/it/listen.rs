@@ -123,21 +123,7 @@ fn a_wake_said_again_during_a_question_starts_a_turn_of_its_own() {
         ("am_puck", true, false),
         ("en-gb+f3", false, true),
     ] {
-        // Kokoro's parts without its leading and trailing silence (up to half a second
-        // each, longer than the gap chosen here together); espeak-ng's are short.
-        let say = |name: &str, text: &str| -> Vec<i16> {
-            if kokoro {
-                let pcm =
-                    common::kokoro_speech(dir.path(), &format!("{v}-{name}"), v, &[text], &[0]);
-                let loud = |s: &i16| s.unsigned_abs() > 300;
-                let first = pcm.iter().position(loud).unwrap_or(0);
-                let last = pcm.iter().rposition(loud).map_or(pcm.len(), |i| i + 1);
-                pcm[first..last.max(first)].to_vec()
-            } else {
-                let wav = espeak_wav(dir.path(), &format!("{v}-{name}"), v, &[text], 0);
-                panda::audio::file::read_16k_mono(&wav).unwrap()
-            }
-        };
+        let say = |name: &str, text: &str| say_in(dir.path(), v, kokoro, name, text);
         let mut pcm = vec![0i16; 16_000];
         pcm.extend(say("first", &format!("Hey panda. {FIRST}")));
         // A breath between the two — or, with the background voice, longer than the
@@ -209,14 +195,7 @@ fn a_noise_in_the_pause_after_the_wake_does_not_take_the_questions_place() {
     let silence = |ms: usize| vec![0i16; 16 * ms];
     let mut failures = Vec::new();
     for (v, kokoro) in [("en-us+m3", false), ("am_puck", true)] {
-        let say = |name: &str, text: &str| -> Vec<i16> {
-            if kokoro {
-                common::kokoro_speech(dir.path(), &format!("{v}-{name}"), v, &[text], &[0])
-            } else {
-                let wav = espeak_wav(dir.path(), &format!("{v}-{name}"), v, &[text], 0);
-                panda::audio::file::read_16k_mono(&wav).unwrap()
-            }
-        };
+        let say = |name: &str, text: &str| say_in(dir.path(), v, kokoro, name, text);
         let mut pcm = silence(500);
         pcm.extend(say("wake", "Hey panda."));
         pcm.extend(silence(600));
@@ -249,6 +228,23 @@ fn a_noise_in_the_pause_after_the_wake_does_not_take_the_questions_place() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// `text` in `voice` at 16 kHz — Kokoro's when `kokoro`, else espeak-ng's — rendered as
+/// `VOICE-NAME` in `dir`. Kokoro's without its leading and trailing silence (up to half a
+/// second each, longer than the gaps the tests choose); espeak-ng's are short.
+fn say_in(dir: &std::path::Path, voice: &str, kokoro: bool, name: &str, text: &str) -> Vec<i16> {
+    let file = format!("{voice}-{name}");
+    if kokoro {
+        let pcm = common::kokoro_speech(dir, &file, voice, &[text], &[0]);
+        let loud = |s: &i16| s.unsigned_abs() > 300;
+        let first = pcm.iter().position(loud).unwrap_or(0);
+        let last = pcm.iter().rposition(loud).map_or(pcm.len(), |i| i + 1);
+        pcm[first..last.max(first)].to_vec()
+    } else {
+        let wav = espeak_wav(dir, &file, voice, &[text], 0);
+        panda::audio::file::read_16k_mono(&wav).unwrap()
+    }
 }
 
 /// `panda listen` on `pcm` (16 kHz), written to `NAME.wav` in `dir`; it must exit 0.
