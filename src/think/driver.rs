@@ -198,6 +198,21 @@ enum Job {
     Announce(String),
 }
 
+/// Timer announcements waiting to be spoken, and how many firings have arrived.
+struct Announcements {
+    queue: VecDeque<String>,
+    /// [`Event::TimerFired`]s received (`--wait-timers` ends when the timer task has
+    /// fired no more than this and holds none).
+    firings_seen: u64,
+}
+
+impl Announcements {
+    fn fired(&mut self, label: &str) {
+        self.firings_seen += 1;
+        self.queue.push_back(timers::announcement(label));
+    }
+}
+
 /// The driver (see the module doc).
 pub struct Driver {
     /// Answers questions (skills, agents, the LLM, memory).
@@ -224,7 +239,10 @@ impl Driver {
         missed: &[TimerEntry],
         host: &mut dyn Host,
     ) -> Vec<Answered> {
-        let mut fired: VecDeque<String> = timers::missed_announcements(missed).into();
+        let mut fired = Announcements {
+            queue: timers::missed_announcements(missed).into(),
+            firings_seen: 0,
+        };
         let mut done = Vec::new();
         // The last spoken answer and when it ended (see `is_echo_of`).
         let mut last_spoken: Option<(String, std::time::Instant)> = None;
@@ -259,7 +277,7 @@ impl Driver {
             if self.sentences.is_some() && !outcome.answer.is_empty() {
                 let whole = self.wait_heard(&turn, &mut fired).await;
                 last_spoken = Some((outcome.answer.clone(), std::time::Instant::now()));
-                if spoken && whole && fired.is_empty() {
+                if spoken && whole && fired.queue.is_empty() {
                     self.follow_up(&outcome.answer).await;
                 }
             } else {
@@ -308,12 +326,12 @@ impl Driver {
 
     /// The next job: a timer announcement that is due, else whatever the source offers
     /// first. `None` when the source is exhausted or the run stops.
-    async fn next_job(&mut self, source: &mut Source, fired: &mut VecDeque<String>) -> Option<Job> {
+    async fn next_job(&mut self, source: &mut Source, fired: &mut Announcements) -> Option<Job> {
         loop {
             if self.root.is_cancelled() {
                 return None;
             }
-            if let Some(text) = fired.pop_front() {
+            if let Some(text) = fired.queue.pop_front() {
                 return Some(Job::Announce(text));
             }
             match source {
@@ -324,7 +342,9 @@ impl Driver {
                     if let Some(q) = questions.pop_front() {
                         return Some(Job::Typed(q));
                     }
-                    if !*wait_timers || self.thinker.pending_timers().await == 0 {
+                    if !*wait_timers
+                        || self.thinker.unannounced_timers(fired.firings_seen).await == 0
+                    {
                         return None;
                     }
                     // Stay for the timers still pending; each is announced as it fires.
@@ -333,7 +353,7 @@ impl Driver {
                         r = self.reports.recv() => r?,
                     };
                     if let Event::TimerFired { label, .. } = report {
-                        fired.push_back(timers::announcement(&label));
+                        fired.fired(&label);
                     }
                 }
                 Source::Live {
@@ -356,9 +376,7 @@ impl Driver {
                             None => continue,
                         },
                         r = self.reports.recv() => match r {
-                            Some(Event::TimerFired { label, .. }) => {
-                                fired.push_back(timers::announcement(&label));
-                            }
+                            Some(Event::TimerFired { label, .. }) => fired.fired(&label),
                             Some(_) => {}
                             None => return None,
                         },
@@ -382,7 +400,7 @@ impl Driver {
     /// meanwhile are queued in `fired` for after this answer. A turn cancelled before its
     /// audio reached playback ends [`HEARD_AFTER_CANCEL`] after the cancel. True when the
     /// answer was heard whole.
-    async fn wait_heard(&mut self, turn: &Turn, fired: &mut VecDeque<String>) -> bool {
+    async fn wait_heard(&mut self, turn: &Turn, fired: &mut Announcements) -> bool {
         let deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
         tokio::pin!(deadline);
         let mut cancelled = false;
@@ -410,9 +428,7 @@ impl Driver {
                     self.thinker.heard(t, &heard, interrupted).await;
                     return !interrupted;
                 }
-                Some(Event::TimerFired { label, .. }) => {
-                    fired.push_back(timers::announcement(&label));
-                }
+                Some(Event::TimerFired { label, .. }) => fired.fired(&label),
                 Some(_) => continue,
                 None => return false,
             }

@@ -66,6 +66,10 @@ enum Cmd {
     List {
         reply: oneshot::Sender<Vec<TimerEntry>>,
     },
+    Unannounced {
+        seen: u64,
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// Handle to the timer task.
@@ -170,6 +174,9 @@ pub async fn spawn(
     }
     let (tx, mut rx) = mpsc::channel::<Cmd>(TIMER_EDGE);
     tokio::spawn(async move {
+        // Timers fired since start. Counted as they leave the list, in the same step, so
+        // no question to the task can see a timer in neither place (see `unannounced`).
+        let mut firings = 0u64;
         loop {
             list.sort_by_key(|t| t.due_unix_ms);
             let next = list
@@ -181,6 +188,7 @@ pub async fn spawn(
                     let now = now_ms();
                     let (due, rest): (Vec<_>, Vec<_>) = list.drain(..).partition(|t| t.due_unix_ms <= now);
                     list = rest;
+                    firings += due.len() as u64;
                     if let Err(e) = save(&path, &list).await {
                         tracing::error!(error = %e, "timers could not be saved");
                     }
@@ -207,6 +215,9 @@ pub async fn spawn(
                         }
                         Cmd::List { reply } => {
                             let _ = reply.send(list.clone());
+                        }
+                        Cmd::Unannounced { seen, reply } => {
+                            let _ = reply.send(list.len() + firings.saturating_sub(seen) as usize);
                         }
                     }
                 }
@@ -246,6 +257,24 @@ impl Timers {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Cmd::List { reply }).await.is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Timers a listener that has received `seen` [`Event::TimerFired`]s has still to
+    /// hear of: the pending ones, plus the fired ones whose event is still on its way
+    /// (between this task and the listener, through the event consumer). Zero when the
+    /// task has stopped. `panda ask --wait-timers` ends on zero; counting pending timers
+    /// alone ended it in that gap, and a fired timer went unannounced.
+    pub async fn unannounced(&self, seen: u64) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Cmd::Unannounced { seen, reply })
+            .await
+            .is_err()
+        {
+            return 0;
         }
         rx.await.unwrap_or_default()
     }
@@ -425,6 +454,34 @@ mod tests {
     }
 
     use super::*;
+
+    /// A fired timer whose event has not reached its listener yet is still owed an
+    /// announcement: `--wait-timers` once ended in that gap (the timer had left the list)
+    /// and the "done" sentence was never spoken.
+    #[tokio::test]
+    async fn a_fired_timer_is_unannounced_until_its_event_is_received() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nobody reads the events yet: the firing sits in the channel, as on its way.
+        let (events, mut rx) = mpsc::channel(4);
+        let (timers, missed) = spawn(dir.path(), events, CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(missed.is_empty());
+        assert_eq!(timers.unannounced(0).await, 0);
+        timers
+            .add("1 second timer".into(), Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(timers.unannounced(0).await, 1, "pending");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(timers.list().await.is_empty(), "it has fired");
+        assert_eq!(timers.unannounced(0).await, 1, "fired, not yet received");
+        let Some(Event::TimerFired { label, .. }) = rx.recv().await else {
+            panic!("no firing")
+        };
+        assert_eq!(label, "1 second timer");
+        assert_eq!(timers.unannounced(1).await, 0, "received");
+    }
 
     #[test]
     fn durations() {

@@ -444,9 +444,10 @@ impl Thinker {
         }
     }
 
-    /// Timers and alarms still pending.
-    pub async fn pending_timers(&self) -> usize {
-        self.timers.list().await.len()
+    /// Timers and alarms still to be announced to a driver that has received `seen`
+    /// firings (see [`super::timers::Timers::unannounced`]).
+    pub async fn unannounced_timers(&self, seen: u64) -> usize {
+        self.timers.unannounced(seen).await
     }
 
     async fn agents_turn(
