@@ -185,10 +185,7 @@ pub struct WakeConfig {
     /// Minimum score (0–1) against the averaged template before the per-template
     /// comparison runs (a cheap pre-filter); 0 disables it.
     pub avg_threshold: f32,
-    /// Minimum number of consecutive positive frames in a detection. 3: on `panda bench
-    /// wake` 5 → 3 raised recall 92.3 → 93.8 % (one breath, no pause: 83.0 → 89.4 %) and
-    /// on other engines' voices 55.0 → 60.6 % (question heard 31.9 → 34.4 %), at 0 false
-    /// wakes; the check then runs on more detections (391 → 629 an hour of speech).
+    /// Minimum number of consecutive positive frames in a detection.
     pub min_scores: usize,
     /// Emit the detection as soon as `min_scores` is reached instead of waiting for the
     /// score peak. Measured: same scores, detection ~600 ms earlier, so the words spoken
@@ -234,7 +231,7 @@ impl Default for WakeConfig {
             owner_model: PathBuf::from("wake/owner.rpw"),
             threshold: 0.35,
             avg_threshold: 0.0,
-            min_scores: 3,
+            min_scores: 5,
             eager: true,
             refractory_ms: 2000,
             vad_gate: true,
