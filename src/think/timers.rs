@@ -230,35 +230,38 @@ pub async fn spawn(
 impl Timers {
     /// Adds a timer due `after` from now; returns once it is saved.
     pub async fn add(&self, label: String, after: Duration) -> Result<TimerEntry, TimerError> {
+        self.request(|reply| Cmd::Add {
+            label,
+            after,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends the command `make` builds around a reply sender and waits for the reply;
+    /// [`TimerError::Stopped`] when the task has ended.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Cmd,
+    ) -> Result<T, TimerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Add {
-                label,
-                after,
-                reply,
-            })
+            .send(make(reply))
             .await
             .map_err(|_| TimerError::Stopped)?;
-        rx.await.map_err(|_| TimerError::Stopped)?
+        rx.await.map_err(|_| TimerError::Stopped)
     }
 
     /// Cancels every timer; returns how many there were.
     pub async fn cancel_all(&self) -> Result<usize, TimerError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::CancelAll { reply })
-            .await
-            .map_err(|_| TimerError::Stopped)?;
-        rx.await.map_err(|_| TimerError::Stopped)?
+        self.request(|reply| Cmd::CancelAll { reply }).await?
     }
 
     /// Pending timers, soonest first.
     pub async fn list(&self) -> Vec<TimerEntry> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::List { reply }).await.is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        self.request(|reply| Cmd::List { reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// Timers a listener that has received `seen` [`Event::TimerFired`]s has still to
@@ -267,16 +270,9 @@ impl Timers {
     /// task has stopped. `panda ask --wait-timers` ends on zero; counting pending timers
     /// alone ended it in that gap, and a fired timer went unannounced.
     pub async fn unannounced(&self, seen: u64) -> usize {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Cmd::Unannounced { seen, reply })
+        self.request(|reply| Cmd::Unannounced { seen, reply })
             .await
-            .is_err()
-        {
-            return 0;
-        }
-        rx.await.unwrap_or_default()
+            .unwrap_or_default()
     }
 }
 
